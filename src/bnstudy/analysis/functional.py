@@ -1,0 +1,262 @@
+"""Shared machinery of the checkpoint analyses: the loss as a pure function of a parameter dict.
+
+Every analysis probes the training loss at points W + delta around a checkpoint's weights W (the
+"origin"). Instead of copying the model per point, the origin is kept as a dict of tensors and each
+point is evaluated with `torch.func.functional_call`, so one probe costs one forward(-backward)
+and nothing else, and neither the model nor the origin tensors are ever written to.
+
+What "the loss" means here (the same for ICS, landscape and curvature):
+  L(W) = (1/B) * sum_b loss_fn(model_W(x_b), y_b) over the B analysis batches,
+each batch forwarded on its own in training mode, so normalisation layers use that batch's
+statistics (as in training). Gradients are gradients of this average, i.e. the mean of the
+per-batch gradients. With B = 1 this is exactly the training loss on one batch.
+
+BatchNorm in training mode updates its running statistics in place; every forward gets fresh
+clones of the buffers, so the loaded buffers never change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+Params = dict[str, Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+def origin_state(model: nn.Module) -> tuple[Params, Params]:
+    """The model's parameters and buffers as detached tensors (same storage, no copy).
+
+    The parameter dict is in `model.named_parameters()` order, which is also the optimizer's
+    parameter order (docs/architecture.md); `sgd_step` relies on it.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    return params, buffers
+
+
+def all_finite(params: Params) -> bool:
+    """False for a diverged checkpoint (any inf/nan parameter)."""
+    return all(bool(torch.isfinite(p).all()) for p in params.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# vector arithmetic on parameter dicts (the analyses treat all parameters as one flat vector)
+
+
+def dot(a: Params, b: Params) -> float:
+    """<a, b> over all entries, accumulated in float64 so that long vectors lose no precision."""
+    return math.fsum(float(torch.sum(a[k].double() * b[k].double())) for k in a)
+
+
+def norm(a: Params) -> float:
+    """||a||_2 over all entries (float64 accumulation)."""
+    return math.sqrt(math.fsum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+                               for t in a.values()))
+
+
+def diff_norm(a: Params, b: Params) -> float:
+    """||a - b||_2 without materialising the flat difference."""
+    return norm({k: a[k] - b[k] for k in a})
+
+
+def axpy(x: Params, alpha: float, d: Params) -> Params:
+    """x + alpha * d as a new dict (out of place: the origin tensors are never written)."""
+    return {k: x[k] + alpha * d[k] if k in d else x[k] for k in x}
+
+
+# ---------------------------------------------------------------------------------------------
+# the objective
+
+
+@dataclass
+class Objective:
+    """The analysis loss L (see module docstring) as a function of a parameter dict.
+
+    model     a module in training mode; only its structure is used (`functional_call`)
+    buffers   its buffers (running statistics); cloned for every forward, never written
+    loss_fn   callable(outputs, targets) -> scalar
+    batches   the fixed analysis batches [(x, y), ...]
+    noise_seed  random modules still active (those with a `generator` attribute, see
+              bnstudy.models.set_generator: Algorithm 1's noise, dropout; active = training mode
+              and not `enabled=False`) get a generator seeded from (noise_seed, batch index) for
+              every forward, so every probe point sees the same noise draw (common random
+              numbers): differences between probe points are then differences of the loss
+              surface, not of the noise, and torch's global RNG is never used. Whether noise is
+              on is decided by how the model was built (run.prepare_model), not here.
+    """
+
+    model: nn.Module
+    buffers: Params
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    batches: list[Batch]
+    noise_seed: int = 0
+    _random_modules: list[nn.Module] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if not self.batches:
+            raise ValueError("an Objective needs at least one batch")
+        stale = [n for n, m in self.model.named_modules() if not m.training]
+        if stale:
+            # Eval mode would use running statistics: a different loss than the one trained.
+            # Stochastic modules switched off on purpose (noise/dropout) are the exception.
+            stale = [n for n in stale if not hasattr(self.model.get_submodule(n), "generator")]
+        if stale:
+            raise ValueError(f"analyses run in training mode (batch statistics); modules in eval "
+                             f"mode: {stale[:5]}")
+        self._random_modules = [m for m in self.model.modules()
+                                if hasattr(m, "generator") and m.training
+                                and getattr(m, "enabled", True)]
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def batch_loss(self, params: Params, index: int) -> Tensor:
+        """loss_fn on batch `index` at `params` (differentiable wrt params)."""
+        x, y = self.batches[index]
+        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        with self._noise(index, x.device):
+            out = functional_call(self.model, (params, buffers), (x,))
+        return self.loss_fn(out, y)
+
+    @contextmanager
+    def _noise(self, index: int, device: torch.device):
+        """Seed the random modules for this forward, restore their generators afterwards."""
+        if not self._random_modules:
+            yield
+            return
+        saved = [m.generator for m in self._random_modules]
+        gen = torch.Generator(device=device).manual_seed(self.noise_seed * 1_000_003 + index)
+        try:
+            for m in self._random_modules:
+                m.generator = gen
+            yield
+        finally:
+            for m, g in zip(self._random_modules, saved):
+                m.generator = g
+
+    # -- the averaged loss -----------------------------------------------------------------------
+
+    def value(self, params: Params) -> float:
+        """L(params), no gradient."""
+        with torch.no_grad():
+            losses = [float(self.batch_loss(params, b)) for b in range(len(self.batches))]
+        return math.fsum(losses) / len(losses)
+
+    def value_and_grad(self, params: Params, wrt: Iterable[str] | None = None) -> tuple[float, Params]:
+        """L(params) and dL/dp for p in `wrt` (default: all parameters).
+
+        Only the `wrt` tensors require grad, so autograd builds (and back-propagates through) only
+        the part of the graph that depends on them: for ICS's G' of layer i the backward stops at
+        layer i. Batches are back-propagated one at a time (memory of one batch), gradients summed.
+        """
+        names = list(params) if wrt is None else list(wrt)
+        n = len(self.batches)
+        losses, grads = [], None
+        for b in range(n):
+            point = dict(params)
+            leaves = {k: params[k].detach().requires_grad_(True) for k in names}
+            point.update(leaves)
+            loss = self.batch_loss(point, b)
+            g = torch.autograd.grad(loss / n, list(leaves.values()), allow_unused=True)
+            g = [torch.zeros_like(leaves[k]) if gi is None else gi for k, gi in zip(names, g)]
+            grads = g if grads is None else [a + c for a, c in zip(grads, g)]
+            losses.append(float(loss.detach()))
+        return math.fsum(losses) / n, dict(zip(names, grads))
+
+    def values_and_grads(self, points: list[Params], chunk: int = 1) -> list[tuple[float, Params]]:
+        """value_and_grad at several points.
+
+        chunk = 1 evaluates them one after the other. chunk > 1 evaluates up to `chunk` points in
+        one `torch.func.vmap` call (each with its own batch statistics and its own copy of the
+        buffers, so it is exact with BatchNorm). Measured on a 2-core CPU with a width-0.25 VGG-11
+        at batch 128 (benchmarks/landscape_probe.py), vmap is ~2-3x *slower* than the loop: the
+        work is compute-bound and vmap's batch-norm decomposition adds elementwise passes. It may
+        pay on a GPU for small models (launch-bound); hence an option, default off. Never used
+        with active random modules (vmap forbids their random draws).
+        """
+        if chunk <= 1 or self._random_modules or len(points) == 1:
+            return [self.value_and_grad(p) for p in points]
+        out = []
+        for start in range(0, len(points), chunk):
+            out.extend(self._vmapped(points[start:start + chunk]))
+        return out
+
+    def _vmapped(self, points: list[Params]) -> list[tuple[float, Params]]:
+        k = len(points)
+        stacked = {name: torch.stack([p[name] for p in points]) for name in points[0]}
+        n = len(self.batches)
+
+        def loss(params, buffers, x, y):
+            raw = self.loss_fn(functional_call(self.model, (params, buffers), (x,)), y)
+            return raw / n, raw.detach()
+
+        losses: list[list[float]] = [[] for _ in range(k)]
+        grads = None
+        for x, y in self.batches:
+            # A per-point copy of the buffers: BatchNorm writes running stats into them in place,
+            # which vmap only allows into batched tensors.
+            buffers = {name: b.unsqueeze(0).expand(k, *b.shape).clone()
+                       for name, b in self.buffers.items()}
+            g, (_, raw) = vmap(grad_and_value(loss, has_aux=True),
+                               in_dims=(0, 0, None, None))(stacked, buffers, x, y)
+            grads = g if grads is None else {name: grads[name] + g[name] for name in g}
+            for i, r in enumerate(raw.tolist()):
+                losses[i].append(r)
+        return [(math.fsum(losses[i]) / n, {name: grads[name][i] for name in grads})
+                for i in range(k)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the optimizer's step
+
+
+def sgd_step(params: Params, grads: Params, optimizer_state: dict | None, fallback: dict) -> Params:
+    """The parameters after the update torch.optim.SGD would make from this state (out of place).
+
+    For each parameter p with gradient g (torch SGD semantics):
+        d = g + wd * p
+        momentum m > 0:  buf' = d if no buffer yet, else m * buf + (1 - dampening) * d
+                         d = d + m * buf' (nesterov) or d = buf'
+        p' = p - lr * d
+    Hyper-parameters and momentum buffers come from the checkpoint's optimizer state dict
+    (`optimizer_state`, whose integer parameter ids follow `params`' order, i.e.
+    model.named_parameters()); `fallback` (the run spec's "optim": lr, momentum, weight_decay) is
+    used when there is no state. Only parameters present in `grads` are stepped.
+    """
+    names = list(params)
+    hyper: dict[str, dict] = {}
+    buffers: dict[str, Tensor | None] = {}
+    if optimizer_state:
+        ids = sorted(i for group in optimizer_state["param_groups"] for i in group["params"])
+        if ids != list(range(len(names))):
+            raise ValueError(f"optimizer state covers parameter ids {ids[:3]}..{ids[-3:]}, the "
+                             f"model has {len(names)} parameters: not SGD(model.parameters())")
+        for group in optimizer_state["param_groups"]:
+            for idx in group["params"]:
+                hyper[names[idx]] = group
+        for idx, st in optimizer_state.get("state", {}).items():
+            buffers[names[int(idx)]] = st.get("momentum_buffer")
+    out = {}
+    for name, g in grads.items():
+        h = hyper.get(name, fallback)
+        p = params[name]
+        d = -g if h.get("maximize", False) else g
+        wd = h.get("weight_decay", 0.0) or 0.0
+        if wd:
+            d = d + wd * p
+        m = h.get("momentum", 0.0) or 0.0
+        if m:
+            buf = buffers.get(name)
+            if buf is None:
+                buf = d
+            else:
+                buf = m * buf.to(d.device, d.dtype) + (1 - h.get("dampening", 0.0)) * d
+            d = d + m * buf if h.get("nesterov", False) else buf
+        out[name] = p - h["lr"] * d
+    return out

@@ -1,0 +1,231 @@
+"""`python -m bnstudy <command>`: the entry points the Snakemake rules call.
+
+Each command does one stage for one target and takes its settings as JSON (the rules pass the
+resolved config slices as params, so Snakemake reruns a job exactly when its settings change).
+Users can run the same commands by hand; `bnstudy plan` shows what a config expands to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"bnstudy: invalid JSON argument ({err}): {text[:200]}")
+
+
+def _tracking(text: str) -> dict:
+    """The tracking params of a rule, with the URI resolved (null = <results>/mlflow.db)."""
+    from .tracking import resolve_uri
+
+    tracking = _json(text)
+    if tracking.get("enabled"):
+        tracking["uri"] = resolve_uri(tracking, tracking.get("results", "results"))
+    return tracking
+
+
+def _terminate_as_exception() -> None:
+    """Slurm (cancel, preemption, time limit) and snakemake send SIGTERM: turn it into an
+    exception so the run is marked FAILED in MLflow and the checkpoints on disk stay usable."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_prepare_data(args) -> None:
+    from .data import prepare
+
+    meta = prepare(_json(args.config), args.name, Path(args.out))
+    print(f"prepared {args.name}: {meta['n_train']} train / {meta['n_test']} test samples, "
+          f"sha256 {meta['sha256'][:12]}", file=sys.stderr)
+
+
+def cmd_init_tracking(args) -> None:
+    from .tracking import init_store
+
+    tracking = _tracking(args.tracking)
+    exp = init_store(tracking["uri"], tracking["experiment"], Path(args.artifacts)) \
+        if tracking["enabled"] else None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"uri": tracking.get("uri"), "experiment_id": exp,
+                                          "experiment": tracking["experiment"]}) + "\n")
+
+
+def cmd_train(args) -> None:
+    from .train import train
+
+    spec, tracking = _json(args.spec), _tracking(args.tracking)
+    run_dir = Path(args.run_dir)
+    holder = {}
+
+    def open_tracker(previous):
+        if not tracking["enabled"]:
+            return None
+        from .tracking import MlflowTracker
+
+        holder["t"] = MlflowTracker(tracking["uri"], tracking["experiment"], spec, run_dir,
+                                    previous, studies=args.studies.split(",") if args.studies else [])
+        return holder["t"]
+
+    _terminate_as_exception()
+    try:
+        summary = train(spec, run_dir, open_tracker=open_tracker if tracking["enabled"] else None,
+                        threads=args.threads)
+    except BaseException as err:
+        if "t" in holder:
+            holder["t"].fail(f"{type(err).__name__}: {err}")
+        raise
+    print(f"{spec['run']}: {summary['status']} after {summary['steps_done']} steps "
+          f"in {summary['wall_seconds']:.1f}s", file=sys.stderr)
+
+
+def cmd_analyze(args) -> None:
+    import torch
+
+    from .analysis.run import analyze
+    from .train import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = json.loads((Path(args.run_dir) / "spec.json").read_text())
+    device = resolve_device(spec["runtime"])
+    out = analyze(args.analysis, Path(args.run_dir), _json(args.settings), Path(args.out), str(device))
+    tracking = _tracking(args.tracking)
+    summary = json.loads((Path(args.run_dir) / "summary.json").read_text())
+    if tracking["enabled"] and summary.get("mlflow_run_id"):
+        from .tracking import log_analysis
+
+        log_analysis(tracking["uri"], summary["mlflow_run_id"], out, args.analysis, args.study)
+
+
+def cmd_aggregate(args) -> None:
+    from .aggregate import aggregate
+
+    analyses = {a: Path(args.analysis_root) / args.study / a for a in args.analyses.split(",") if a}
+    aggregate(args.study, _json(args.study_config), [Path(p).parent for p in args.summaries],
+              analyses, Path(args.out_dir))
+
+
+def cmd_figure(args) -> None:
+    from .figures import draw
+
+    draw(args.study, args.figure, Path(args.tables), _json(args.study_config), Path(args.out))
+
+
+def cmd_claims(args) -> None:
+    from .claims import claims
+
+    claims(Path(args.tables_root), _json(args.studies_config), Path(args.out_csv), Path(args.out_md))
+
+
+def cmd_track_figures(args) -> None:
+    from .tracking import log_figures
+
+    tracking = _tracking(args.tracking)
+    run_id = log_figures(tracking["uri"], tracking["experiment"], [Path(f) for f in args.figures]) \
+        if tracking["enabled"] else None
+    Path(args.out).write_text(json.dumps({"figures_run": run_id, "count": len(args.figures)}) + "\n")
+
+
+def cmd_plan(args) -> None:
+    from .config import load_config, plan
+
+    p = plan(load_config(args.configfile))
+    for study, runs in p.study_runs.items():
+        analyses = ", ".join(p.study_analyses[study]) or "-"
+        print(f"{study:24s} {len(runs):4d} runs   analyses: {analyses}")
+    print(f"{'total (shared runs once)':24s} {len(p.runs):4d} runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnstudy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-data", help="build one dataset's cached tensor file")
+    p.add_argument("--name", required=True)
+    p.add_argument("--config", required=True, help="the dataset's config (JSON)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("init-tracking", help="create the MLflow store and experiment once")
+    p.add_argument("--tracking", required=True, help="the tracking config (JSON)")
+    p.add_argument("--artifacts", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_init_tracking)
+
+    p = sub.add_parser("train", help="train (or resume) one run")
+    p.add_argument("--spec", required=True, help="the run spec (JSON)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--tracking", default='{"enabled": false}')
+    p.add_argument("--studies", default="")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("analyze", help="one checkpoint analysis of one run")
+    p.add_argument("--analysis", required=True, choices=["ics", "landscape", "curvature"])
+    p.add_argument("--study", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--settings", required=True, help="the analysis settings (JSON)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tracking", default='{"enabled": false}')
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("aggregate", help="per-run tables -> one study's tables")
+    p.add_argument("--study", required=True)
+    p.add_argument("--study-config", required=True)
+    p.add_argument("--analyses", default="")
+    p.add_argument("--analysis-root", default="results/analysis")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("summaries", nargs="+", help="the runs' summary.json files")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("figure", help="draw one figure of a study")
+    p.add_argument("--study", required=True)
+    p.add_argument("--figure", required=True)
+    p.add_argument("--tables", required=True)
+    p.add_argument("--study-config", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("claims", help="the claims verdict table")
+    p.add_argument("--tables-root", required=True)
+    p.add_argument("--studies-config", required=True)
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-md", required=True)
+    p.set_defaults(func=cmd_claims)
+
+    p = sub.add_parser("track-figures", help="log the figures to MLflow")
+    p.add_argument("--tracking", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("figures", nargs="*")
+    p.set_defaults(func=cmd_track_figures)
+
+    p = sub.add_parser("plan", help="what a config expands to")
+    p.add_argument("configfile")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .config import ConfigError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, CheckpointError) as err:
+        raise SystemExit(f"bnstudy {args.command}: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

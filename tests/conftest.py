@@ -1,0 +1,68 @@
+"""Shared fixtures. The end-to-end fixtures run the real Snakefile on config/smoke.yaml in a
+temporary working directory, once per test session, so several tests can read one DAG's outputs.
+
+Tests that need a service that is absent on a user's machine are opt-in, not skipped:
+`--slurm` (a Slurm cluster: tests/harness/slurm.sh starts one) and `--browser` (Debian's
+chromium + chromedriver). CI passes both (see .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slurm", action="store_true", help="run the tests that need a Slurm cluster")
+    parser.addoption("--browser", action="store_true", help="run the tests that need chromium")
+
+
+def pytest_collection_modifyitems(config, items):
+    selected, deselected = [], []
+    for item in items:
+        for marker in ("slurm", "browser"):
+            if item.get_closest_marker(marker) and not config.getoption(f"--{marker}"):
+                deselected.append(item)
+                break
+        else:
+            selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def run_snakemake(workdir: Path, *args: str, configfile: str = "config/smoke.yaml",
+                  check: bool = True, env: dict | None = None, timeout: int = 900):
+    """Run the project's Snakefile with `workdir` as working directory (results land there)."""
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(REPO / configfile), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_dag(tmp_path_factory) -> Path:
+    """A working directory in which the whole smoke DAG has run (results/ inside it)."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    run_snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+@pytest.fixture
+def smoke_copy(smoke_dag, tmp_path) -> Path:
+    """A private copy of the finished smoke DAG, for tests that change or rerun things."""
+    target = tmp_path / "work"
+    shutil.copytree(smoke_dag, target, symlinks=True)
+    return target

@@ -1,0 +1,225 @@
+"""Synthetic per-run tables in the layout of docs/architecture.md, for the aggregate/figure/claim tests.
+
+Not a conftest: imported explicitly by the tests. Everything is drawn from a seeded numpy
+Generator, so the fixtures are identical on every run. An ``outcome`` callable decides, per run,
+the levels the curves converge to (accuracy, ICS, beta, divergence), which is how the claim tests
+construct data with a known verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnstudy.aggregate import ANALYSIS_COLUMNS, RUN_TABLE_COLUMNS, aggregate
+
+TRAIN_EVERY, EVAL_EVERY, LAYERS_EVERY, ANALYSIS_EVERY = 10, 50, 20, 50
+N_LAYERS = 13
+CHANCE = 0.1
+ETA_REL = [0.5, 1.0, 2.0, 4.0]
+
+_VGG = {"setup": "vgg", "lrs": [0.1], "seeds": [0, 1], "grid": {}, "overrides": {}, "enabled": True}
+_DLN = {**_VGG, "setup": "dln", "lrs": [1e-6, 1e-7]}
+
+# One small config per study, shaped like the real config's `studies:` entries.
+STUDIES: dict[str, dict] = {
+    "performance": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.5], "layers": [3, 11]},
+    "noisy_bn": {**_VGG, "variants": ["standard", "batchnorm", "noisy_batchnorm", "standard_noise"],
+                 "layers": [2, 9, 13]},
+    "ics": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.01], "layers": [5, 10],
+            "ics": {"every": ANALYSIS_EVERY}},
+    "ics_dln": {**_DLN, "variants": ["standard", "batchnorm"], "layers": [9, 17], "ics": {}},
+    "landscape": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [], "landscape": {}},
+    "landscape_dln": {**_DLN, "variants": ["standard", "batchnorm"], "lrs": [1e-6], "layers": [],
+                      "landscape": {}},
+    "lp_norms": {**_VGG, "variants": ["l1", "l2", "linf", "batchnorm", "standard"], "layers": [3, 11],
+                 "landscape": {}},
+    "dln_distributions": {**_DLN, "variants": ["standard", "batchnorm"], "lrs": [1e-6],
+                          "layers": [1, 11, 24]},
+    "curvature": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [], "curvature": {}},
+    "claim_learning_rate": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.01, 0.1, 1.0],
+                            "layers": []},
+    "claim_initialisation": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [],
+                             "grid": {"model.init_scale": [0.5, 1.0, 2.0]}},
+    "claim_regularisation": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [],
+                             "grid": {"model.dropout": [0.0, 0.5]}},
+    "claim_sigmoid": {**_VGG, "setup": "mlp_sigmoid", "variants": ["standard", "batchnorm"], "layers": []},
+    "mnist_2015": {**_VGG, "setup": "mnist_mlp", "variants": ["standard", "batchnorm"], "layers": [1, 2, 3]},
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a synthetic run converges to."""
+
+    train_accuracy: float = 0.9
+    test_accuracy: float = 0.8
+    diverged_step: int | None = None
+    ics_l2: float = 1.0
+    beta: float = 10.0
+    final_loss: float = 0.3  # the training loss goes here from 2.3 (>= 2.3: no training)
+
+
+Outcomes = Callable[[str, float, int, dict], Outcome]
+
+
+def default_outcome(variant: str, lr: float, seed: int, grid: dict) -> Outcome:
+    """BatchNorm-like variants train better; standard diverges at lr >= 0.5 for odd seeds;
+    standard + noise stays at chance."""
+    if variant == "standard_noise":
+        return Outcome(CHANCE + 0.01, CHANCE, ics_l2=2.0, beta=50.0)
+    if variant == "standard":
+        diverged = 120 if lr >= 0.5 and seed % 2 else None
+        return Outcome(0.85, 0.78, diverged, ics_l2=0.5, beta=100.0)
+    return Outcome(0.95, 0.83, None, ics_l2=1.5, beta=5.0)
+
+
+def set_dotted(spec: dict, dotted: str, value) -> None:
+    node = spec
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _rising(steps: np.ndarray, start: float, end: float, total: int) -> np.ndarray:
+    return end + (start - end) * np.exp(-5.0 * steps / max(total, 1))
+
+
+def _train_table(rng, steps, outcome, total, regression) -> pd.DataFrame:
+    loss = _rising(steps, 2.3, outcome.final_loss, total) * rng.lognormal(0, 0.01, len(steps))
+    accuracy = np.clip(_rising(steps, CHANCE, outcome.train_accuracy, total) + rng.normal(0, 0.01, len(steps)), 0, 1)
+    if outcome.diverged_step is not None and len(steps):
+        loss[-1] = np.inf
+    return pd.DataFrame({"step": steps, "loss": loss, "accuracy": np.nan if regression else accuracy})
+
+
+def _eval_table(rng, steps, outcome, total, regression) -> pd.DataFrame:
+    frames = []
+    for split, level in (("train", outcome.train_accuracy), ("test", outcome.test_accuracy)):
+        accuracy = np.clip(_rising(steps, CHANCE, level, total) + rng.normal(0, 0.01, len(steps)), 0, 1)
+        frames.append(pd.DataFrame({"step": steps, "split": split,
+                                    "loss": _rising(steps, 2.3, 0.4, total),
+                                    "accuracy": np.nan if regression else accuracy}))
+    return pd.concat(frames, ignore_index=True).sort_values(["step", "split"], kind="stable")
+
+
+def _layers_table(rng, steps, variant) -> pd.DataFrame:
+    rows = []
+    normalised = variant != "standard"
+    z = {"p05": -1.645, "p15": -1.036, "p50": 0.0, "p85": 1.036, "p95": 1.645}
+    for step, layer in product(steps, range(1, N_LAYERS + 1)):
+        drift = 0.0 if normalised else 0.002 * step * layer ** 0.5
+        mean, std = drift + rng.normal(0, 0.05), (1.0 if normalised else 0.5 + 0.01 * layer) * rng.lognormal(0, 0.05)
+        row = {"step": step, "layer": layer, "mean": mean, "var": std ** 2}
+        row |= {name: mean + q * std for name, q in z.items()}
+        row |= {"weight_grad_norm": rng.lognormal(0, 0.3), "output_grad_norm": rng.lognormal(-2, 0.3),
+                "gamma_over_sigma": rng.lognormal(0, 0.1) if normalised else np.nan}
+        row |= {f"unit_{name}": mean + 0.5 + q * std for name, q in z.items() if name in ("p15", "p50", "p85")}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=RUN_TABLE_COLUMNS["layers"])
+
+
+def _analysis_table(name: str, rng, steps, outcome, layers) -> pd.DataFrame:
+    rows = []
+    for step in steps:
+        if name == "ics":
+            for layer in layers or [1]:
+                rows.append({"step": step, "layer": layer, "l2_diff": outcome.ics_l2 * rng.lognormal(0, 0.1),
+                             "cosine": float(np.clip(rng.normal(0.8, 0.05), -1, 1)),
+                             "grad_norm": rng.lognormal(0, 0.1)})
+        elif name == "landscape":
+            for direction, eta_rel in product(("gradient", "random1"), ETA_REL):
+                # a random direction must not enter the gradient measures: make it huge and the
+                # same for every variant, so mixing it in would erase any effect
+                beta = outcome.beta if direction == "gradient" else 1e6
+                rows.append({"step": step, "direction": direction, "eta": 0.1 * eta_rel, "eta_rel": eta_rel,
+                             "loss": (1.0 + 0.1 * eta_rel * beta ** 0.5) * rng.lognormal(0, 0.02),
+                             "grad_diff": beta * 0.1 * eta_rel * rng.lognormal(0, 0.1),
+                             "beta": beta * rng.lognormal(0, 0.1)})
+        else:
+            rows.append({"step": step, "grad_quadratic": outcome.beta * rng.lognormal(0, 0.1),
+                         "top_eigenvalue": 3 * outcome.beta * rng.lognormal(0, 0.1)})
+    return pd.DataFrame(rows, columns=ANALYSIS_COLUMNS[name])
+
+
+def write_run(runs_root: Path, study_cfg: dict, variant: str, lr: float, seed: int, grid: dict,
+              outcome: Outcome, steps: int, rng: np.random.Generator) -> tuple[Path, str]:
+    """Write one run directory (spec, summary, train, eval, layers); return (dir, run id)."""
+    regression = study_cfg["setup"] == "dln"
+    digest = hashlib.sha256(json.dumps([variant, lr, seed, grid], sort_keys=True).encode()).hexdigest()[:8]
+    run = f"{study_cfg['setup']}-{variant}-lr{lr:g}-s{seed}-{digest}"
+    spec = {"run": run, "setup": study_cfg["setup"], "seed": seed,
+            "dataset": {"name": "synthetic", "path": "results/data/synthetic.pt",
+                        "task": "regression" if regression else "classification"},
+            "model": {"arch": "dln" if regression else "vgg", "depth": N_LAYERS, "init_scale": 1.0, "dropout": 0.0},
+            "norm": {"variant": variant, "eps": 1e-5},
+            "optim": {"lr": lr, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 128, "steps": steps}}
+    for dotted, value in grid.items():
+        set_dotted(spec, dotted, value)
+    end = steps if outcome.diverged_step is None else outcome.diverged_step
+    run_dir = runs_root / run
+    run_dir.mkdir(parents=True)
+    tables = {
+        "train": _train_table(rng, np.arange(0, end + 1, TRAIN_EVERY), outcome, steps, regression),
+        "eval": _eval_table(rng, np.arange(0, end + 1, EVAL_EVERY), outcome, steps, regression),
+        "layers": _layers_table(rng, np.arange(0, end + 1, LAYERS_EVERY), variant),
+    }
+    for name, table in tables.items():
+        table.to_csv(run_dir / f"{name}.csv", index=False)
+    diverged = outcome.diverged_step is not None
+    final = {"train_loss": 0.3, "test_loss": 0.5,
+             "train_accuracy": None if regression else outcome.train_accuracy,
+             "test_accuracy": None if regression else outcome.test_accuracy}
+    summary = {"run": run, "status": "diverged" if diverged else "completed", "steps_done": end,
+               "diverged_step": outcome.diverged_step,
+               "final": {k: None for k in final} if diverged else final,
+               "checkpoints": [], "labels": {"variant": variant, "lr": lr, "seed": seed},
+               "wall_seconds": 1.0, "device": "cpu"}
+    (run_dir / "spec.json").write_text(json.dumps(spec))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir, run
+
+
+def make_study(root: Path, study: str, study_cfg: dict | None = None, outcome: Outcomes = default_outcome,
+               steps: int = 200, seed: int = 0) -> tuple[list[Path], dict[str, Path]]:
+    """Write every run of ``study`` (and its analysis tables) under ``root``.
+
+    Returns (run dirs, analysis name -> directory), the arguments aggregate() takes.
+    """
+    study_cfg = study_cfg or STUDIES[study]
+    rng = np.random.default_rng(seed)
+    analyses = [name for name in ANALYSIS_COLUMNS if name in study_cfg]
+    analysis_dirs = {name: root / "analysis" / study / name for name in analyses}
+    for directory in analysis_dirs.values():
+        directory.mkdir(parents=True, exist_ok=True)
+    grid_items = list((study_cfg.get("grid") or {}).items())
+    run_dirs = []
+    for variant, lr, run_seed, values in product(study_cfg["variants"], study_cfg["lrs"], study_cfg["seeds"],
+                                                 product(*[v for _, v in grid_items])):
+        grid = {dotted: value for (dotted, _), value in zip(grid_items, values)}
+        result = outcome(variant, lr, run_seed, grid)
+        run_dir, run = write_run(root / "runs" / study, study_cfg, variant, lr, run_seed, grid, result, steps, rng)
+        run_dirs.append(run_dir)
+        end = steps if result.diverged_step is None else result.diverged_step
+        for name, directory in analysis_dirs.items():
+            table = _analysis_table(name, rng, np.arange(0, end + 1, ANALYSIS_EVERY), result,
+                                    study_cfg.get("layers"))
+            table.to_csv(directory / f"{run}.csv", index=False)
+    return run_dirs, analysis_dirs
+
+
+def make_tables(root: Path, study: str, study_cfg: dict | None = None, **kwargs) -> Path:
+    """make_study + aggregate: returns ``root/tables/{study}``."""
+    study_cfg = study_cfg or STUDIES[study]
+    run_dirs, analysis_dirs = make_study(root, study, study_cfg, **kwargs)
+    out_dir = root / "tables" / study
+    aggregate(study, study_cfg, run_dirs, analysis_dirs, out_dir)
+    return out_dir

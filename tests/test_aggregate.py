@@ -1,0 +1,101 @@
+"""aggregate(): per-run tables -> labelled study tables, including a diverged run and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest_tables import STUDIES, Outcome, default_outcome, make_study  # noqa: E402
+
+from bnstudy.aggregate import LABEL_COLUMNS, RUN_TABLE_COLUMNS, TableError, aggregate  # noqa: E402
+
+STUDY = "claim_initialisation"  # has a grid column (init_scale)
+CFG = {**STUDIES[STUDY], "ics": {}}  # and an analysis
+
+
+def _outcome(variant, lr, seed, grid):
+    """The standard run at init_scale 2, seed 1 diverges at step 60."""
+    if variant == "standard" and seed == 1 and grid["model.init_scale"] == 2.0:
+        return Outcome(diverged_step=60)
+    return default_outcome(variant, lr, seed, grid)
+
+
+@pytest.fixture()
+def study(tmp_path):
+    run_dirs, analysis_dirs = make_study(tmp_path, STUDY, CFG, outcome=_outcome)
+    return tmp_path, run_dirs, analysis_dirs
+
+
+def test_tables_are_labelled_and_keep_the_diverged_run(study):
+    root, run_dirs, analysis_dirs = study
+    written = aggregate(STUDY, CFG, run_dirs, analysis_dirs, root / "out")
+    assert [p.name for p in written] == ["runs.csv", "train.csv", "eval.csv", "layers.csv", "ics.csv"]
+
+    runs = pd.read_csv(root / "out" / "runs.csv")
+    assert len(runs) == len(run_dirs) == 2 * 2 * 3  # variants x seeds x init scales
+    assert list(runs.columns[:6]) == LABEL_COLUMNS + ["init_scale"]
+    diverged = runs[runs["status"] == "diverged"]
+    assert len(diverged) == 1
+    row = diverged.iloc[0]
+    assert (row["variant"], row["seed"], row["init_scale"], row["diverged_step"]) == ("standard", 1, 2.0, 60)
+    assert pd.isna(row["final_test_accuracy"]) and row["steps_done"] == 60
+    completed = runs[runs["status"] == "completed"]
+    assert completed["final_test_accuracy"].notna().all() and (completed["steps_done"] == 200).all()
+    assert set(runs["init_scale"]) == {0.5, 1.0, 2.0}
+
+    train = pd.read_csv(root / "out" / "train.csv")
+    assert list(train.columns) == LABEL_COLUMNS + ["init_scale"] + RUN_TABLE_COLUMNS["train"]
+    # every row carries its run's labels: the diverged run's rows stop at its divergence step
+    rows = train[train["run"] == row["run"]]
+    assert rows["step"].max() == 60 and (rows["status"] == "diverged").all()
+    assert set(train.groupby("run")["variant"].nunique()) == {1}
+
+    ics = pd.read_csv(root / "out" / "ics.csv")
+    assert set(ics["run"]) == set(runs["run"]) and {"l2_diff", "lr", "seed"} <= set(ics.columns)
+    assert not list((root / "out").glob(".*")), "temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (root / "out" / "runs.csv").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_empty_inputs_keep_headers(tmp_path, study):
+    root, run_dirs, analysis_dirs = study
+    for run_dir in run_dirs:  # a run that logged no layer statistics
+        pd.DataFrame(columns=RUN_TABLE_COLUMNS["layers"]).to_csv(run_dir / "layers.csv", index=False)
+    aggregate(STUDY, CFG, run_dirs, analysis_dirs, tmp_path / "a")
+    layers = pd.read_csv(tmp_path / "a" / "layers.csv")
+    assert layers.empty and list(layers.columns) == LABEL_COLUMNS + ["init_scale"] + RUN_TABLE_COLUMNS["layers"]
+
+    aggregate(STUDY, CFG, [], {"ics": tmp_path}, tmp_path / "b")
+    for name in ("runs", "train", "eval", "layers", "ics"):
+        frame = pd.read_csv(tmp_path / "b" / f"{name}.csv")
+        assert frame.empty and "run" in frame.columns and "init_scale" in frame.columns
+
+
+@pytest.mark.parametrize("breakage, culprit", [
+    (lambda d, a: (d / "eval.csv").unlink(), "eval.csv"),
+    (lambda d, a: (d / "summary.json").write_text("{not json"), "summary.json"),
+    (lambda d, a: pd.read_csv(d / "train.csv").drop(columns="loss").to_csv(d / "train.csv", index=False),
+     "train.csv"),
+    (lambda d, a: next(a.glob(f"{json.loads((d / 'spec.json').read_text())['run']}.csv")).unlink(),
+     ".csv"),
+    (lambda d, a: (d / "spec.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((d / "spec.json").read_text()).items() if k != "model"})),
+     "spec.json"),
+])
+def test_bad_input_names_the_file(study, breakage, culprit):
+    root, run_dirs, analysis_dirs = study
+    victim = run_dirs[3]
+    breakage(victim, analysis_dirs["ics"])
+    with pytest.raises(TableError) as error:
+        aggregate(STUDY, CFG, run_dirs, analysis_dirs, root / "out")
+    message = str(error.value)
+    assert culprit in message
+    assert victim.name in message  # the run directory or the run's analysis file is named
+    assert not (root / "out" / "runs.csv").exists(), "nothing is written on error"

@@ -1,0 +1,86 @@
+"""Each normalisation variant normalises as specified; noisy BN's noise follows Algorithm 1."""
+
+import math
+
+import pytest
+import torch
+
+from bnstudy.norms import VARIANTS, DistributionNoise, LpNorm, make_norm, sample_noise
+
+NOISE = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
+
+
+def conv_input(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 3 + 5 * torch.randn(64, 4, 6, 6, generator=g)
+
+
+def test_batchnorm_has_zero_mean_unit_variance_per_channel_in_train_mode():
+    norm = make_norm("batchnorm", 4, True, 1e-5, NOISE).train()
+    y = norm(conv_input())
+    assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(y.var((0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_lp_norm_centres_and_divides_by_the_average_lp_norm(p):
+    norm = LpNorm(4, p).train()
+    y = norm(conv_input())
+    assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(4), atol=1e-5)
+    a = y.transpose(0, 1).reshape(4, -1).abs()
+    stat = a.amax(1) if p == math.inf else a.pow(p).mean(1).pow(1 / p)
+    assert torch.allclose(stat, torch.ones(4), atol=1e-4)
+
+
+def test_lp_norm_uses_running_statistics_in_eval_mode():
+    norm = LpNorm(4, 1.0)
+    x = conv_input()
+    for _ in range(200):
+        norm.train()(x)
+    assert torch.allclose(norm.eval()(x), norm.train()(x), atol=1e-3)
+
+
+def test_standard_is_identity_and_registry_is_complete():
+    assert torch.equal(make_norm("standard", 4, True, 1e-5, NOISE)(conv_input()), conv_input())
+    assert set(VARIANTS) == {"standard", "batchnorm", "noisy_batchnorm", "standard_noise", "l1", "l2", "linf"}
+    with pytest.raises(ValueError, match="known: standard"):
+        make_norm("groupnorm", 4, True, 1e-5, NOISE)
+
+
+def test_noise_follows_algorithm_1():
+    """Per unit: mu_j ~ U(-0.5, 0.5), sigma_j ~ U(1, 1.25); per element m ~ U(mu_j +- 0.1),
+    s ~ N(sigma_j, 0.1). Checked on many units and many elements per unit."""
+    units, n = 4000, 2000
+    scale, shift = sample_noise(torch.Size([n, units]), **NOISE, generator=torch.Generator().manual_seed(0),
+                                dtype=torch.float32, device=torch.device("cpu"))
+    mu, sigma = shift.mean(0), scale.mean(0)
+    assert mu.min() > -0.5 - 0.01 and mu.max() < 0.5 + 0.01
+    assert abs(mu.mean().item()) < 0.02 and abs(mu.var().item() - 1 / 12) < 0.01  # U(-.5,.5) var 1/12
+    assert sigma.min() > 1 - 0.01 and sigma.max() < 1.25 + 0.01
+    assert abs(sigma.mean().item() - 1.125) < 0.005
+    spread = shift - mu  # m - mu_j ~ U(-0.1, 0.1): range 0.2, variance 0.01/3
+    assert spread.abs().max() < 0.1 + 0.01 and abs(spread.var().item() - 0.01 / 3) < 2e-4
+    z = scale - sigma  # s - sigma_j ~ N(0, 0.1)
+    assert abs(z.std().item() - 0.1) < 0.002
+    kurtosis = (z.pow(4).mean() / z.var().pow(2)).item()
+    assert abs(kurtosis - 3) < 0.1  # Gaussian, not uniform (1.8)
+
+
+def test_noise_is_per_position_in_conv_layers_and_off_in_eval():
+    layer = DistributionNoise(**NOISE)
+    layer.generator = torch.Generator().manual_seed(1)
+    x = torch.ones(8, 3, 5, 5)
+    y = layer.train()(x)
+    assert y[:, 0].unique().numel() > 100  # every sample and position gets its own draw
+    assert torch.equal(layer.eval()(x), x)
+    off = DistributionNoise(**NOISE, enabled=False).train()
+    assert torch.equal(off(x), x)
+
+
+def test_noisy_batchnorm_is_batchnorm_then_noise():
+    norm = make_norm("noisy_batchnorm", 4, True, 1e-5, NOISE).train()
+    norm[1].generator = torch.Generator().manual_seed(0)
+    y = norm(conv_input())
+    per_channel_mean = y.mean((0, 2, 3))
+    assert per_channel_mean.abs().max() <= 0.5 + 0.1 + 0.05  # shifted by mu_j, within its range
+    assert not torch.allclose(per_channel_mean, torch.zeros(4), atol=1e-3)
