@@ -2,7 +2,11 @@
 # The DAG: prepare_data -> train (per run) -> analyses (per study x run) -> aggregate (per study)
 #          -> figures, claims -> report.  Logic lives in the bnstudy package; rules only call it.
 
-configfile: "config/config.yaml"
+# the default config, unless --configfile names another: a config file replaces the default
+# rather than being merged into it (a merge would keep the default's studies in every run)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -14,7 +14,7 @@ def raw(name="config.yaml"):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml", "cifar10-cpu.yaml"])
 def test_shipped_configs_validate_and_plan(name):
     p = plan(load_config(REPO / "config" / name))
     assert p.runs and all(p.study_runs.values())

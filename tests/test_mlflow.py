@@ -42,8 +42,9 @@ def client(uri: str):
 
 
 def expected_git_commit() -> str:
+    """What bnstudy.tracking.git_commit should record: HEAD's hash, or "unknown" without one."""
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 def study_members(workdir: Path) -> dict[str, set[str]]:
@@ -139,7 +140,7 @@ def test_one_execution_tag_per_pipeline_execution(smoke_dag):
 def test_parallel_writers_lose_nothing(tmp_path):
     """N processes log through MlflowTracker into one SQLite file at the same moment, flushing
     small batches so their writes interleave; every point arrives and every run is FINISHED."""
-    n_proc, steps = 6, 300
+    n_proc, steps = 6, 200
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         from bnstudy.tracking import init_store
@@ -197,12 +198,12 @@ def test_smoke_subset_logs_everything_to_mlflow_server(tmp_path):
                       log=tmp_path / "server.log") as server:
         override = write_yaml(tmp_path / "server.yaml", {
             "tracking": {"uri": server.url, "experiment": "bnstudy-server"},
-            **only_studies("ics_dln", "mnist_2015")})
+            **only_studies("ics_dln")})
         # two configfiles: smoke.yaml, then the override (later files win, keys merge)
         proc = run_snakemake(work, str(override), "--cores", "2")
         assert "Finished job" in proc.stdout + proc.stderr
         runs = check_runs_complete(work, server.url, "bnstudy-server")
-        assert {r.split("-")[0] for r in runs} == {"dln", "mlp"}
+        assert {r.split("-")[0] for r in runs} == {"dln"} and len(runs) == 2
         # analysis tables and figures went through the server's artifact proxy
         ics_runs = [r for r in runs if r.startswith("dln")]
         for run_id in ics_runs:

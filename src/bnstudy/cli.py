@@ -109,7 +109,8 @@ def cmd_analyze(args) -> None:
 def cmd_aggregate(args) -> None:
     from .aggregate import aggregate
 
-    analyses = {a: Path(args.analysis_root) / args.study / a for a in args.analyses.split(",") if a}
+    # results/analysis/<study>/<analysis>/<run>.csv: one folder per analysis
+    analyses = {Path(t).parent.name: Path(t).parent for t in args.analysis_tables}
     aggregate(args.study, _json(args.study_config), [Path(p).parent for p in args.summaries],
               analyses, Path(args.out_dir))
 
@@ -182,10 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="per-run tables -> one study's tables")
     p.add_argument("--study", required=True)
     p.add_argument("--study-config", required=True)
-    p.add_argument("--analyses", default="")
-    p.add_argument("--analysis-root", default="results/analysis")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("summaries", nargs="+", help="the runs' summary.json files")
+    p.add_argument("--analysis-tables", nargs="*", default=[], help="the study's analysis tables")
+    p.add_argument("--summaries", nargs="+", required=True, help="the runs' summary.json files")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("figure", help="draw one figure of a study")

@@ -178,7 +178,10 @@ def build_model(spec: dict, noise: bool = True) -> Network:
     the deterministic loss unless configured otherwise).
     """
     m = spec["model"]
-    model = ARCHITECTURES[m["arch"]](spec, noise)
+    # torch's layer constructors draw a default init from the global RNG; we overwrite it below
+    # from the run's own generator, and fork_rng keeps the caller's global RNG untouched
+    with torch.random.fork_rng(devices=[]):
+        model = ARCHITECTURES[m["arch"]](spec, noise)
     initialise(model, m["init"], m["init_scale"], torch.Generator().manual_seed(spec["seed"]))
     return model
 

@@ -152,7 +152,9 @@ fi
 if [ "$WITH_SLURMDBD" = 1 ]; then
   ACCT="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=$H
-AccountingStorageTRES=gres/gpu"
+AccountingStorageTRES=gres/gpu
+# keep sbatch --comment in the accounting DB: the plugin puts rule_<rule>_wildcards_... there
+AccountingStoreFlags=job_comment"
 else
   ACCT="AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt

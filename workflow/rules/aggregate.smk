@@ -10,9 +10,7 @@ rule aggregate:
         layers=f"{RESULTS}/tables/{{study}}/layers.csv",
     params:
         study=study_config,
-        analyses=study_analysis_names,
-        out_dir=f"{RESULTS}/tables/{{study}}",
-        analysis_root=f"{RESULTS}/analysis",
+        out_dir=parent_of_output,
     log:
         f"{RESULTS}/logs/aggregate/{{study}}.log",
     benchmark:
@@ -20,6 +18,6 @@ rule aggregate:
     conda:
         "../../envs/figures.yaml"
     shell:
-        "{PYTHON} -m bnstudy aggregate --study {wildcards.study} --study-config {params.study:q} "
-        "--analyses={params.analyses:q} --analysis-root {params.analysis_root} "
-        "--out-dir {params.out_dir} {input.summaries} > {log} 2>&1"
+        "python -m bnstudy aggregate --study {wildcards.study} --study-config {params.study:q} "
+        "--out-dir {params.out_dir} --analysis-tables {input.analyses} "
+        "--summaries {input.summaries} > {log} 2>&1"

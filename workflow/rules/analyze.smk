@@ -7,7 +7,7 @@ rule analyze:
     params:
         settings=analysis_settings,
         tracking=as_json(TRACKING),
-        run_dir=f"{RESULTS}/runs/{{run}}",
+        run_dir=parent_of_input,
     threads: max(1, config["runtime"]["threads"])
     resources:
         mem_mb=4000,
@@ -18,6 +18,6 @@ rule analyze:
     conda:
         "../../envs/train.yaml"
     shell:
-        "{PYTHON} -m bnstudy analyze --analysis {wildcards.analysis} --study {wildcards.study} "
+        "python -m bnstudy analyze --analysis {wildcards.analysis} --study {wildcards.study} "
         "--run-dir {params.run_dir} --settings {params.settings:q} --tracking {params.tracking:q} "
         "--threads {threads} --out {output} > {log} 2>&1"

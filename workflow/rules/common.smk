@@ -24,18 +24,14 @@ RESULTS = config["results"]
 # one id per pipeline execution, inherited by every job (locally and through sbatch's
 # environment export), so MLflow can group one execution's runs
 os.environ.setdefault(EXECUTION_ENV, uuid.uuid4().hex[:12])
-# jobs (also conda-env and cluster jobs) import the package from this checkout
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(Path(workflow.basedir) / "src")] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-)
+# Jobs import the package from this checkout (also in conda envs and on cluster nodes), and run
+# `python` = the interpreter that runs Snakemake (a venv works without being activated), unless a
+# conda env (--sdm conda) puts its own interpreter first on PATH.
+_src = str(Path(workflow.basedir) / "src")
+os.environ.update(PYTHONPATH=_src)
+if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method):
+    os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
-# Jobs run the Python that runs Snakemake (a venv works without activating it), unless a conda
-# env (--sdm conda) provides its own interpreter.
-_conda = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
-PYTHON = "python" if _conda else sys.executable
-
-# passed to jobs as params; the URI stays as configured (null = the results folder's SQLite
-# store, resolved by the job) so moving the project folder does not look like a settings change
 TRACKING = {**config["tracking"], "results": RESULTS}
 
 
@@ -91,8 +87,9 @@ def study_analysis_tables(wildcards):
     ]
 
 
-def study_analysis_names(wildcards):
-    return ",".join(PLAN.study_analyses[wildcards.study])
+def tables_root(wildcards, input):
+    """results/tables, from a study's runs.csv (results/tables/<study>/runs.csv)."""
+    return str(Path(input[0]).parent.parent)
 
 
 def figure_caption(wildcards):
@@ -113,3 +110,12 @@ def all_outputs():
         f"{RESULTS}/claims.md",
         f"{RESULTS}/tracking/figures.json",
     ]
+
+
+def parent_of_input(wildcards, input):
+    """The folder of a rule's first input (a run folder, a study's tables folder)."""
+    return str(Path(input[0]).parent)
+
+
+def parent_of_output(wildcards, output):
+    return str(Path(output[0]).parent)

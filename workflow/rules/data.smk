@@ -11,7 +11,7 @@ rule prepare_data:
     conda:
         "../../envs/train.yaml"
     shell:
-        "{PYTHON} -m bnstudy prepare-data --name {wildcards.dataset} --config {params.config:q} "
+        "python -m bnstudy prepare-data --name {wildcards.dataset} --config {params.config:q} "
         "--out {output} > {log} 2>&1"
 
 
@@ -29,5 +29,5 @@ rule init_tracking:
     conda:
         "../../envs/train.yaml"
     shell:
-        "{PYTHON} -m bnstudy init-tracking --tracking {params.tracking:q} "
+        "python -m bnstudy init-tracking --tracking {params.tracking:q} "
         "--artifacts {params.artifacts} --out {output} > {log} 2>&1"

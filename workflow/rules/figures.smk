@@ -12,7 +12,7 @@ rule figure:
     params:
         caption=figure_caption,
         study=study_config,
-        tables=f"{RESULTS}/tables/{{study}}",
+        tables=parent_of_input,
     log:
         f"{RESULTS}/logs/figure/{{study}}/{{figure}}.log",
     benchmark:
@@ -20,7 +20,7 @@ rule figure:
     conda:
         "../../envs/figures.yaml"
     shell:
-        "{PYTHON} -m bnstudy figure --study {wildcards.study} --figure {wildcards.figure} "
+        "python -m bnstudy figure --study {wildcards.study} --figure {wildcards.figure} "
         "--tables {params.tables} --study-config {params.study:q} --out {output.png} > {log} 2>&1"
 
 
@@ -33,7 +33,7 @@ rule claims:
         md=f"{RESULTS}/claims.md",
     params:
         studies=as_json({s: config["studies"][s] for s in PLAN.study_runs}),
-        tables=f"{RESULTS}/tables",
+        tables=tables_root,
     log:
         f"{RESULTS}/logs/claims.log",
     benchmark:
@@ -41,7 +41,7 @@ rule claims:
     conda:
         "../../envs/figures.yaml"
     shell:
-        "{PYTHON} -m bnstudy claims --tables-root {params.tables} --studies-config {params.studies:q} "
+        "python -m bnstudy claims --tables-root {params.tables} --studies-config {params.studies:q} "
         "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
@@ -60,4 +60,4 @@ rule track_figures:
     conda:
         "../../envs/figures.yaml"
     shell:
-        "{PYTHON} -m bnstudy track-figures --tracking {params.tracking:q} --out {output} {input} > {log} 2>&1"
+        "python -m bnstudy track-figures --tracking {params.tracking:q} --out {output} {input} > {log} 2>&1"

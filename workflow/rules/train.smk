@@ -17,7 +17,7 @@ rule train:
         spec=run_spec,
         studies=run_studies,
         tracking=as_json(TRACKING),
-        run_dir=f"{RESULTS}/runs/{{run}}",
+        run_dir=parent_of_output,
     threads: max(1, config["runtime"]["threads"])
     resources:
         mem_mb=4000,
@@ -28,5 +28,5 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "{PYTHON} -m bnstudy train --spec {params.spec:q} --run-dir {params.run_dir} "
+        "python -m bnstudy train --spec {params.spec:q} --run-dir {params.run_dir} "
         "--tracking {params.tracking:q} --studies {params.studies:q} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,77 @@
+"""The whole DAG end to end on config/smoke.yaml, the report, planning and linting."""
+
+import json
+import time
+
+import pandas as pd
+
+from bnstudy.config import load_config, plan
+from bnstudy.figures import FIGURES
+
+from conftest import REPO, run_snakemake
+
+
+def test_smoke_dag_produces_every_output(smoke_dag):
+    results = smoke_dag / "results"
+    cfg = load_config(REPO / "config" / "smoke.yaml")
+    p = plan(cfg)
+    for run in p.runs:
+        summary = json.loads((results / "runs" / run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["mlflow_run_id"]
+    for study, analyses in p.study_analyses.items():
+        for analysis in analyses:
+            for run in p.study_runs[study]:
+                table = pd.read_csv(results / "analysis" / study / analysis / f"{run}.csv")
+                assert len(table) > 0
+    for study in p.study_runs:
+        assert len(pd.read_csv(results / "tables" / study / "runs.csv")) == len(p.study_runs[study])
+        for figure in FIGURES[study]:
+            png = results / "figures" / study / f"{figure}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert png.with_suffix(".pdf").stat().st_size > 5000
+    claims = pd.read_csv(results / "claims.csv")
+    assert len(claims) >= 7 and set(claims["verdict"]) <= {"supported", "not supported", "inconclusive"}
+    assert (results / "claims.md").read_text().startswith("#")
+    for rule in ("train", "analyze", "aggregate", "figure"):
+        assert list((results / "logs" / rule).rglob("*.log")) and list((results / "benchmarks" / rule).rglob("*.tsv"))
+
+
+def test_rerun_does_nothing_when_up_to_date(smoke_dag):
+    proc = run_snakemake(smoke_dag, "-n", "--cores", "1")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_report_shows_every_figure_and_the_claims(smoke_dag):
+    run_snakemake(smoke_dag, "--report", "report.zip")
+    import zipfile
+    names = zipfile.ZipFile(smoke_dag / "report.zip").namelist()
+    pngs = [n for n in names if n.endswith(".png")]
+    expected = sum(len(FIGURES[s]) for s in plan(load_config(REPO / "config" / "smoke.yaml")).study_runs)
+    assert len(pngs) >= expected
+    assert any(n.endswith("claims.csv") for n in names)
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("studies:\n  performance:\n    lrs: [fast]\n")
+    proc = run_snakemake(tmp_path, "--cores", "1", "--configfile", str(bad), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "studies.performance.lrs.0" in out and "'fast' is not of type 'number'" in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_both_configs_plan_quickly(tmp_path):
+    for configfile, minimum in (("config/config.yaml", 100), ("config/paper.yaml", 200)):
+        start = time.perf_counter()
+        proc = run_snakemake(tmp_path, "-n", "--quiet", "rules", configfile=configfile)
+        jobs = sum(int(line.split()[-1]) for line in proc.stdout.splitlines()
+                   if line.strip() and line.split()[0] in {"train", "analyze", "figure", "aggregate"})
+        assert jobs >= minimum, proc.stdout
+        del start  # speed is a benchmark matter, not an assertion (see README)
+
+
+def test_lint_is_clean(tmp_path):
+    proc = run_snakemake(tmp_path, "--lint", check=False)
+    out = proc.stdout + proc.stderr
+    assert "Congratulations" in out or "no lints" in out.lower(), out[-3000:]

@@ -1,0 +1,114 @@
+"""Training: determinism, exact resume after a kill, corrupt checkpoints, divergence, learnability."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from bnstudy.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from bnstudy.train import train
+
+from helpers import REPO, prepared_spec
+
+
+def quiet(msg):
+    pass
+
+
+def tables(run_dir):
+    return {name: pd.read_csv(run_dir / f"{name}.csv") for name in ("train", "eval", "layers")}
+
+
+def test_same_seed_same_numbers_and_outputs(tmp_path):
+    spec = prepared_spec(tmp_path, "vgg-noisy_batchnorm")
+    a = train(spec, tmp_path / "a", log=quiet)
+    b = train(spec, tmp_path / "b", log=quiet)
+    ta, tb = tables(tmp_path / "a"), tables(tmp_path / "b")
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name])
+    assert a["final"] == b["final"] and a["status"] == "completed"
+    other = train({**spec, "seed": 7}, tmp_path / "c", log=quiet)
+    assert other["final"] != a["final"]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert [c["step"] for c in summary["checkpoints"]] == spec["checkpoints"]
+    layers = ta["layers"]
+    assert set(layers["layer"]) == set(range(1, 9))
+    assert (layers["p15"] <= layers["p50"]).all() and (layers["p50"] <= layers["p85"]).all()
+    assert layers["weight_grad_norm"].gt(0).all() and layers["output_grad_norm"].gt(0).all()
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    """Kill a real training process mid-run (SIGKILL, no cleanup), restart it: same metrics as
+    an uninterrupted run. Dropout and noise included, so every RNG stream is exercised."""
+    spec = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=40)
+    spec["model"] = {**spec["model"], "dropout": 0.2}
+    spec["checkpoints"] = [0, 10, 20, 30, 40]
+    spec["augment"] = {"crop": 2, "flip": True}
+    reference = train(spec, tmp_path / "ref", log=quiet)
+
+    run_dir = tmp_path / "killed"
+    script = (f"import json,sys; sys.path.insert(0, {str(REPO / 'src')!r});"
+              f"from bnstudy.train import train; "
+              f"train(json.loads(sys.argv[1]), sys.argv[2], log=lambda m: print(m, flush=True))")
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(spec), str(run_dir)],
+                            stdout=subprocess.PIPE, text=True)
+    import time
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list_checkpoints(run_dir)) < 3:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    done_before_kill = [s for s, _ in list_checkpoints(run_dir)]
+    assert 20 <= max(done_before_kill) < 40 and not (run_dir / "summary.json").exists()
+
+    resumed = train(spec, run_dir, log=quiet)
+    assert resumed["final"] == reference["final"]
+    for name, frame in tables(tmp_path / "ref").items():
+        pd.testing.assert_frame_equal(frame, tables(run_dir)[name])
+
+
+def test_corrupt_checkpoint_is_named_and_resume_falls_back(tmp_path):
+    spec = prepared_spec(tmp_path, "vgg-batchnorm")
+    reference = train(spec, tmp_path / "ref", log=quiet)
+    run_dir = tmp_path / "run"
+    train(spec, run_dir, log=quiet)
+    last = list_checkpoints(run_dir)[-1][1]
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    with pytest.raises(CheckpointError, match=last.name):
+        load_checkpoint(last)
+    messages = []
+    resumed = train(spec, run_dir, log=messages.append)
+    assert any(last.name in m and "falling back" in m for m in messages)
+    assert resumed["final"] == reference["final"]
+
+
+def test_divergence_is_a_result(tmp_path):
+    spec = prepared_spec(tmp_path, "vgg-standard", lr=1e4)
+    summary = train(spec, tmp_path / "run", log=quiet)
+    assert summary["status"] == "diverged" and summary["diverged_step"] is not None
+    assert all(v is None for v in summary["final"].values())
+    train_table = pd.read_csv(tmp_path / "run" / "train.csv")
+    assert not math.isfinite(train_table["loss"].iloc[-1])
+    assert (tmp_path / "run" / "layers.csv").exists()
+
+
+def test_the_synthetic_data_is_learnable(tmp_path):
+    """At demo scale a small BN VGG must land well between chance and 100%."""
+    spec = prepared_spec(tmp_path, "vgg-batchnorm", steps=120, batch_size=64)
+    spec["log"] = {**spec["log"], "eval_every": 60}
+    summary = train(spec, tmp_path / "run", log=quiet)
+    assert 0.3 < summary["final"]["test_accuracy"] <= 1.0
+
+
+def test_checkpoint_holds_everything_to_resume(tmp_path):
+    spec = prepared_spec(tmp_path, "vgg-batchnorm")
+    train(spec, tmp_path / "run", log=quiet)
+    state = load_checkpoint(list_checkpoints(tmp_path / "run")[1][1])
+    assert {"model", "optimizer", "step", "spec", "rng", "metrics"} <= set(state)
+    assert state["spec"]["run"] == spec["run"] and state["step"] == spec["checkpoints"][1]
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
