@@ -10,7 +10,7 @@ grad_diff = ||g - grad L(W - eta g)||, beta = grad_diff / ||eta g||.
                    gradient at W with .backward() (deepcopy does not carry .grad), step it with
                    torch.optim.SGD(lr=eta), then loss and gradient with .backward() again.
   deepcopy+reuse   a leaner straightforward way, for reference: g computed once; per eta a
-                   deepcopy, a manual step p -= eta * g, then loss and gradient with .backward().
+                   deepcopy, a manual step p.add_(g, alpha=-eta), then loss and gradient with .backward().
   vmap (--chunk)   optional: the probe evaluating `chunk` points per torch.func.vmap call.
 
 Every variant runs in training mode on the same batch; times are the best of --repeats runs,
@@ -64,7 +64,7 @@ def baseline(model, loss, x, y, etas, reuse_grad: bool) -> list[tuple[float, flo
         if reuse_grad:
             with torch.no_grad():
                 for n, p in probe.named_parameters():
-                    p.sub_(eta * g[n])
+                    p.add_(g[n], alpha=-eta)
         else:
             loss(probe(x), y).backward()  # the copy needs its own gradient to step
             torch.optim.SGD(probe.parameters(), lr=eta).step()
@@ -78,19 +78,21 @@ def baseline(model, loss, x, y, etas, reuse_grad: bool) -> list[tuple[float, flo
 
 
 def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Best-of-`repeats` wall time of each function, runs interleaved (a, b, c, a, b, c, ...).
+    """Best-of-`repeats` (wall, process CPU) seconds of each function, runs interleaved
+    (a, b, c, a, b, c, ...).
 
     Interleaving and the minimum make the comparison robust to other load on the machine: a
-    burst of contention slows one run of each, not all runs of one.
+    burst of contention slows one run of each, not all runs of one. Process CPU time (with
+    --threads 1) is a second check on a shared machine: other jobs do not add to it.
     """
     results = {name: fn() for name, fn in fns.items()}  # warm-up: allocator, kernels, threads
     times: dict = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             results[name] = fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}, results
+            times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+    return {name: (min(w for w, _ in t), min(c for _, c in t)) for name, t in times.items()}, results
 
 
 def main(argv=None) -> None:
@@ -101,7 +103,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=0, help="also time vmap with this many points")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.checkpoint:
         state = load_checkpoint(args.checkpoint, map_location="cpu")
@@ -138,7 +143,8 @@ def main(argv=None) -> None:
     if args.chunk > 1:
         fns["vmap"] = lambda: probe(args.chunk)
     times, results = timed(fns, args.repeats)
-    t_probe, t_step, t_reuse = times["probe"], times["step"], times["reuse"]
+    (t_probe, c_probe), (t_step, c_step), (t_reuse, c_reuse) = \
+        times["probe"], times["step"], times["reuse"]
     rows = results["probe"]
     ours = [(r["loss"], r["grad_diff"], r["beta"]) for r in rows]
     diff = max(abs(a - b) for r, s in zip(ours, results["step"]) for a, b in zip(r, s))
@@ -151,16 +157,17 @@ def main(argv=None) -> None:
           f"device {args.device}, {torch.get_num_threads()} threads, training mode")
     print(f"# best of {args.repeats} interleaved runs after a warm-up; forward-backward passes: probe "
           f"{args.points + 1}, deepcopy+step {2 * args.points + 1}, deepcopy+reuse {args.points + 1}")
-    print(f"probe           {t_probe:8.3f} s")
-    print(f"deepcopy+step   {t_step:8.3f} s   probe speedup {t_step / t_probe:5.2f}x   "
-          f"max_abs_diff {diff:.3g}")
-    print(f"deepcopy+reuse  {t_reuse:8.3f} s   probe speedup {t_reuse / t_probe:5.2f}x   "
-          f"max_abs_diff {diff_lean:.3g}")
+    print(f"# variant        wall s   cpu s   probe speedup wall / cpu   max_abs_diff vs probe")
+    print(f"probe           {t_probe:7.3f} {c_probe:7.3f}")
+    print(f"deepcopy+step   {t_step:7.3f} {c_step:7.3f}   {t_step / t_probe:5.2f}x / {c_step / c_probe:5.2f}x"
+          f"   {diff:.3g}")
+    print(f"deepcopy+reuse  {t_reuse:7.3f} {c_reuse:7.3f}   {t_reuse / t_probe:5.2f}x / "
+          f"{c_reuse / c_probe:5.2f}x   {diff_lean:.3g}")
     if args.chunk > 1:
-        t_vmap, vrows = times["vmap"], results["vmap"]
+        (t_vmap, c_vmap), vrows = times["vmap"], results["vmap"]
         vdiff = max(abs(r[k] - v[k]) for r, v in zip(rows, vrows) for k in ("loss", "grad_diff", "beta"))
-        print(f"vmap chunk={args.chunk:<3d} {t_vmap:8.3f} s   vs loop probe {t_probe / t_vmap:5.2f}x   "
-              f"max_abs_diff {vdiff:.3g}")
+        print(f"vmap chunk={args.chunk:<4d}{t_vmap:7.3f} {c_vmap:7.3f}   {t_vmap / t_probe:5.2f}x / "
+              f"{c_vmap / c_probe:5.2f}x time vs probe (>1: vmap slower)   {vdiff:.3g}")
     print(f"speedup_vs_deepcopy={t_step / t_probe:.2f} max_abs_diff={diff:.3g}")
 
 

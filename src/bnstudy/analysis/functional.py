@@ -67,8 +67,14 @@ def diff_norm(a: Params, b: Params) -> float:
 
 
 def axpy(x: Params, alpha: float, d: Params) -> Params:
-    """x + alpha * d as a new dict (out of place: the origin tensors are never written)."""
-    return {k: x[k] + alpha * d[k] if k in d else x[k] for k in x}
+    """x + alpha * d as a new dict (out of place: the origin tensors are never written).
+
+    torch.add(x, d, alpha=...) is the very arithmetic of torch.optim.SGD's `p.add_(d, alpha=-lr)`
+    (one rounding, not two as x - (eta * d) would have), so a probe point is bit-identical to the
+    weights an optimizer step of size eta would produce. That matters beyond the last bit:
+    ReLU and max-pool decisions on near ties can flip on one ulp.
+    """
+    return {k: torch.add(x[k], d[k], alpha=alpha) if k in d else x[k] for k in x}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,10 +181,11 @@ class Objective:
         chunk = 1 evaluates them one after the other. chunk > 1 evaluates up to `chunk` points in
         one `torch.func.vmap` call (each with its own batch statistics and its own copy of the
         buffers, so it is exact with BatchNorm). Measured on a 2-core CPU with a width-0.25 VGG-11
-        at batch 128 (benchmarks/landscape_probe.py), vmap is ~2-3x *slower* than the loop: the
+        at batch 128 (benchmarks/landscape_probe.py), vmap is 1.5-3x *slower* than the loop: the
         work is compute-bound and vmap's batch-norm decomposition adds elementwise passes. It may
-        pay on a GPU for small models (launch-bound); hence an option, default off. Never used
-        with active random modules (vmap forbids their random draws).
+        pay on a GPU for small models (launch-bound; not measured); hence an option, default off.
+        Its grouped kernels round differently, so in float32 it agrees with the loop to ~1e-4,
+        not bit for bit. Never used with active random modules (vmap forbids their draws).
         """
         if chunk <= 1 or self._random_modules or len(points) == 1:
             return [self.value_and_grad(p) for p in points]
@@ -244,19 +251,22 @@ def sgd_step(params: Params, grads: Params, optimizer_state: dict | None, fallba
             buffers[names[int(idx)]] = st.get("momentum_buffer")
     out = {}
     for name, g in grads.items():
+        # The same tensor operations as torch.optim.SGD (single-tensor path), out of place, so
+        # the stepped weights match a real step to the last bit.
         h = hyper.get(name, fallback)
         p = params[name]
         d = -g if h.get("maximize", False) else g
         wd = h.get("weight_decay", 0.0) or 0.0
         if wd:
-            d = d + wd * p
+            d = torch.add(d, p, alpha=wd)
         m = h.get("momentum", 0.0) or 0.0
         if m:
             buf = buffers.get(name)
             if buf is None:
                 buf = d
             else:
-                buf = m * buf.to(d.device, d.dtype) + (1 - h.get("dampening", 0.0)) * d
-            d = d + m * buf if h.get("nesterov", False) else buf
-        out[name] = p - h["lr"] * d
+                buf = torch.add(torch.mul(buf.to(d.device, d.dtype), m), d,
+                                alpha=1 - h.get("dampening", 0.0))
+            d = torch.add(d, buf, alpha=m) if h.get("nesterov", False) else buf
+        out[name] = torch.add(p, d, alpha=-h["lr"])
     return out
