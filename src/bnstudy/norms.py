@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,12 +134,10 @@ def sample_noise(shape: torch.Size, n_mu: float, n_sigma: float, r_mu: float, r_
     sigma = 1 + torch.rand(units, generator=generator, device=gen_device) * (n_sigma - 1)
     if gen_device.type == "cpu" and device.type == "cpu":
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
-        u, z = _cpu_element_noise(shape, r_mu, r_sigma, seed)
+        scale, shift = _cpu_element_noise(shape, mu.view(view), sigma.view(view), r_mu, r_sigma, seed)
     else:
-        u = (2 * torch.rand(shape, generator=generator, device=gen_device) - 1) * r_mu
-        z = torch.randn(shape, generator=generator, device=gen_device) * r_sigma
-    shift = u.add_(mu.view(view))
-    scale = z.add_(sigma.view(view))
+        shift = (2 * torch.rand(shape, generator=generator, device=gen_device) - 1) * r_mu + mu.view(view)
+        scale = torch.randn(shape, generator=generator, device=gen_device) * r_sigma + sigma.view(view)
     return scale.to(device=device, dtype=dtype), shift.to(device=device, dtype=dtype)
 
 
@@ -157,17 +156,31 @@ def _quantile_tables(r_mu: float, r_sigma: float) -> tuple[np.ndarray, np.ndarra
     return uniform, normal
 
 
-def _cpu_element_noise(shape: torch.Size, r_mu: float, r_sigma: float,
-                       seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element U(-r_mu, r_mu) and N(0, r_sigma) on the CPU: numpy's SFC64 yields 64 random
-    bits per call, split into four 16-bit indices into the quantile tables."""
+def _cpu_element_noise(shape: torch.Size, mu: torch.Tensor, sigma: torch.Tensor, r_mu: float,
+                       r_sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, m) = (sigma_j + N(0, r_sigma), mu_j + U(-r_mu, r_mu)) per element, on the CPU.
+
+    Each comes from its own numpy SFC64 stream (64 random bits per call, split into four 16-bit
+    indices into its quantile table), plus its per-unit term, and the two are computed on two
+    threads: numpy releases the GIL for the bit generation, the lookup and the addition.
+    """
     n = math.prod(shape)
-    words = (2 * n + 3) // 4
-    bits = np.random.SFC64(seed).random_raw(words).view(np.uint16)
     uniform, normal = _quantile_tables(float(r_mu), float(r_sigma))
-    u = torch.from_numpy(uniform.take(bits[:n])).view(shape)
-    z = torch.from_numpy(normal.take(bits[n:2 * n])).view(shape)
-    return u, z
+
+    def draw(table: np.ndarray, per_unit: torch.Tensor, stream: int) -> torch.Tensor:
+        bits = np.random.SFC64(np.random.SeedSequence([seed, stream])).random_raw((n + 3) // 4)
+        values = table.take(bits.view(np.uint16)[:n]).reshape(shape)
+        np.add(values, per_unit.numpy(), out=values)
+        return torch.from_numpy(values)
+
+    shift = _pool().submit(draw, uniform, mu, 0)
+    scale = draw(normal, sigma, 1)
+    return scale, shift.result()
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnstudy-noise")
 
 
 def make_norm(variant: str, features: int, spatial: bool, eps: float, noise: dict,
