@@ -21,7 +21,13 @@ SMOKE_STUDIES = set(smoke_config()["studies"])
 
 
 def dry_run(workdir: Path, *args: str) -> tuple[dict[str, int], list[tuple[str, dict]]]:
-    proc = run_snakemake(workdir, *args, "-n")
+    """Job counts and (rule, wildcards) of a dry run. `args` may start with extra config files
+    (they extend run_snakemake's `--configfile config/smoke.yaml`) and end with targets."""
+    # `--configfile` takes every following word up to the next option: extra config files go
+    # right after it, and "-n" ends the list before any target
+    configs = [a for a in args if a.endswith((".yaml", ".yml"))]
+    rest = [a for a in args if a not in configs]
+    proc = run_snakemake(workdir, *configs, "-n", *rest)
     out = proc.stdout + proc.stderr
     return job_counts(out), scheduled_jobs(out)
 
@@ -42,27 +48,32 @@ def test_deleted_summary_retrains_only_that_run(smoke_copy):
     runs = summaries(smoke_copy)
     victim = sorted(r for r in runs if r.startswith("mlp-"))[0]
     target = smoke_copy / "results" / "runs" / victim / "summary.json"
+    rel = str(target.relative_to(smoke_copy))
     others = mtimes(p for p in (smoke_copy / "results" / "runs").glob("*/summary.json")
                     if p != target)
     target.unlink()
-    counts, jobs = dry_run(smoke_copy)
-    trains = [w["run"] for rule, w in jobs if rule == "train"]
-    assert trains == [victim], trains
-    assert counts.get("train") == 1 and "prepare_data" not in counts \
-        and "init_tracking" not in counts, counts
-    # downstream of that run only: its studies' analyses/aggregates, never another run's training
-    assert all(w.get("run") in (None, victim) for rule, w in jobs if rule == "analyze")
+    # asking for the file plans exactly one job: that run's training
+    counts, jobs = dry_run(smoke_copy, rel)  # (targets go last: see dry_run)
+    assert counts == {"train": 1, "total": 1}, counts
+    assert jobs == [("train", {"run": victim})], jobs
 
-    # rebuild just that file: one train job; every other run's outputs stay untouched
-    proc = run_snakemake(smoke_copy, str(target.relative_to(smoke_copy)), "--cores", "1")
-    out = proc.stdout + proc.stderr
-    assert job_counts(out) == {"train": 1, "total": 1}, job_counts(out)
+    proc = run_snakemake(smoke_copy, "--cores", "1", rel)
+    assert job_counts(proc.stdout + proc.stderr) == {"train": 1, "total": 1}
     assert target.exists()
-    assert mtimes(others) == others
+    assert mtimes(others) == others, "another run's summary.json was rewritten"
     # the checkpoints survived (they are not outputs), so the job resumed instead of retraining
     log = (smoke_copy / "results" / "logs" / "train" / f"{victim}.log").read_text()
     steps = json.loads(target.read_text())["steps_done"]
     assert f"resuming {victim} from step {steps}" in log, log
+
+    # the newer summary outdates only what is downstream of this run: no training, and only the
+    # studies that use it
+    counts, jobs = dry_run(smoke_copy)
+    assert "train" not in counts and "prepare_data" not in counts, counts
+    assert all(w.get("run") in (None, victim) for _, w in jobs), jobs
+    aggregated = {w["study"] for rule, w in jobs if rule == "aggregate"}
+    users = {s for s, cfg in smoke_config()["studies"].items() if cfg["setup"] == "mlp"}
+    assert aggregated == users, (aggregated, users)
 
 
 def test_forcerun_aggregate_redoes_tables_and_downstream_but_no_training(smoke_copy):
@@ -77,21 +88,32 @@ def test_forcerun_aggregate_redoes_tables_and_downstream_but_no_training(smoke_c
 
 def test_until_aggregate_stops_before_figures(smoke_copy):
     study = "mnist_2015"
-    table = smoke_copy / "results" / "tables" / study / "runs.csv"
+    runs = [r for r in summaries(smoke_copy) if r.startswith("mlp-")]
+    tables = sorted((smoke_copy / "results" / "tables" / study).glob("*.csv"))
     figures = sorted((smoke_copy / "results" / "figures" / study).glob("*.png"))
-    assert figures, "the smoke DAG drew no figure for mnist_2015"
-    before = mtimes(figures + [smoke_copy / "results" / "claims.csv"])
-    table.unlink()
-    counts, _ = dry_run(smoke_copy, "--until", "aggregate")
+    assert runs and tables and figures, "the smoke DAG made no mnist_2015 runs/tables/figures"
+    kept = mtimes(figures + [smoke_copy / "results" / "claims.csv"])
+    # a retrained run (a new summary) outdates its study's tables and everything drawn from them.
+    # (A mere `touch` would not: Snakemake 9 keeps input checksums and ignores a newer mtime
+    # when the content is unchanged.) Same data, new bytes:
+    summary = smoke_copy / "results" / "runs" / runs[0] / "summary.json"
+    summary.write_text(json.dumps(json.loads(summary.read_text())) + "\n")
+    counts, _ = dry_run(smoke_copy)
+    assert counts.get("aggregate") == 1 and counts.get("figure", 0) >= 1 and "claims" in counts
+    # ... but --until aggregate stops there
+    counts, jobs = dry_run(smoke_copy, "--until", "aggregate")
     assert counts == {"aggregate": 1, "total": 1}, counts
+    assert jobs == [("aggregate", {"study": study})], jobs
+    before = mtimes(tables)
     proc = run_snakemake(smoke_copy, "--until", "aggregate", "--cores", "1")
     assert job_counts(proc.stdout + proc.stderr) == {"aggregate": 1, "total": 1}
-    assert table.exists()
-    assert mtimes(before) == before, "--until aggregate touched figures or claims"
-    # the figures are now outdated: a plain run would redraw them
+    assert all(t.stat().st_mtime_ns > before[t] for t in tables), "tables not rewritten"
+    assert mtimes(kept) == kept, "--until aggregate touched figures or claims"
+    # what is left for a plain run is at most downstream of that study's tables (nothing, here:
+    # the rewritten tables have the same bytes, so Snakemake's checksums spare the figures)
     counts, jobs = dry_run(smoke_copy)
-    assert {w["study"] for rule, w in jobs if rule == "figure"} == {study}, jobs
-    assert "aggregate" not in counts and "train" not in counts, counts
+    assert {w["study"] for rule, w in jobs if rule == "figure"} <= {study}, jobs
+    assert not {"aggregate", "train", "analyze"} & set(counts), counts
 
 
 def test_changed_study_setting_reruns_only_that_study(smoke_copy, tmp_path):

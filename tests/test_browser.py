@@ -1,0 +1,121 @@
+"""The MLflow UI shows the smoke DAG's runs: headless Debian chromium, driven by chromedriver
+through selenium, opens `mlflow server` (loopback) on the smoke DAG's SQLite store, finds the
+experiment `bnstudy-smoke`, then a training run by its name, and saves screenshots.
+
+Opt-in: `pytest --browser` (needs `chromium` and `chromium-driver` from apt:
+tests/harness/ci_services.sh installs them; selenium comes with `pip install -e ".[test]"`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
+from mlflow_server import MlflowServer  # noqa: E402
+from testlib import mlflow_training_runs, sqlite_uri, summaries  # noqa: E402
+
+EXPERIMENT = "bnstudy-smoke"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1400,1000"]
+
+
+def chromium_binary() -> str:
+    # Debian's /usr/bin/chromium is a wrapper script; chromedriver is happier with the binary
+    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.fail("--browser given but chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if not driver_path:
+        pytest.fail("--browser given but chromedriver is not installed (apt-get install chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium_binary()
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    # an explicit driver path: selenium-manager would try to download one
+    driver = webdriver.Chrome(service=Service(driver_path, log_output=str(tmp_path / "chromedriver.log")),
+                              options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def assert_real_png(path: Path, min_colours: int = 20) -> None:
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    with Image.open(path) as img:
+        assert img.size[0] >= 800 and img.size[1] >= 600, img.size
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    # a blank or error page has a handful of colours; the UI with text and widgets has many
+    assert colours is None or len(colours) >= min_colours, f"{path}: only {len(colours)} colours"
+
+
+@pytest.mark.browser
+def test_mlflow_ui_shows_the_smoke_runs(smoke_dag, browser, tmp_path):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    uri = sqlite_uri(smoke_dag)
+    tracked = mlflow_training_runs(uri, EXPERIMENT)
+    run_id = sorted(r for r in summaries(smoke_dag) if r.startswith("vgg-batchnorm"))[0]
+    (run,) = tracked[run_id]
+    name = run.info.run_name
+    assert name.startswith("vgg batchnorm lr="), name
+
+    with MlflowServer(store=smoke_dag / "results" / "mlflow.db",
+                      artifacts=tmp_path / "artifacts", log=tmp_path / "server.log") as server:
+        wait = WebDriverWait(browser, 60)
+        browser.get(f"{server.url}/#/experiments")
+        try:
+            experiment = wait.until(EC.element_to_be_clickable((By.LINK_TEXT, EXPERIMENT)))
+        except TimeoutException:
+            browser.save_screenshot(str(tmp_path / "failed-experiments.png"))
+            raise AssertionError(f"experiment {EXPERIMENT!r} not listed; page text:\n"
+                                 f"{browser.find_element(By.TAG_NAME, 'body').text[:2000]}")
+        browser.save_screenshot(str(tmp_path / "experiments.png"))
+        # MLflow 3 opens experiments in its GenAI view; training runs live in "Model training"
+        toggles = browser.find_elements(By.XPATH, "//*[normalize-space(text())='Model training']")
+        if toggles:
+            toggles[0].click()
+            experiment = wait.until(EC.element_to_be_clickable((By.LINK_TEXT, EXPERIMENT)))
+        experiment.click()
+        try:
+            link = wait.until(EC.element_to_be_clickable((By.LINK_TEXT, name)))
+        except TimeoutException:
+            browser.save_screenshot(str(tmp_path / "failed-runs.png"))
+            raise AssertionError(f"run {name!r} not in the runs table; page text:\n"
+                                 f"{browser.find_element(By.TAG_NAME, 'body').text[:3000]}")
+        assert link.get_attribute("href").endswith(f"/runs/{run.info.run_id}")
+        browser.save_screenshot(str(tmp_path / "runs.png"))
+        link.click()
+        wait.until(EC.title_contains(run.info.run_id))
+        # the run page shows the bnstudy tags and the spec as params
+        wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), run_id))
+        text = browser.find_element(By.TAG_NAME, "body").text
+        for expected in (name, "bnstudy.execution", "norm.variant", "checkpoint_dir", "Finished"):
+            assert expected in text, f"{expected!r} not on the run page"
+        shot = tmp_path / "run.png"
+        assert browser.save_screenshot(str(shot))
+    for png in (shot, tmp_path / "runs.png", tmp_path / "experiments.png"):
+        assert_real_png(png)
+    (tmp_path / "screenshots.json").write_text(json.dumps(
+        {"run": run_id, "mlflow_run_id": run.info.run_id, "url": server.url,
+         "screenshots": [str(p) for p in sorted(tmp_path.glob("*.png"))]}, indent=2))
