@@ -20,8 +20,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 from mlflow_server import MlflowServer  # noqa: E402
 from testlib import (  # noqa: E402

@@ -10,8 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 from testlib import job_counts, scheduled_jobs, smoke_config, summaries, write_yaml  # noqa: E402
 

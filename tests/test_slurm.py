@@ -10,7 +10,8 @@ status polling, and successful jobs' Slurm logs kept. Partition and account come
 profile's `$BNSTUDY_SLURM_PARTITION`/`$BNSTUDY_SLURM_ACCOUNT`, as for a user.
 
 The DAG is config/smoke.yaml restricted to the ics_dln study (a second --configfile): every rule,
-CPU and GPU, in 10 jobs, so the file stays at a few minutes.
+CPU and GPU, in 10 jobs, plus one extra target that fails (a dataset whose folder is missing), so
+one Snakemake run shows both completed and failed jobs. A second run requeues a training job.
 The profile's dry-run test at the end needs no cluster and always runs.
 """
 
@@ -33,8 +34,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 from testlib import (  # noqa: E402
-    REPO, job_counts, mlflow_training_runs, only_studies, read_rows, scheduled_jobs, sqlite_uri,
-    summaries, write_yaml,
+    REPO, job_counts, mlflow_training_runs, only_studies, read_rows, sqlite_uri, summaries,
+    write_yaml,
 )
 
 from conftest import run_snakemake  # noqa: E402
@@ -46,6 +47,7 @@ ACCOUNT = os.environ.get("SLURM_ACCOUNT", "bnstudy")
 SLURM_ENV = {"BNSTUDY_SLURM_PARTITION": PARTITION, "BNSTUDY_SLURM_ACCOUNT": ACCOUNT}
 GPU_RULES = {"train", "analyze"}
 STUDIES = ("ics_dln",)
+BROKEN = "broken"  # a dataset whose preparation fails
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,7 +71,9 @@ def machine_profile(folder: Path, retries: int) -> Path:
         "set-resources": resources,
         "retries": retries,
         "latency-wait": 5,
-        "slurm-init-seconds-before-status-checks": 2,
+        # the plugin polls `init` s after a job finished, then 10 s later each time: 5 catches
+        # the ~10-20 s jobs of this machine at the 2nd poll (2 would need a 3rd, at 36 s)
+        "slurm-init-seconds-before-status-checks": 5,
         "slurm-keep-successful-logs": True,
     })
     return folder
@@ -145,14 +149,20 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def slurm_dag(cluster, tmp_path_factory):
-    """The smoke DAG subset, run through sbatch; returns (workdir, snakemake output, run uuid)."""
+    """The smoke DAG subset through sbatch, plus one target that fails (a config-valid dataset
+    whose folder does not exist); keep-going (the profile's) finishes everything else.
+    Returns (workdir, snakemake's return code and output, the plugin's run uuid, missing path)."""
     root = tmp_path_factory.mktemp("slurm")
     work = root / "work"
     work.mkdir()
-    override = write_yaml(root / "studies.yaml", only_studies(*STUDIES))
-    proc = slurm_snakemake(work, str(override))
+    missing = root / "no-such-image-folder"
+    override = write_yaml(root / "studies.yaml", {
+        **only_studies(*STUDIES),
+        "datasets": {BROKEN: {"source": "imagefolder", "root": str(missing)}}})
+    proc = slurm_snakemake(work, str(override), targets=("all", f"results/data/{BROKEN}.pt"),
+                           check=False)
     out = proc.stdout + proc.stderr
-    return work, out, slurm_run_id(out)
+    return work, proc.returncode, out, slurm_run_id(out), missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +171,7 @@ def slurm_dag(cluster, tmp_path_factory):
 
 @pytest.mark.slurm
 def test_outputs_appear(slurm_dag):
-    work, out, _ = slurm_dag
+    work, _, out, _, _ = slurm_dag
     results = work / "results"
     for path in ("claims.csv", "claims.md", "tracking/figures.json"):
         assert (results / path).is_file(), path
@@ -176,10 +186,11 @@ def test_outputs_appear(slurm_dag):
 
 @pytest.mark.slurm
 def test_every_job_went_through_sbatch_and_completed(slurm_dag):
-    work, out, run_uuid = slurm_dag
+    work, _, out, run_uuid, _ = slurm_dag
     counts = job_counts(out)
     submitted = {rule: n for rule, n in counts.items() if rule not in ("all", "total")}
-    records = sacct(run_uuid)
+    records = [r for r in sacct(run_uuid) if not r["Comment"].endswith(f"_{BROKEN}")]
+    submitted["prepare_data"] -= 1  # the deliberately failing job: see the next test
     assert len(records) == sum(submitted.values()), (counts, [r["Comment"] for r in records])
     by_rule: dict[str, int] = {}
     for record in records:
@@ -193,8 +204,24 @@ def test_every_job_went_through_sbatch_and_completed(slurm_dag):
 
 
 @pytest.mark.slurm
+def test_failing_job_is_reported_failed(slurm_dag):
+    work, returncode, out, run_uuid, missing = slurm_dag
+    assert returncode != 0, out[-3000:]
+    assert "Error in rule prepare_data" in out, out[-3000:]
+    failed = [r for r in sacct(run_uuid) if r["State"] != "COMPLETED"]
+    assert [(rule_of(r), r["Comment"], r["State"]) for r in failed] == \
+        [("prepare_data", f"rule_prepare_data_wildcards_{BROKEN}", "FAILED")], failed
+    assert failed[0]["ExitCode"] != "0:0"
+    log = (work / "results" / "logs" / "prepare_data" / f"{BROKEN}.log").read_text()
+    assert str(missing) in log, log
+    # the failed job's Slurm log is kept for inspection; no output is left behind
+    assert list((work / ".snakemake" / "slurm_logs").rglob(f"{failed[0]['JobIDRaw']}.log"))
+    assert not (work / "results" / "data" / f"{BROKEN}.pt").exists()
+
+
+@pytest.mark.slurm
 def test_gpu_rules_got_a_gpu_and_cpu_rules_none(slurm_dag):
-    _, _, run_uuid = slurm_dag
+    run_uuid = slurm_dag[3]
     records = sacct(run_uuid)
     assert {rule_of(r) for r in records} >= GPU_RULES | {"prepare_data", "aggregate", "figure"}
     for record in records:
@@ -208,7 +235,7 @@ def test_gpu_rules_got_a_gpu_and_cpu_rules_none(slurm_dag):
 
 @pytest.mark.slurm
 def test_jobs_ran_concurrently(slurm_dag):
-    _, _, run_uuid = slurm_dag
+    run_uuid = slurm_dag[3]
     spans = [(ts(r["Start"]), ts(r["End"]), rule_of(r)) for r in sacct(run_uuid)]
     overlaps = [(a[2], b[2], min(a[1], b[1]) - max(a[0], b[0]))
                 for i, a in enumerate(spans) for b in spans[i + 1:]]
@@ -222,7 +249,7 @@ def test_jobs_ran_concurrently(slurm_dag):
 
 @pytest.mark.slurm
 def test_cluster_jobs_tracked_as_one_execution(slurm_dag):
-    work, _, _ = slurm_dag
+    work = slurm_dag[0]
     tracked = mlflow_training_runs(sqlite_uri(work), "bnstudy-smoke")
     assert set(tracked) == set(summaries(work))
     runs = [r for rs in tracked.values() for r in rs]
@@ -233,31 +260,7 @@ def test_cluster_jobs_tracked_as_one_execution(slurm_dag):
 
 
 # ---------------------------------------------------------------------------------------------
-# failures and preemption
-
-
-@pytest.mark.slurm
-def test_failing_job_is_reported_failed(cluster, tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    missing = tmp_path / "no-such-image-folder"
-    override = write_yaml(tmp_path / "broken.yaml", {
-        **only_studies("mnist_2015"),
-        # valid config, but the folder does not exist: prepare_data fails at run time
-        "datasets": {"digits": {"source": "imagefolder", "root": str(missing)}}})
-    proc = slurm_snakemake(work, str(override), targets=("results/data/digits.pt",), check=False,
-                           timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
-    assert "Error in rule prepare_data" in out, out[-3000:]
-    records = sacct(slurm_run_id(out))
-    assert [(rule_of(r), r["State"]) for r in records] == [("prepare_data", "FAILED")], records
-    assert records[0]["ExitCode"] != "0:0"
-    log = (work / "results" / "logs" / "prepare_data" / "digits.log").read_text()
-    assert str(missing) in log, log
-    # the failed job's Slurm log is kept for inspection; its output is not left behind
-    assert list((work / ".snakemake" / "slurm_logs").rglob(f"{records[0]['JobIDRaw']}.log"))
-    assert not (work / "results" / "data" / "digits.pt").exists()
+# preemption
 
 
 @pytest.mark.slurm
