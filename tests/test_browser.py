@@ -67,8 +67,21 @@ def assert_real_png(path: Path, min_colours: int = 20) -> None:
 
 
 @pytest.mark.browser
-def test_mlflow_ui_shows_the_smoke_runs(smoke_dag, browser, tmp_path):
+def clickable_link(browser, wait, text: str, failure_shot, problem: str):
+    """The link with this text once clickable; else a screenshot and a failure quoting the page."""
     from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    try:
+        return wait.until(EC.element_to_be_clickable((By.LINK_TEXT, text)))
+    except TimeoutException:
+        browser.save_screenshot(str(failure_shot))
+        raise AssertionError(f"{text!r}: {problem}; page text:\n"
+                             f"{browser.find_element(By.TAG_NAME, 'body').text[:3000]}") from None
+
+
+def test_mlflow_ui_shows_the_smoke_runs(smoke_dag, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -84,12 +97,8 @@ def test_mlflow_ui_shows_the_smoke_runs(smoke_dag, browser, tmp_path):
                       artifacts=tmp_path / "artifacts", log=tmp_path / "server.log") as server:
         wait = WebDriverWait(browser, 60)
         browser.get(f"{server.url}/#/experiments")
-        try:
-            experiment = wait.until(EC.element_to_be_clickable((By.LINK_TEXT, EXPERIMENT)))
-        except TimeoutException:
-            browser.save_screenshot(str(tmp_path / "failed-experiments.png"))
-            raise AssertionError(f"experiment {EXPERIMENT!r} not listed; page text:\n"
-                                 f"{browser.find_element(By.TAG_NAME, 'body').text[:2000]}")
+        experiment = clickable_link(browser, wait, EXPERIMENT, tmp_path / "failed-experiments.png",
+                                    "experiment not listed")
         browser.save_screenshot(str(tmp_path / "experiments.png"))
         # MLflow 3 opens experiments in its GenAI view; training runs live in "Model training"
         toggles = browser.find_elements(By.XPATH, "//*[normalize-space(text())='Model training']")
@@ -97,12 +106,8 @@ def test_mlflow_ui_shows_the_smoke_runs(smoke_dag, browser, tmp_path):
             toggles[0].click()
             experiment = wait.until(EC.element_to_be_clickable((By.LINK_TEXT, EXPERIMENT)))
         experiment.click()
-        try:
-            link = wait.until(EC.element_to_be_clickable((By.LINK_TEXT, name)))
-        except TimeoutException:
-            browser.save_screenshot(str(tmp_path / "failed-runs.png"))
-            raise AssertionError(f"run {name!r} not in the runs table; page text:\n"
-                                 f"{browser.find_element(By.TAG_NAME, 'body').text[:3000]}")
+        link = clickable_link(browser, wait, name, tmp_path / "failed-runs.png",
+                              "run not in the runs table")
         assert link.get_attribute("href").endswith(f"/runs/{run.info.run_id}")
         browser.save_screenshot(str(tmp_path / "runs.png"))
         link.click()

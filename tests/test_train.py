@@ -111,4 +111,4 @@ def test_checkpoint_holds_everything_to_resume(tmp_path):
     state = load_checkpoint(list_checkpoints(tmp_path / "run")[1][1])
     assert {"model", "optimizer", "step", "spec", "rng", "metrics"} <= set(state)
     assert state["spec"]["run"] == spec["run"] and state["step"] == spec["checkpoints"][1]
-    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))  # no temporary files left

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
+
+from .atomic import atomic_write  # noqa: F401  (re-exported for figures and claims)
 
 LABEL_COLUMNS = ["run", "variant", "lr", "seed", "status"]
 
@@ -52,25 +52,7 @@ class TableError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# atomic writes (also used by figures.py and claims.py)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place.
-
-    The temporary file keeps ``path``'s suffix so writers that pick a format from the name
-    (matplotlib) still work, and is created by the writer itself so it gets the usual
-    permissions (mkstemp's would be 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+# atomic writes (bnstudy.atomic; figures.py and claims.py import them from here too)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:

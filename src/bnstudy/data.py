@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -238,19 +238,8 @@ def prepare(cfg: dict, key: str, out: Path) -> dict:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temporary file and a rename: never a half-written file."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_prepared(path: Path | str) -> Prepared:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .checkpoint import checkpoint_path, latest_good_checkpoint, list_checkpoints, save_checkpoint
 from .data import BatchSampler, InputTransform, augment, load_prepared, step_generator
 from .models import build_model, loss_fn, set_generator
@@ -152,11 +151,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, transform, loss, regressio
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -25,8 +25,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 
-# ---- 1. packages ---------------------------------------------------------------
-PKGS="chromium chromium-driver fonts-dejavu-core slurmctld slurmd slurm-client munge slurmdbd mariadb-server"
+# ---- 1. packages: the browser (tests/harness/slurm.sh installs the Slurm packages itself) ---
+PKGS="chromium chromium-driver fonts-dejavu-core"
 MISSING=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || MISSING="$MISSING $p"

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from ..data import analysis_batches, load_prepared
 from ..models import build_model, loss_fn
@@ -129,18 +128,14 @@ def run_analysis(analysis: str, objective: Objective, params: dict, model, ckpt:
 
 
 def write_csv(rows: list[dict], columns: list[str], out: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
+    """Write atomically (bnstudy.atomic): header always, one line per row."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write)
 
 
 def analyze(analysis: str, run_dir: Path, settings: dict, out: Path, device: str = "cpu") -> Path:
