@@ -33,6 +33,7 @@ import torch
 
 from bnstudy.analysis import Objective, landscape, origin_state
 from bnstudy.analysis.functional import norm
+from bnstudy.analysis.run import analysis_layout, exact_numerics, prepare_model
 from bnstudy.checkpoint import load_checkpoint
 from bnstudy.config import load_config, plan
 from bnstudy.models import build_model, loss_fn
@@ -130,19 +131,26 @@ def main(argv=None) -> None:
     lr = spec["optim"]["lr"]
     settings = {"eta_min": 0.5, "eta_max": 4.0, "points": args.points, "relative": True,
                 "random_directions": 0, "seed": 0}
+    # Every variant works on the network as the analysis stage prepares it from the checkpoint
+    # (analysis.run.prepare_model: channels_last for conv nets on CPU/CUDA, as in training), so
+    # the comparison is of the method alone: same weights, same layout, same kernels.
+    model = prepare_model(spec, model.state_dict(), noise=False, device=args.device)
+    x = analysis_layout(x, spec, args.device)
     params, buffers = origin_state(model)
     objective = Objective(model, buffers, loss, [(x, y)])
 
     def probe(chunk=1):
         return landscape(objective, params, lr, settings, chunk=chunk)
 
-    etas = [r["eta"] for r in probe()]
+    with exact_numerics(args.device):
+        etas = [r["eta"] for r in probe()]
     fns = {"probe": probe,
            "step": lambda: baseline(model, loss, x, y, etas, reuse_grad=False),
            "reuse": lambda: baseline(model, loss, x, y, etas, reuse_grad=True)}
     if args.chunk > 1:
         fns["vmap"] = lambda: probe(args.chunk)
-    times, results = timed(fns, args.repeats)
+    with exact_numerics(args.device):  # as the analysis stage runs (IEEE fp32, deterministic cuDNN)
+        times, results = timed(fns, args.repeats)
     (t_probe, c_probe), (t_step, c_step), (t_reuse, c_reuse) = \
         times["probe"], times["step"], times["reuse"]
     rows = results["probe"]

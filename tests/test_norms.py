@@ -66,6 +66,49 @@ def test_noise_follows_algorithm_1():
     assert abs(kurtosis - 3) < 0.1  # Gaussian, not uniform (1.8)
 
 
+def _cpu_noise(x, seed):
+    """Noise drawn by the training path (CpuNoise on CPU tensors), generator seeded `seed`."""
+    layer = DistributionNoise(**NOISE).train()
+    layer.generator = torch.Generator().manual_seed(seed)
+    return layer(x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_noise_kernel_follows_algorithm_1(channels_last):
+    """The compiled CPU path: x = 0 gives m, x = 1 gives s + m (same seed, same draws)."""
+    zeros = torch.zeros(500, 400, 2, 2)
+    if channels_last:
+        zeros = zeros.contiguous(memory_format=torch.channels_last)
+    shift = _cpu_noise(zeros, 3)
+    scale = _cpu_noise(zeros + 1, 3) - shift
+    assert shift.is_contiguous(memory_format=torch.channels_last) == channels_last
+    per_unit = lambda t: t.transpose(0, 1).reshape(400, -1)  # noqa: E731
+    mu, sigma = per_unit(shift).mean(1), per_unit(scale).mean(1)
+    assert mu.min() > -0.5 - 0.01 and mu.max() < 0.5 + 0.01 and abs(mu.var().item() - 1 / 12) < 0.015
+    assert sigma.min() > 1 - 0.01 and sigma.max() < 1.25 + 0.01 and abs(sigma.mean().item() - 1.125) < 0.01
+    spread = per_unit(shift) - mu[:, None]
+    assert spread.abs().max() < 0.1 + 0.01 and abs(spread.var().item() - 0.01 / 3) < 2e-4
+    z = per_unit(scale) - sigma[:, None]
+    assert abs(z.std().item() - 0.1) < 0.002
+    assert abs((z.pow(4).mean() / z.var().pow(2)).item() - 3) < 0.1
+    # the two 16-bit halves of one draw are independent: no correlation between s and m
+    assert abs(torch.corrcoef(torch.stack([z.reshape(-1), spread.reshape(-1)]))[0, 1].item()) < 0.01
+
+
+def test_cpu_noise_is_a_function_of_the_seed_and_differentiates_as_s():
+    x = torch.randn(16, 8, 5, 5, requires_grad=True)
+    y = _cpu_noise(x, 7)
+    assert torch.equal(y, _cpu_noise(x, 7)) and not torch.equal(y, _cpu_noise(x, 8))
+    scale = _cpu_noise(torch.ones_like(x), 7) - _cpu_noise(torch.zeros_like(x), 7)
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.allclose(grad, scale, atol=1e-6)
+
+
+def test_cpu_noise_in_bf16_is_the_float32_noise_rounded():
+    x = torch.randn(32, 8, 4, 4)
+    assert torch.equal(_cpu_noise(x.bfloat16(), 5), _cpu_noise(x.bfloat16().float(), 5).bfloat16())
+
+
 def test_noise_is_per_position_in_conv_layers_and_off_in_eval():
     layer = DistributionNoise(**NOISE)
     layer.generator = torch.Generator().manual_seed(1)

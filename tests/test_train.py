@@ -97,6 +97,25 @@ def test_divergence_is_a_result(tmp_path):
     assert (tmp_path / "run" / "layers.csv").exists()
 
 
+@pytest.mark.parametrize("lr", [0.05, 1e4])
+def test_deferred_loss_readback_changes_nothing(tmp_path, monkeypatch, lr):
+    """On a GPU losses are read back every 32 steps (train.READBACK_EVERY); forced here on the
+    CPU, a normal and a diverging run give the same tables, steps and checkpoints as reading
+    back every step."""
+    spec = prepared_spec(tmp_path, "vgg-standard", lr=lr)
+    every_step = train(spec, tmp_path / "a", log=quiet)
+    monkeypatch.setitem(train.__globals__["READBACK_EVERY"], "cpu", 32)
+    deferred = train(spec, tmp_path / "b", log=quiet)
+    for key in ("status", "diverged_step", "final", "steps_done"):
+        assert deferred[key] == every_step[key]
+    ta, tb = tables(tmp_path / "a"), tables(tmp_path / "b")
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name])
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [s for s, _ in list_checkpoints(tmp_path / "a")]
+    if lr > 1:
+        assert every_step["status"] == "diverged"
+
+
 def test_the_synthetic_data_is_learnable(tmp_path):
     """At demo scale a small BN VGG must land well between chance and 100%."""
     spec = prepared_spec(tmp_path, "vgg-batchnorm", steps=120, batch_size=64)

@@ -299,19 +299,22 @@ class BatchSampler:
     `batch_size=None` is full-batch (the deep linear network's gradient descent).
     """
 
-    def __init__(self, n: int, batch_size: int | None, seed: int):
-        self.n, self.seed = n, seed
+    def __init__(self, n: int, batch_size: int | None, seed: int,
+                 device: torch.device | str = "cpu"):
+        self.n, self.seed, self.device = n, seed, torch.device(device)
         self.batch_size = n if batch_size is None else min(batch_size, n)
         self.per_epoch = n // self.batch_size  # drop the ragged last batch, as is usual
         self._epoch, self._perm = -1, None
 
     def indices(self, step: int) -> torch.Tensor:
+        """Batch `step`'s sample indices, on the sampler's device."""
         if self.batch_size == self.n:
-            return torch.arange(self.n)
+            return torch.arange(self.n, device=self.device)
         epoch, pos = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            self._perm = torch.randperm(self.n, generator=step_generator(self.seed, epoch, 0))
-            self._epoch = epoch
+            # drawn on the CPU (the same permutation on every device), moved once per epoch
+            perm = torch.randperm(self.n, generator=step_generator(self.seed, epoch, 0))
+            self._perm, self._epoch = perm.to(self.device), epoch
         return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
 

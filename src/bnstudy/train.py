@@ -26,9 +26,10 @@ import torch
 from .atomic import atomic_write
 from .checkpoint import checkpoint_path, latest_good_checkpoint, list_checkpoints, save_checkpoint
 from .data import BatchSampler, InputTransform, augment, load_prepared, step_generator
-from .models import build_model, loss_fn, set_generator
+from .models import build_model, loss_fn, set_generator, uses_channels_last
 
 PERCENTILES = (5, 15, 50, 85, 95)
+READBACK_EVERY = {"cpu": 1}  # steps between reading losses back to the host; 32 elsewhere (see the loop)
 MAX_STAT_SAMPLES = 1 << 16  # activations subsampled (deterministic stride) for percentiles
 
 
@@ -44,6 +45,44 @@ def resolve_device(runtime: dict) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device=cuda but no CUDA device is visible; use auto or cpu")
     return torch.device(want)
+
+
+def place_model(spec: dict, device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """The run's model on `device`, in channels_last when `uses_channels_last` says so."""
+    channels_last = uses_channels_last(spec, device)
+    model = build_model(spec).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX: oneDNN runs the
+    convolutions in bf16); fp32/tf32 (or a CPU without bf16 units) runs as is."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def conv_precision(device: torch.device, precision: str, deterministic: bool = False):
+    """cuDNN's float32 convolutions: IEEE fp32 unless `precision` is tf32 (a fresh context each call).
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa products) for float32 convolutions by default;
+    the paper's 2018 GPUs had no TF32, so `fp32` means IEEE fp32 here and `tf32` is the opt-in
+    for speed. The analyses also ask for deterministic algorithms: their numbers are compared
+    across probe points and checkpoints.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                      benchmark=torch.backends.cudnn.benchmark and not deterministic,
+                                      deterministic=deterministic, allow_tf32=precision == "tf32")
+
+
+def cpu_has_bf16() -> bool:
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,17 +246,12 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
     _check_data(spec, data.meta)
     data = data.to(device)
     regression = data.task == "regression"
-    is_conv = spec["model"]["arch"] == "vgg"
-    channels_last = is_conv and (runtime["channels_last"] == "on" or
-                                 (runtime["channels_last"] == "auto" and device.type == "cuda"))
+    model, channels_last = place_model(spec, device)
     transform = InputTransform(data.meta, device, channels_last)
-    model = build_model(spec).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
                           weight_decay=optim["weight_decay"])
     loss = loss_fn(spec)
-    sampler = BatchSampler(data.train_x.shape[0], optim["batch_size"], seed)
+    sampler = BatchSampler(data.train_x.shape[0], optim["batch_size"], seed, device)
     eval_n = spec["log"]["eval_samples"]
     eval_sets = {"test": (data.test_x[:eval_n], data.test_y[:eval_n]),
                  "train": (data.train_x[:eval_n], data.train_y[:eval_n])}
@@ -240,8 +274,7 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
 
     schedule = set(spec["checkpoints"])
     every = spec["log"]
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) \
-        if device.type == "cuda" and runtime["precision"] == "bf16" else contextlib.nullcontext()
+    autocast = autocast_context(device, runtime["precision"])
     status, diverged_step = "completed", None
     model.train()
     t0, last_report, images = time.perf_counter(), time.perf_counter(), 0
@@ -261,53 +294,89 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
             logged.update({f"{split}_eval_loss": l, f"{split}_eval_accuracy": a})
         tracker.log_metrics({k: v for k, v in logged.items() if math.isfinite(v)}, done)
 
-    if start == 0:
-        run_eval(0)
-        if 0 in schedule:
-            checkpoint(0)
-    for step in range(start, steps):
-        idx = sampler.indices(step).to(device)
-        x, y = transform(data.train_x[idx]), data.train_y[idx]
-        if spec["augment"]["crop"] or spec["augment"]["flip"]:
-            x = augment(x, spec["augment"]["crop"], spec["augment"]["flip"],
-                        step_generator(seed, step, 1, device))
-        set_generator(model, step_generator(seed, step, 2, device))
-        record = step % every["layers_every"] == 0
-        recorder = LayerRecorder(model) if record else contextlib.nullcontext()
-        with recorder:
-            with autocast:
-                out = model(x)
-                value = loss(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-        loss_value = value.item()
-        if not math.isfinite(loss_value):
-            status, diverged_step = "diverged", step
-            metrics["train"].append({"step": step, "loss": loss_value, "accuracy": math.nan})
-            log(f"step {step}: loss is {loss_value}; the run diverged and ends here")
-            break
-        if record:
-            metrics["layers"].extend(recorder.rows(step))
-        if step % every["train_every"] == 0:
-            acc = math.nan if regression else (out.argmax(1) == y).float().mean().item()
-            metrics["train"].append({"step": step, "loss": loss_value, "accuracy": acc})
-            tracker.log_metrics({"train_loss": loss_value,
-                                 **({} if regression else {"train_accuracy": acc})}, step)
-        opt.step()
-        done = step + 1
-        images += x.shape[0]
-        if done % every["eval_every"] == 0 or done == steps:
-            run_eval(done)
-        if done in schedule:
-            checkpoint(done)
-        now = time.perf_counter()
-        if now - last_report > 10 or done == steps or done == start + 1:
-            rate = images / (now - t0)
-            eta = (steps - done) * (now - t0) / max(done - start, 1)
-            acc_text = "" if regression else f" acc {metrics['train'][-1]['accuracy']:.3f}"
-            log(f"[{spec['run']}] step {done}/{steps} loss {loss_value:.4f}{acc_text} "
-                f"{rate:,.0f} img/s eta {eta:,.0f}s")
-            last_report = now
+    # Loss and accuracy stay on the device until read back in one go: on CUDA a `.item()` per step
+    # stalls the host every step (measured on an H200: the VGG-11 x0.25 loop at 0.75x its compute
+    # ceiling). They are read back every step on the CPU (free there), else every 32 steps
+    # and before anything that must not see a diverged step: a checkpoint, an evaluation, layer
+    # statistics, a progress line, the end. A NaN found late still ends the run at its own step;
+    # the steps taken after it on the device are never saved.
+    readback = READBACK_EVERY.get(device.type, 32)
+    pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+    last = {"loss": math.nan, "accuracy": math.nan}
+
+    def read_back() -> int | None:
+        """Move pending losses into the metrics; the step of the first non-finite one, if any."""
+        if not pending:
+            return None
+        values = torch.stack([torch.stack([l.float(), a if a is not None else torch.full_like(l, math.nan, dtype=torch.float32)])
+                              for _, l, a in pending]).tolist()
+        steps_, pending[:] = [p[0] for p in pending], []
+        for step_, (loss_value, acc) in zip(steps_, values):
+            if not math.isfinite(loss_value):
+                metrics["train"].append({"step": step_, "loss": loss_value, "accuracy": math.nan})
+                log(f"step {step_}: loss is {loss_value}; the run diverged and ends here")
+                return step_
+            last["loss"] = loss_value
+            if step_ % every["train_every"] == 0:
+                last["accuracy"] = acc
+                metrics["train"].append({"step": step_, "loss": loss_value, "accuracy": acc})
+                tracker.log_metrics({"train_loss": loss_value,
+                                     **({} if regression else {"train_accuracy": acc})}, step_)
+        return None
+
+    random_modules = any(hasattr(m, "generator") for m in model.modules())  # noise, dropout
+    with conv_precision(device, runtime["precision"]):
+        if start == 0:
+            run_eval(0)
+            if 0 in schedule:
+                checkpoint(0)
+        for step in range(start, steps):
+            record = step % every["layers_every"] == 0
+            if record and (diverged_step := read_back()) is not None:
+                status = "diverged"
+                break
+            idx = sampler.indices(step)
+            x, y = transform(data.train_x[idx]), data.train_y[idx]
+            if spec["augment"]["crop"] or spec["augment"]["flip"]:
+                x = augment(x, spec["augment"]["crop"], spec["augment"]["flip"],
+                            step_generator(seed, step, 1, device))
+            if random_modules:
+                set_generator(model, step_generator(seed, step, 2, device))
+            recorder = LayerRecorder(model) if record else contextlib.nullcontext()
+            with recorder:
+                with autocast:
+                    out = model(x)
+                    value = loss(out.float(), y)
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+            logged = step % every["train_every"] == 0 and not regression
+            pending.append((step, value.detach(), (out.argmax(1) == y).float().mean() if logged else None))
+            done = step + 1
+            now = time.perf_counter()
+            report = now - last_report > 10 or done == steps or done == start + 1
+            must_read = (record or report or len(pending) >= readback or done in schedule
+                         or done % every["eval_every"] == 0 or done == steps)
+            if must_read and (diverged_step := read_back()) is not None:
+                status = "diverged"
+                break
+            if record:
+                metrics["layers"].extend(recorder.rows(step))
+            opt.step()
+            images += x.shape[0]
+            if done % every["eval_every"] == 0 or done == steps:
+                run_eval(done)
+            if done in schedule:
+                checkpoint(done)
+            if report:
+                rate = images / (now - t0)
+                eta = (steps - done) * (now - t0) / max(done - start, 1)
+                acc_text = "" if regression else f" acc {last['accuracy']:.3f}"
+                log(f"[{spec['run']}] step {done}/{steps} loss {last['loss']:.4f}{acc_text} "
+                    f"{rate:,.0f} img/s eta {eta:,.0f}s")
+                last_report = now
+        else:
+            if (diverged_step := read_back()) is not None:
+                status = "diverged"
 
     summary = finalise(spec, run_dir, metrics, status, diverged_step, str(device),
                        elapsed + time.perf_counter() - t0, tracker.run_id)

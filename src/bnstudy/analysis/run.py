@@ -22,6 +22,7 @@ Choices:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -33,7 +34,7 @@ import torch
 from ..atomic import atomic_write
 from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from ..data import analysis_batches, load_prepared
-from ..models import build_model, loss_fn
+from ..models import build_model, loss_fn, uses_channels_last
 from .curvature import curvature
 from .functional import Objective, all_finite, origin_state
 from .ics import ics
@@ -97,7 +98,8 @@ def analysis_dtype(spec: dict, settings: dict) -> torch.dtype:
 
 def prepare_model(spec: dict, state: dict, noise: bool, device: str,
                   dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The run's network with the checkpoint's weights, in training mode, in `dtype`.
+    """The run's network with the checkpoint's weights, in training mode, in `dtype`, in the
+    memory format training used (`analysis_layout` puts the batches in the same one).
 
     Stochastic modules (those with a `generator`: Algorithm 1's noise, dropout) are switched to
     eval mode (off) unless `noise`; build_model(noise=False) already disables the noise itself.
@@ -105,11 +107,27 @@ def prepare_model(spec: dict, state: dict, noise: bool, device: str,
     model = build_model(spec, noise=noise)
     model.load_state_dict(state)
     model.to(device=device, dtype=dtype).train()
+    if uses_channels_last(spec, device):  # as in training, and for the same speed (models.py)
+        model.to(memory_format=torch.channels_last)
     if not noise:
         for module in model.modules():
             if hasattr(module, "generator"):
                 module.eval()
     return model
+
+
+def exact_numerics(device: str):
+    """On CUDA: IEEE float32 convolutions (no TF32) and deterministic cuDNN algorithms, so that
+    differences between probe points are differences of the loss surface, not of rounding or
+    of the algorithm cuDNN picked. A no-op elsewhere."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
+
+
+def analysis_layout(x: torch.Tensor, spec: dict, device: str) -> torch.Tensor:
+    """An input batch in the memory format of `prepare_model`'s network."""
+    return x.contiguous(memory_format=torch.channels_last) if uses_channels_last(spec, device) else x
 
 
 def run_analysis(analysis: str, objective: Objective, params: dict, model, ckpt: dict,
@@ -172,12 +190,13 @@ def analyze(analysis: str, run_dir: Path, settings: dict, out: Path, device: str
             continue
         if batches is None:
             prepared = load_prepared(spec["dataset"]["path"])
-            batches = [(x.to(dtype), y.to(dtype) if y.is_floating_point() else y)
+            batches = [(analysis_layout(x.to(dtype), spec, device), y.to(dtype) if y.is_floating_point() else y)
                        for x, y in analysis_batches(prepared, spec, settings["batch_size"],
                                                     settings["batches"], settings["seed"], device)]
         objective = Objective(model, buffers, loss_fn(spec), batches, noise_seed=settings["seed"])
-        for row in run_analysis(analysis, objective, params, model, ckpt, settings):
-            rows.append({"step": step, **row})
+        with exact_numerics(device):
+            for row in run_analysis(analysis, objective, params, model, ckpt, settings):
+                rows.append({"step": step, **row})
         _log(f"{analysis} {run_dir.name}: step {step} ({k}/{len(selected)}) "
              f"{time.perf_counter() - start:.1f}s")
     write_csv(rows, COLUMNS[analysis], out)
