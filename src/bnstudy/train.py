@@ -66,19 +66,19 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def conv_precision(device: torch.device, precision: str, deterministic: bool = False):
+def conv_precision(device: torch.device, precision: str):
     """cuDNN's float32 convolutions: IEEE fp32 unless `precision` is tf32 (a fresh context each call).
 
     PyTorch lets cuDNN use TF32 (10-bit mantissa products) for float32 convolutions by default;
     the paper's 2018 GPUs had no TF32, so `fp32` means IEEE fp32 here and `tf32` is the opt-in
-    for speed. The analyses also ask for deterministic algorithms: their numbers are compared
-    across probe points and checkpoints.
+    for speed. (The analyses use `analysis.run.exact_numerics`: IEEE fp32 and deterministic.)
     """
     if device.type != "cuda":
         return contextlib.nullcontext()
     return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
-                                      benchmark=torch.backends.cudnn.benchmark and not deterministic,
-                                      deterministic=deterministic, allow_tf32=precision == "tf32")
+                                      benchmark=torch.backends.cudnn.benchmark,
+                                      deterministic=torch.backends.cudnn.deterministic,
+                                      allow_tf32=precision == "tf32")
 
 
 def cpu_has_bf16() -> bool:
@@ -308,10 +308,14 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
         """Move pending losses into the metrics; the step of the first non-finite one, if any."""
         if not pending:
             return None
-        values = torch.stack([torch.stack([l.float(), a if a is not None else torch.full_like(l, math.nan, dtype=torch.float32)])
-                              for _, l, a in pending]).tolist()
-        steps_, pending[:] = [p[0] for p in pending], []
-        for step_, (loss_value, acc) in zip(steps_, values):
+        losses = [l.float() for _, l, _ in pending]
+        accuracies = [a for _, _, a in pending if a is not None]
+        values = torch.stack(losses + accuracies).tolist()  # one host sync for all of them
+        read_acc = iter(values[len(losses):])
+        done_ = [(step_, loss_value, next(read_acc) if a is not None else math.nan)
+                 for (step_, _, a), loss_value in zip(pending, values)]
+        pending.clear()
+        for step_, loss_value, acc in done_:
             if not math.isfinite(loss_value):
                 metrics["train"].append({"step": step_, "loss": loss_value, "accuracy": math.nan})
                 log(f"step {step_}: loss is {loss_value}; the run diverged and ends here")
