@@ -25,13 +25,23 @@ def pytest_addoption(parser):
     parser.addoption("--browser", action="store_true", help="run the tests that need chromium")
 
 
+# the fixtures that start or drive a service, by the opt-in flag they need: a test that uses one
+# is opt-in even if its marker was forgotten (a bare machine must pass the default run)
+SERVICE_FIXTURES = {"cluster": "slurm", "browser": "browser"}
+
+
+def needed_services(item) -> set[str]:
+    """The opt-in services a collected test needs: its markers and its service fixtures."""
+    marked = {m for m in ("slurm", "browser") if item.get_closest_marker(m)}
+    used = {flag for name, flag in SERVICE_FIXTURES.items() if name in getattr(item, "fixturenames", ())}
+    return marked | used
+
+
 def pytest_collection_modifyitems(config, items):
     selected, deselected = [], []
     for item in items:
-        for marker in ("slurm", "browser"):
-            if item.get_closest_marker(marker) and not config.getoption(f"--{marker}"):
-                deselected.append(item)
-                break
+        if any(not config.getoption(f"--{flag}") for flag in needed_services(item)):
+            deselected.append(item)
         else:
             selected.append(item)
     if deselected:
@@ -50,6 +60,12 @@ def run_snakemake(workdir: Path, *args: str, configfile: str = "config/smoke.yam
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
     return proc
+
+
+def require_flag(request, flag: str) -> None:
+    """Service fixtures refuse to run without their opt-in flag (skip, naming the flag)."""
+    if not request.config.getoption(f"--{flag}"):
+        pytest.skip(f"needs a service: run with --{flag}")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 from mlflow_server import MlflowServer  # noqa: E402
 from testlib import mlflow_training_runs, sqlite_uri, summaries  # noqa: E402
 
+from conftest import require_flag  # noqa: E402
+
 EXPERIMENT = "bnstudy-smoke"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -35,7 +37,8 @@ def chromium_binary() -> str:
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(request, tmp_path):
+    require_flag(request, "browser")
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
     from selenium.webdriver.chrome.service import Service
 
@@ -66,7 +69,6 @@ def assert_real_png(path: Path, min_colours: int = 20) -> None:
     assert colours is None or len(colours) >= min_colours, f"{path}: only {len(colours)} colours"
 
 
-@pytest.mark.browser
 def clickable_link(browser, wait, text: str, failure_shot, problem: str):
     """The link with this text once clickable; else a screenshot and a failure quoting the page."""
     from selenium.common.exceptions import TimeoutException
@@ -81,6 +83,7 @@ def clickable_link(browser, wait, text: str, failure_shot, problem: str):
                              f"{browser.find_element(By.TAG_NAME, 'body').text[:3000]}") from None
 
 
+@pytest.mark.browser
 def test_mlflow_ui_shows_the_smoke_runs(smoke_dag, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC

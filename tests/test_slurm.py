@@ -38,7 +38,7 @@ from testlib import (  # noqa: E402
     write_yaml,
 )
 
-from conftest import run_snakemake  # noqa: E402
+from conftest import require_flag, run_snakemake  # noqa: E402
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 HARNESS = REPO / "tests" / "harness" / "slurm.sh"
@@ -133,8 +133,9 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
     """The test cluster is up (starting it when we may, i.e. as root); sacct answers."""
+    require_flag(request, "slurm")
     if not shutil.which("sbatch"):
         pytest.fail("--slurm given but Slurm is not installed: run tests/harness/ci_services.sh")
     status = subprocess.run(["bash", str(HARNESS), "status"], capture_output=True, text=True)
