@@ -1,9 +1,9 @@
-"""Synthetic per-run tables in the layout of docs/architecture.md, for the aggregate/figure/claim tests.
+"""Synthetic per-run tables in the layout of `bnstudy.tables`, for the aggregate/figure/claim tests.
 
 Not a conftest: imported explicitly by the tests. Everything is drawn from a seeded numpy
 Generator, so the fixtures are identical on every run. An ``outcome`` callable decides, per run,
-the levels the curves converge to (accuracy, ICS, beta, divergence), which is how the claim tests
-construct data with a known verdict.
+the levels the curves converge to (accuracy, ICS, beta, divergence, how noisy single units are),
+which is how the claim tests construct data with a known verdict.
 """
 
 from __future__ import annotations
@@ -18,40 +18,52 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import ANALYSIS_COLUMNS, RUN_TABLE_COLUMNS, aggregate
+from bnstudy.aggregate import aggregate, aggregate_analysis
+from bnstudy.tables import ANALYSIS_TABLES, RUN_TABLES
 
 TRAIN_EVERY, EVAL_EVERY, LAYERS_EVERY, ANALYSIS_EVERY = 10, 50, 20, 50
 N_LAYERS = 13
+UNITS = (0, 21, 42, 63)
 CHANCE = 0.1
 ETA_REL = [0.5, 1.0, 2.0, 4.0]
 
-_VGG = {"setup": "vgg", "lrs": [0.1], "seeds": [0, 1], "grid": {}, "overrides": {}, "enabled": True}
+_VGG = {"setup": "vgg", "lrs": [0.1], "seeds": [0, 1, 2], "grid": {}, "overrides": {}, "enabled": True,
+        "description": "", "figures": [], "claims": [], "layers": []}
 _DLN = {**_VGG, "setup": "dln", "lrs": [1e-6, 1e-7]}
 
 # One small config per study, shaped like the real config's `studies:` entries.
 STUDIES: dict[str, dict] = {
-    "performance": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.5], "layers": [3, 11]},
+    "performance": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.5], "layers": [3, 11],
+                    "figures": ["accuracy", "distributions"]},
     "noisy_bn": {**_VGG, "variants": ["standard", "batchnorm", "noisy_batchnorm", "standard_noise"],
-                 "layers": [2, 9, 13]},
+                 "layers": [2, 9, 13], "figures": ["train_accuracy", "distributions", "moment_changes"],
+                 "claims": ["noisy_bn_trains"]},
     "ics": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.01], "layers": [5, 10],
-            "ics": {"every": ANALYSIS_EVERY}},
-    "ics_dln": {**_DLN, "variants": ["standard", "batchnorm"], "layers": [9, 17], "ics": {}},
-    "landscape": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [], "landscape": {}},
-    "landscape_dln": {**_DLN, "variants": ["standard", "batchnorm"], "lrs": [1e-6], "layers": [],
-                      "landscape": {}},
+            "ics": {}, "figures": ["ics"], "claims": ["reduces_ics"]},
+    "ics_dln": {**_DLN, "variants": ["standard", "batchnorm"], "layers": [9, 17], "ics": {},
+                "figures": ["ics", "train_loss"], "claims": ["reduces_ics"]},
+    "landscape": {**_VGG, "variants": ["standard", "batchnorm"], "landscape": {},
+                  "figures": ["landscape"], "claims": ["smoother_landscape"]},
+    "landscape_dln": {**_DLN, "variants": ["standard", "batchnorm"], "lrs": [1e-6], "landscape": {},
+                      "figures": ["landscape"], "claims": ["smoother_landscape"]},
     "lp_norms": {**_VGG, "variants": ["l1", "l2", "linf", "batchnorm", "standard"], "layers": [3, 11],
-                 "landscape": {}},
+                 "landscape": {}, "figures": ["accuracy", "distributions", "landscape"]},
     "dln_distributions": {**_DLN, "variants": ["standard", "batchnorm"], "lrs": [1e-6],
-                          "layers": [1, 11, 24]},
-    "curvature": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [], "curvature": {}},
+                          "layers": [1, 11, 24], "figures": ["distributions"]},
+    "curvature": {**_VGG, "variants": ["standard", "batchnorm"], "curvature": {}, "figures": ["curvature"]},
     "claim_learning_rate": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.01, 0.1, 1.0],
-                            "layers": []},
-    "claim_initialisation": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [],
-                             "grid": {"model.init_scale": [0.5, 1.0, 2.0]}},
-    "claim_regularisation": {**_VGG, "variants": ["standard", "batchnorm"], "layers": [],
-                             "grid": {"model.dropout": [0.0, 0.5]}},
-    "claim_sigmoid": {**_VGG, "setup": "mlp_sigmoid", "variants": ["standard", "batchnorm"], "layers": []},
-    "mnist_2015": {**_VGG, "setup": "mnist_mlp", "variants": ["standard", "batchnorm"], "layers": [1, 2, 3]},
+                            "figures": ["accuracy_vs_lr"], "claims": ["higher_learning_rates"]},
+    "claim_initialisation": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.5],
+                             "grid": {"model.init_scale": [0.5, 1.0, 2.0]},
+                             "figures": ["accuracy_vs_init_scale"], "claims": ["initialisation"]},
+    "claim_regularisation": {**_VGG, "variants": ["standard", "batchnorm"],
+                             "grid": {"model.dropout": [0.0, 0.5]},
+                             "figures": ["generalisation_gap", "accuracy_vs_dropout"],
+                             "claims": ["regularisation", "generalisation_gap"]},
+    "claim_sigmoid": {**_VGG, "setup": "vgg_sigmoid", "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.5],
+                      "figures": ["accuracy", "accuracy_vs_lr"], "claims": ["sigmoid"]},
+    "mnist_2015": {**_VGG, "setup": "mlp", "variants": ["standard", "batchnorm"], "layers": [1, 2, 3],
+                   "figures": ["test_accuracy", "unit_input"], "claims": ["faster_training"]},
 }
 
 
@@ -59,12 +71,20 @@ STUDIES: dict[str, dict] = {
 class Outcome:
     """What a synthetic run converges to."""
 
-    train_accuracy: float = 0.9
+    train_accuracy: float = 0.9        # eval mode, on training samples
     test_accuracy: float = 0.8
     diverged_step: int | None = None
     ics_l2: float = 1.0
     beta: float = 10.0
-    final_loss: float = 0.3  # the training loss goes here from 2.3 (>= 2.3: no training)
+    final_loss: float = 0.3            # the training loss goes here from 2.3 (>= 2.3: no training)
+    train_batches_accuracy: float | None = None  # training mode; default: train_accuracy
+    unit_jitter: float = 0.0           # per-step random shift of single units (Algorithm 1-like)
+    rate: float = 5.0                  # how fast the accuracy curves rise
+    converged: bool = True             # curvature power iteration
+
+    @property
+    def train_mode_accuracy(self) -> float:
+        return self.train_accuracy if self.train_batches_accuracy is None else self.train_batches_accuracy
 
 
 Outcomes = Callable[[str, float, int, dict], Outcome]
@@ -72,12 +92,14 @@ Outcomes = Callable[[str, float, int, dict], Outcome]
 
 def default_outcome(variant: str, lr: float, seed: int, grid: dict) -> Outcome:
     """BatchNorm-like variants train better; standard diverges at lr >= 0.5 for odd seeds;
-    standard + noise stays at chance."""
+    standard + noise stays at chance; noisy variants' single units jump from step to step."""
     if variant == "standard_noise":
-        return Outcome(CHANCE + 0.01, CHANCE, ics_l2=2.0, beta=50.0)
+        return Outcome(CHANCE + 0.01, CHANCE, ics_l2=2.0, beta=50.0, unit_jitter=0.3)
     if variant == "standard":
         diverged = 120 if lr >= 0.5 and seed % 2 else None
         return Outcome(0.85, 0.78, diverged, ics_l2=0.5, beta=100.0)
+    if variant == "noisy_batchnorm":
+        return Outcome(0.7, 0.8, None, ics_l2=1.5, beta=5.0, train_batches_accuracy=0.93, unit_jitter=0.3)
     return Outcome(0.95, 0.83, None, ics_l2=1.5, beta=5.0)
 
 
@@ -89,13 +111,14 @@ def set_dotted(spec: dict, dotted: str, value) -> None:
     node[last] = value
 
 
-def _rising(steps: np.ndarray, start: float, end: float, total: int) -> np.ndarray:
-    return end + (start - end) * np.exp(-5.0 * steps / max(total, 1))
+def _rising(steps: np.ndarray, start: float, end: float, total: int, rate: float = 5.0) -> np.ndarray:
+    return end + (start - end) * np.exp(-rate * steps / max(total, 1))
 
 
 def _train_table(rng, steps, outcome, total, regression) -> pd.DataFrame:
     loss = _rising(steps, 2.3, outcome.final_loss, total) * rng.lognormal(0, 0.01, len(steps))
-    accuracy = np.clip(_rising(steps, CHANCE, outcome.train_accuracy, total) + rng.normal(0, 0.01, len(steps)), 0, 1)
+    accuracy = np.clip(_rising(steps, CHANCE, outcome.train_mode_accuracy, total, outcome.rate)
+                       + rng.normal(0, 0.01, len(steps)), 0, 1)
     if outcome.diverged_step is not None and len(steps):
         loss[-1] = np.inf
     return pd.DataFrame({"step": steps, "loss": loss, "accuracy": np.nan if regression else accuracy})
@@ -103,28 +126,40 @@ def _train_table(rng, steps, outcome, total, regression) -> pd.DataFrame:
 
 def _eval_table(rng, steps, outcome, total, regression) -> pd.DataFrame:
     frames = []
-    for split, level in (("train", outcome.train_accuracy), ("test", outcome.test_accuracy)):
-        accuracy = np.clip(_rising(steps, CHANCE, level, total) + rng.normal(0, 0.01, len(steps)), 0, 1)
-        frames.append(pd.DataFrame({"step": steps, "split": split,
-                                    "loss": _rising(steps, 2.3, 0.4, total),
+    for split, level in (("train", outcome.train_accuracy), ("test", outcome.test_accuracy),
+                         ("train_batches", outcome.train_mode_accuracy)):
+        at = steps[steps > 0] if split == "train_batches" else steps
+        accuracy = np.clip(_rising(at, CHANCE, level, total, outcome.rate) + rng.normal(0, 0.01, len(at)), 0, 1)
+        frames.append(pd.DataFrame({"step": at, "split": split,
+                                    "loss": _rising(at, 2.3, outcome.final_loss, total),
                                     "accuracy": np.nan if regression else accuracy}))
     return pd.concat(frames, ignore_index=True).sort_values(["step", "split"], kind="stable")
 
 
-def _layers_table(rng, steps, variant) -> pd.DataFrame:
+def _layers_table(rng, steps, variant, outcome) -> pd.DataFrame:
+    rows = []
+    normalised = variant != "standard"
+    for step, layer in product(steps, range(1, N_LAYERS + 1)):
+        change = outcome.unit_jitter + (0.01 if normalised else 0.03)
+        rows.append({"step": step, "layer": layer, "weight_grad_norm": rng.lognormal(0, 0.3),
+                     "output_grad_norm": rng.lognormal(-2, 0.3),
+                     "gamma_over_sigma": rng.lognormal(0, 0.1) if normalised else np.nan,
+                     "unit_mean_change": change * rng.lognormal(0, 0.1),
+                     "unit_var_change": change * rng.lognormal(0, 0.1)})
+    return pd.DataFrame(rows, columns=RUN_TABLES["layers"])
+
+
+def _units_table(rng, steps, variant, outcome) -> pd.DataFrame:
     rows = []
     normalised = variant != "standard"
     z = {"p05": -1.645, "p15": -1.036, "p50": 0.0, "p85": 1.036, "p95": 1.645}
-    for step, layer in product(steps, range(1, N_LAYERS + 1)):
+    for step, layer, unit in product(steps, range(1, N_LAYERS + 1), UNITS):
         drift = 0.0 if normalised else 0.002 * step * layer ** 0.5
-        mean, std = drift + rng.normal(0, 0.05), (1.0 if normalised else 0.5 + 0.01 * layer) * rng.lognormal(0, 0.05)
-        row = {"step": step, "layer": layer, "mean": mean, "var": std ** 2}
-        row |= {name: mean + q * std for name, q in z.items()}
-        row |= {"weight_grad_norm": rng.lognormal(0, 0.3), "output_grad_norm": rng.lognormal(-2, 0.3),
-                "gamma_over_sigma": rng.lognormal(0, 0.1) if normalised else np.nan}
-        row |= {f"unit_{name}": mean + 0.5 + q * std for name, q in z.items() if name in ("p15", "p50", "p85")}
-        rows.append(row)
-    return pd.DataFrame(rows, columns=RUN_TABLE_COLUMNS["layers"])
+        mean = drift + 0.1 * unit / 63 + rng.normal(0, 0.02) + rng.uniform(-1, 1) * outcome.unit_jitter
+        std = (1.0 if normalised else 0.5 + 0.01 * layer) * rng.lognormal(0, 0.02 + outcome.unit_jitter / 3)
+        rows.append({"step": step, "layer": layer, "unit": unit, "mean": mean, "var": std ** 2,
+                     **{name: mean + q * std for name, q in z.items()}})
+    return pd.DataFrame(rows, columns=RUN_TABLES["units"])
 
 
 def _analysis_table(name: str, rng, steps, outcome, layers) -> pd.DataFrame:
@@ -146,13 +181,14 @@ def _analysis_table(name: str, rng, steps, outcome, layers) -> pd.DataFrame:
                              "beta": beta * rng.lognormal(0, 0.1)})
         else:
             rows.append({"step": step, "grad_quadratic": outcome.beta * rng.lognormal(0, 0.1),
-                         "top_eigenvalue": 3 * outcome.beta * rng.lognormal(0, 0.1)})
-    return pd.DataFrame(rows, columns=ANALYSIS_COLUMNS[name])
+                         "top_eigenvalue": 3 * outcome.beta * rng.lognormal(0, 0.1),
+                         "power_iters": 7 if outcome.converged else 20, "converged": outcome.converged})
+    return pd.DataFrame(rows, columns=ANALYSIS_TABLES[name])
 
 
 def write_run(runs_root: Path, study_cfg: dict, variant: str, lr: float, seed: int, grid: dict,
               outcome: Outcome, steps: int, rng: np.random.Generator) -> tuple[Path, str]:
-    """Write one run directory (spec, summary, train, eval, layers); return (dir, run id)."""
+    """Write one run directory (spec, summary, train, eval, layers, units); return (dir, run id)."""
     regression = study_cfg["setup"] == "dln"
     digest = hashlib.sha256(json.dumps([variant, lr, seed, grid], sort_keys=True).encode()).hexdigest()[:8]
     run = f"{study_cfg['setup']}-{variant}-lr{lr:g}-s{seed}-{digest}"
@@ -161,7 +197,8 @@ def write_run(runs_root: Path, study_cfg: dict, variant: str, lr: float, seed: i
                         "task": "regression" if regression else "classification"},
             "model": {"arch": "dln" if regression else "vgg", "depth": N_LAYERS, "init_scale": 1.0, "dropout": 0.0},
             "norm": {"variant": variant, "eps": 1e-5},
-            "optim": {"lr": lr, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 128, "steps": steps}}
+            "optim": {"lr": lr, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 128, "steps": steps},
+            "log": {"train_every": TRAIN_EVERY, "eval_every": EVAL_EVERY, "layers_every": LAYERS_EVERY}}
     for dotted, value in grid.items():
         set_dotted(spec, dotted, value)
     end = steps if outcome.diverged_step is None else outcome.diverged_step
@@ -170,14 +207,16 @@ def write_run(runs_root: Path, study_cfg: dict, variant: str, lr: float, seed: i
     tables = {
         "train": _train_table(rng, np.arange(0, end + 1, TRAIN_EVERY), outcome, steps, regression),
         "eval": _eval_table(rng, np.arange(0, end + 1, EVAL_EVERY), outcome, steps, regression),
-        "layers": _layers_table(rng, np.arange(0, end + 1, LAYERS_EVERY), variant),
+        "layers": _layers_table(rng, np.arange(0, end + 1, LAYERS_EVERY), variant, outcome),
+        "units": _units_table(rng, np.arange(0, end + 1, LAYERS_EVERY), variant, outcome),
     }
     for name, table in tables.items():
         table.to_csv(run_dir / f"{name}.csv", index=False)
     diverged = outcome.diverged_step is not None
-    final = {"train_loss": 0.3, "test_loss": 0.5,
+    final = {"train_loss": outcome.final_loss, "test_loss": 0.5, "train_batches_loss": outcome.final_loss,
              "train_accuracy": None if regression else outcome.train_accuracy,
-             "test_accuracy": None if regression else outcome.test_accuracy}
+             "test_accuracy": None if regression else outcome.test_accuracy,
+             "train_batches_accuracy": None if regression else outcome.train_mode_accuracy}
     summary = {"run": run, "status": "diverged" if diverged else "completed", "steps_done": end,
                "diverged_step": outcome.diverged_step,
                "final": {k: None for k in final} if diverged else final,
@@ -188,18 +227,19 @@ def write_run(runs_root: Path, study_cfg: dict, variant: str, lr: float, seed: i
     return run_dir, run
 
 
+def analyses_of(study_cfg: dict) -> list[str]:
+    return [name for name in ANALYSIS_TABLES if name in study_cfg]
+
+
 def make_study(root: Path, study: str, study_cfg: dict | None = None, outcome: Outcomes = default_outcome,
-               steps: int = 200, seed: int = 0) -> tuple[list[Path], dict[str, Path]]:
+               steps: int = 200, seed: int = 0) -> tuple[list[Path], dict[str, dict[Path, Path]]]:
     """Write every run of ``study`` (and its analysis tables) under ``root``.
 
-    Returns (run dirs, analysis name -> directory), the arguments aggregate() takes.
+    Returns (run folders, analysis -> {run folder: analysis table}), what aggregation reads.
     """
     study_cfg = study_cfg or STUDIES[study]
     rng = np.random.default_rng(seed)
-    analyses = [name for name in ANALYSIS_COLUMNS if name in study_cfg]
-    analysis_dirs = {name: root / "analysis" / study / name for name in analyses}
-    for directory in analysis_dirs.values():
-        directory.mkdir(parents=True, exist_ok=True)
+    analyses: dict[str, dict[Path, Path]] = {name: {} for name in analyses_of(study_cfg)}
     grid_items = list((study_cfg.get("grid") or {}).items())
     run_dirs = []
     for variant, lr, run_seed, values in product(study_cfg["variants"], study_cfg["lrs"], study_cfg["seeds"],
@@ -209,17 +249,24 @@ def make_study(root: Path, study: str, study_cfg: dict | None = None, outcome: O
         run_dir, run = write_run(root / "runs" / study, study_cfg, variant, lr, run_seed, grid, result, steps, rng)
         run_dirs.append(run_dir)
         end = steps if result.diverged_step is None else result.diverged_step
-        for name, directory in analysis_dirs.items():
+        for name in analyses:
             table = _analysis_table(name, rng, np.arange(0, end + 1, ANALYSIS_EVERY), result,
                                     study_cfg.get("layers"))
-            table.to_csv(directory / f"{run}.csv", index=False)
-    return run_dirs, analysis_dirs
+            path = root / "analysis" / run / f"{name}-fixture.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path, index=False)
+            analyses[name][run_dir] = path
+    return run_dirs, analyses
 
 
-def make_tables(root: Path, study: str, study_cfg: dict | None = None, **kwargs) -> Path:
-    """make_study + aggregate: returns ``root/tables/{study}``."""
+def make_tables(root: Path, study: str, study_cfg: dict | None = None, **kwargs) -> dict[str, Path]:
+    """make_study + aggregation: returns table name -> ``root/tables/{study}/{name}.csv``."""
     study_cfg = study_cfg or STUDIES[study]
-    run_dirs, analysis_dirs = make_study(root, study, study_cfg, **kwargs)
+    run_dirs, analyses = make_study(root, study, study_cfg, **kwargs)
     out_dir = root / "tables" / study
-    aggregate(study, study_cfg, run_dirs, analysis_dirs, out_dir)
-    return out_dir
+    outputs = {name: out_dir / f"{name}.csv" for name in ["runs", *RUN_TABLES]}
+    aggregate(study, study_cfg, run_dirs, outputs)
+    for name, tables in analyses.items():
+        outputs[name] = out_dir / f"{name}.csv"
+        aggregate_analysis(study, study_cfg, name, tables, outputs[name])
+    return outputs

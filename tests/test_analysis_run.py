@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bnstudy.analysis.run import COLUMNS, analyze
+from bnstudy.analysis.run import analyze
 from bnstudy.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
 from bnstudy.config import load_config, plan
 from bnstudy.data import prepare
 from bnstudy.models import build_model
+from bnstudy.tables import ANALYSIS_TABLES as COLUMNS
 
 ANALYSES = ("ics", "landscape", "curvature")
 
@@ -89,7 +90,7 @@ def setting(tmp_path_factory):
 
 def settings_for(p, arch: str, analysis: str) -> dict:
     study = "landscape" if arch == "vgg" else "landscape_dln"
-    return dict(p.study_analyses[study][analysis])
+    return dict(p.analysis_settings[p.study_analyses[study][analysis]])
 
 
 @pytest.mark.parametrize("analysis", ANALYSES)
@@ -98,7 +99,7 @@ def test_analyze_writes_finite_tables(setting, analysis, run):
     root, runs, p = setting
     arch = run.split("-")[1]
     settings = settings_for(p, arch, analysis)
-    out = analyze(analysis, runs[run], settings, root / "out" / analysis / f"{run}.csv")
+    out = analyze(settings, runs[run], root / "out" / analysis / f"{run}.csv")
     table = pd.read_csv(out)
     assert list(table.columns) == COLUMNS[analysis]
     assert sorted(table["step"].unique()) == [0, 1]
@@ -114,6 +115,9 @@ def test_analyze_writes_finite_tables(setting, analysis, run):
     if analysis == "ics":
         assert (table[table.layer == 1].l2_diff == 0).all()
         assert (table[table.layer > 1].l2_diff > 0).all()
+    if analysis == "curvature":  # the power iteration says how far it got
+        assert table["power_iters"].between(1, settings["power_iters"]).all()
+        assert table["converged"].isin([True, False]).all()
 
 
 def _spec(run_dir):
@@ -125,12 +129,12 @@ def test_deterministic_and_noise_switch(setting):
     root, runs, p = setting
     settings = settings_for(p, "vgg", "landscape")
     run = runs["noisy_batchnorm-vgg"]
-    a = analyze("landscape", run, settings, root / "det" / "a.csv").read_bytes()
-    b = analyze("landscape", run, settings, root / "det" / "b.csv").read_bytes()
+    a = analyze(settings, run, root / "det" / "a.csv").read_bytes()
+    b = analyze(settings, run, root / "det" / "b.csv").read_bytes()
     assert a == b
     noisy = dict(settings, noise=True)
-    c = analyze("landscape", run, noisy, root / "det" / "c.csv").read_bytes()
-    d = analyze("landscape", run, noisy, root / "det" / "d.csv").read_bytes()
+    c = analyze(noisy, run, root / "det" / "c.csv").read_bytes()
+    d = analyze(noisy, run, root / "det" / "d.csv").read_bytes()
     assert c == d and c != a
 
 
@@ -140,7 +144,7 @@ def test_steps_selection_and_listing_fallback(setting, tmp_path):
     root, runs, p = setting
     run = runs["batchnorm-dln"]
     settings = dict(settings_for(p, "dln", "curvature"), steps=[1, 99])
-    table = pd.read_csv(analyze("curvature", run, settings, tmp_path / "c.csv"))
+    table = pd.read_csv(analyze(settings, run, tmp_path / "c.csv"))
     assert table["step"].tolist() == [1]
 
     bare = tmp_path / "bare"
@@ -148,7 +152,7 @@ def test_steps_selection_and_listing_fallback(setting, tmp_path):
     for step in (0, 1):
         src = checkpoint_path(run, step)
         (bare / "checkpoints" / src.name).write_bytes(src.read_bytes())
-    table = pd.read_csv(analyze("curvature", bare, settings_for(p, "dln", "curvature"),
+    table = pd.read_csv(analyze(settings_for(p, "dln", "curvature"), bare,
                                 tmp_path / "bare.csv"))
     assert table["step"].tolist() == [0, 1]
 
@@ -159,7 +163,7 @@ def test_diverged_checkpoint_is_skipped(setting, tmp_path):
     first = next(iter(k for k in state["model"] if k.endswith("weight")))
     state["model"][first] = torch.full_like(state["model"][first], float("nan"))
     save_checkpoint(checkpoint_path(tmp_path, 7), state)
-    out = analyze("ics", tmp_path, settings_for(p, "dln", "ics"), tmp_path / "ics.csv")
+    out = analyze(settings_for(p, "dln", "ics"), tmp_path, tmp_path / "ics.csv")
     table = pd.read_csv(out)
     assert list(table.columns) == COLUMNS["ics"] and len(table) == 0
 
@@ -170,7 +174,7 @@ def test_corrupt_checkpoint_names_the_file(setting, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(checkpoint_path(runs["batchnorm-dln"], 1).read_bytes()[:100])
     with pytest.raises(CheckpointError, match="step_0000003.pt"):
-        analyze("ics", tmp_path, settings_for(p, "dln", "ics"), tmp_path / "ics.csv")
+        analyze(settings_for(p, "dln", "ics"), tmp_path, tmp_path / "ics.csv")
     assert not (tmp_path / "ics.csv").exists()
 
 

@@ -14,10 +14,27 @@ def raw(name="config.yaml"):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
+def fake_imagefolder(root, classes=10, per_class=13):
+    """Empty files in class folders: enough for the config checks, which count images."""
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                (folder / f"{i}.jpg").touch()
+    return root
+
+
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml", "cifar10-cpu.yaml"])
-def test_shipped_configs_validate_and_plan(name):
-    p = plan(load_config(REPO / "config" / name))
+def test_shipped_configs_validate_and_plan(name, tmp_path):
+    cfg = raw(name)
+    for dataset in cfg["datasets"].values():  # the CIFAR-10 JPEGs are not in a checkout
+        if dataset["source"] == "imagefolder":
+            dataset["root"] = str(fake_imagefolder(tmp_path / "images"))
+    p = plan(load_config(cfg))
     assert p.runs and all(p.study_runs.values())
+    for study, analyses in p.study_analyses.items():
+        assert set(analyses) <= {"ics", "landscape", "curvature"}
 
 
 def test_defaults_are_filled():
@@ -32,7 +49,7 @@ def test_defaults_are_filled():
     (lambda c: c["studies"]["performance"].__setitem__("variants", ["batchnrom"]), "studies.performance.variants.0"),
     (lambda c: c["studies"]["performance"].__setitem__("lrs", [-0.1]), "studies.performance.lrs.0"),
     (lambda c: c["setups"]["vgg"]["optim"].__setitem__("steps", "many"), "setups.vgg.optim.steps"),
-    (lambda c: c.__setitem__("studies", {**c["studies"], "nonsense": {}}), "allowed keys"),
+    (lambda c: c.__setitem__("studies", {**c["studies"], "nonsense": {}}), "studies.nonsense: 'setup' is a required"),
     (lambda c: c["datasets"]["images"].__setitem__("source", "imagenet"), "datasets.images.source"),
 ])
 def test_bad_values_name_the_key(mutate, expected):
@@ -40,6 +57,126 @@ def test_bad_values_name_the_key(mutate, expected):
     mutate(cfg)
     with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("(", r"\(")):
         load_config(cfg)
+
+
+def smoke_with(**studies):
+    cfg = raw("smoke.yaml")
+    cfg["studies"].update(studies)
+    return cfg
+
+
+def images_at(root):
+    def mutate(c):
+        c["datasets"]["images"] = {"source": "imagefolder", "root": str(root), "classes": 10}
+    return mutate
+
+
+# Every bad config stops at parse time (load_config is what the Snakefile runs before any job),
+# naming the key path, the bad value and what is allowed.
+BAD_CONFIGS = {
+    "vgg depth without a layer table": (
+        lambda c: c["setups"]["vgg"]["model"].__setitem__("depth", 12),
+        "setups.vgg.model.depth: 12", "VGG depths are 11, 13, 16, 19"),
+    "vgg depth in a grid": (
+        lambda c: c["studies"]["performance"].__setitem__("grid", {"model.depth": [11, 12]}),
+        "studies.performance.grid[model.depth=12].model.depth: 12", "VGG depths"),
+    "tracking URI with an unknown scheme": (
+        lambda c: c["tracking"].__setitem__("uri", "ftp://tracking.example.org"),
+        "tracking.uri: 'ftp://tracking.example.org'", "MLflow URI schemes"),
+    "batch larger than the training set": (
+        lambda c: c["setups"]["vgg"]["optim"].__setitem__("batch_size", 300),
+        "setups.vgg.optim.batch_size: 300", "has 256 training samples"),
+    "analysis batch larger than the training set": (
+        lambda c: c["studies"]["landscape"]["landscape"].__setitem__("batch_size", 999),
+        "studies.landscape.landscape.batch_size: 999", "256 samples"),
+    "curvature step beyond the run": (
+        lambda c: c["studies"]["curvature"]["curvature"].__setitem__("steps", [0, 40]),
+        "studies.curvature.curvature.steps.1: 40", "save steps [0, 4, 12]"),
+    "analysis step that is not a checkpoint": (
+        lambda c: c["studies"]["ics_dln"]["ics"].__setitem__("steps", [5]),
+        "studies.ics_dln.ics.steps.0: 5", "checkpoints"),
+    "figure layer beyond the network": (
+        lambda c: c["studies"]["performance"].__setitem__("layers", [3, 9]),
+        "studies.performance.layers.1: 9", "8 normalised layers"),
+    "DLN layer beyond its depth": (
+        lambda c: c["studies"]["ics_dln"].__setitem__("layers", [9, 26]),
+        "studies.ics_dln.layers.1: 26", "25 normalised layers"),
+    "landscape range upside down": (
+        lambda c: c["studies"]["landscape"]["landscape"].update(eta_min=4.0, eta_max=0.5),
+        "studies.landscape.landscape.eta_min: 4.0", "below eta_max"),
+    "NaN learning rate": (
+        lambda c: c["studies"]["performance"].__setitem__("lrs", [float("nan")]),
+        "studies.performance.lrs.0: nan", "finite"),
+    "infinite learning rate": (
+        lambda c: c["studies"]["claim_learning_rate"].__setitem__("lrs", [0.1, float("inf")]),
+        "studies.claim_learning_rate.lrs.1: inf", "finite"),
+    "imagefolder root that does not exist": (
+        images_at("/nonexistent/cifar10-jpeg"),
+        "datasets.images.root: '/nonexistent/cifar10-jpeg'", "train/<class>/"),
+    "cifar10 subset larger than CIFAR-10": (
+        lambda c: c["datasets"].__setitem__("cifar", {"source": "cifar10", "download": True, "n_train": 60000}),
+        "datasets.cifar.n_train: 60000", "50000"),
+    "torchvision root missing without download": (
+        lambda c: c["datasets"].__setitem__("cifar", {"source": "cifar10", "root": "/nonexistent/c10"}),
+        "datasets.cifar.root: '/nonexistent/c10'", "download: true"),
+    "synthetic data without a size": (
+        lambda c: c["datasets"]["images"].__setitem__("n_train", None),
+        "datasets.images.n_train: None", "positive integer"),
+    "DLN on images": (
+        lambda c: c["setups"]["vgg"]["model"].__setitem__("arch", "dln"),
+        "setups.vgg.model.arch: 'dln'", "gaussian dataset"),
+    "VGG on 28-pixel digits": (
+        lambda c: c["setups"]["mlp"]["model"].__setitem__("arch", "vgg"),
+        "datasets.digits.image_size: 28", "at least 32"),
+    "figure kind that needs an analysis the study lacks": (
+        lambda c: c["studies"]["performance"].__setitem__("figures", ["accuracy", "ics"]),
+        "studies.performance.figures.1: 'ics'", "add a `ics:` block"),
+    "unknown figure kind": (
+        lambda c: c["studies"]["performance"].__setitem__("figures", ["acuracy"]),
+        "studies.performance.figures.0: 'acuracy' is not one of", "accuracy_vs_lr"),
+    "figure against a setting the study does not vary": (
+        lambda c: c["studies"]["performance"].__setitem__("figures", ["accuracy_vs_init_scale"]),
+        "studies.performance.figures.0: 'accuracy_vs_init_scale'", "model.init_scale"),
+    "claim whose variants the study lacks": (
+        lambda c: c["studies"]["performance"].__setitem__("claims", ["noisy_bn_trains"]),
+        "studies.performance.claims.0: 'noisy_bn_trains'", "add ['noisy_batchnorm']"),
+    "best-lr claim with one learning rate": (
+        lambda c: c["studies"]["performance"].__setitem__("claims", ["initialisation"]),
+        "studies.performance.claims.0: 'initialisation'", "at least 2 lrs"),
+    "dropout claim without a dropout-free run": (
+        lambda c: c["studies"]["performance"].update(claims=["regularisation"],
+                                                     grid={"model.dropout": [0.2, 0.5]}),
+        "studies.performance.claims.0: 'regularisation'", "include 0"),
+    "sigmoid claim on a ReLU network": (
+        lambda c: c["studies"]["performance"].update(claims=["sigmoid"], lrs=[0.1, 0.5]),
+        "studies.performance.claims.0: 'sigmoid'", "model.activation: sigmoid"),
+    "study name that is not a name": (
+        lambda c: c["studies"].__setitem__("My Study", dict(c["studies"]["performance"])),
+        "studies: 'My Study' does not match", "lower case"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_stops_at_parse_time_naming_the_key(case):
+    mutate, key, allowed = BAD_CONFIGS[case]
+    cfg = raw("smoke.yaml")
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    message = str(err.value)
+    assert key in message and allowed in message, message
+
+
+def test_a_prepared_dataset_needs_no_source_folder(tmp_path):
+    """Once results/data/<name>.pt exists, the raw images may be gone: no error for the root."""
+    cfg = raw("smoke.yaml")
+    cfg["results"] = str(tmp_path / "results")
+    images_at(tmp_path / "gone")(cfg)
+    with pytest.raises(ConfigError, match="datasets.images.root"):
+        load_config(cfg)
+    (tmp_path / "results" / "data").mkdir(parents=True)
+    (tmp_path / "results" / "data" / "images.pt").touch()
+    assert load_config(cfg)["datasets"]["images"]["root"] == str(tmp_path / "gone")
 
 
 def test_enum_error_lists_allowed_values():
@@ -79,7 +216,7 @@ def test_changing_one_study_leaves_other_run_ids_alone():
     cfg = raw("config.yaml")
     before = plan(load_config(cfg))
     changed = copy.deepcopy(cfg)
-    changed["studies"]["claim_sigmoid"]["lrs"] = [0.05]
+    changed["studies"]["claim_sigmoid"]["lrs"] = [0.05, 0.2]
     after = plan(load_config(changed))
     for study in before.study_runs:
         if study != "claim_sigmoid":
@@ -101,7 +238,8 @@ def test_checkpoint_schedule_is_dense_early():
 def test_paper_config_matches_the_paper():
     cfg = load_config(REPO / "config" / "paper.yaml")
     vgg = cfg["setups"]["vgg"]
-    assert vgg["optim"] == {"steps": 15000, "batch_size": 128, "momentum": 0.0, "weight_decay": 0.0}
+    assert vgg["optim"] == {"steps": 15000, "batch_size": 128, "momentum": 0.0, "weight_decay": 0.0,
+                            "loss_reduction": None}
     assert vgg["model"]["depth"] == 16 and vgg["model"]["head"] == []  # 13 normalised layers
     assert vgg["augment"] == {"crop": 0, "flip": False}
     assert set(cfg["studies"]["performance"]["lrs"]) == {0.1, 0.5}
@@ -110,3 +248,5 @@ def test_paper_config_matches_the_paper():
     assert dln["model"]["depth"] == 25 and dln["optim"]["batch_size"] is None
     assert dln["optim"]["steps"] == 10000
     assert cfg["datasets"]["linear"]["n_train"] == 1000
+    spec = next(s for s in plan(cfg).runs.values() if s["model"]["arch"] == "dln")
+    assert spec["optim"]["loss_reduction"] == "sum"  # ||W X - A X||^2 over the 1000 samples

@@ -1,13 +1,17 @@
-"""Every registered figure renders from fixture tables; captions are usable by the report."""
+"""Figures: every catalog kind has a drawer and a caption, renders from the fixture tables, and
+plots what its caption says (single units of one seed, bands inside the domain, seeds' own lines
+with fewer than 3 seeds, unconverged eigenvalues flagged, training vs eval mode labelled)."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,18 +19,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest_tables import STUDIES, Outcome, default_outcome, make_tables  # noqa: E402
 
 from bnstudy import figures  # noqa: E402
-from bnstudy.figures import FIGURES, draw  # noqa: E402
+from bnstudy.catalog import FIGURE_KINDS, figure_tables  # noqa: E402
+from bnstudy.stats import mean_ci  # noqa: E402
 
 MIN_BYTES = 5 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CASES = [(study, figure) for study, names in FIGURES.items() for figure in names]
+REPORT_DIR = Path(__file__).parents[1] / "workflow" / "report"
+CAPTIONS = REPORT_DIR / "figures"
+CASES = [(study, kind) for study, cfg in STUDIES.items() for kind in cfg["figures"]]
 
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
-    """Study tables for every study in the registry (built once for the module)."""
+    """Study tables (name -> file) for every fixture study, built once for the module."""
     root = tmp_path_factory.mktemp("fixtures")
-    return {study: make_tables(root, study) for study in FIGURES}
+    return {study: make_tables(root, study) for study in STUDIES}
+
+
+def _given(tables: dict, kind: str) -> dict:
+    """Exactly the tables the workflow hands a figure of ``kind``."""
+    return {name: tables[name] for name in figure_tables(kind)}
 
 
 def _assert_rendered(png: Path) -> None:
@@ -34,71 +46,270 @@ def _assert_rendered(png: Path) -> None:
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert pdf.read_bytes()[:5] == b"%PDF-"
     assert png.stat().st_size > MIN_BYTES and pdf.stat().st_size > MIN_BYTES
-    assert not list(png.parent.glob(".*")), "temporary files left behind"
+    assert not [p for p in png.parent.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
-def test_registry_covers_every_study_with_captions():
-    assert set(FIGURES) == set(STUDIES)
-    for study, names in FIGURES.items():
-        assert names, study
-        for name, caption in names.items():
-            assert len(caption) > 150, (study, name)
-            assert "\n\n" not in caption and "{{" not in caption and "{%" not in caption
-            assert "Fig" in caption or "claim" in caption or "Theorem" in caption, (study, name)
+def _render(kind: str, study: str, cfg: dict, tables: dict):
+    return figures.render(kind, study, cfg, _given(tables, kind))
+
+
+def _artists(fig, gid: str) -> list:
+    return [a for ax in fig.axes for a in ax.get_children() if a.get_gid() == gid]
+
+
+def _legend_texts(fig) -> list[str]:
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+
+
+# ---------------------------------------------------------------------------------------------
+# registry and captions
+
+
+def test_every_catalog_kind_has_a_drawer_and_a_caption_file():
+    assert set(figures.DRAWERS) == set(FIGURE_KINDS)
+    for kind, drawer in figures.DRAWERS.items():
+        assert drawer.title and callable(drawer.data) and callable(drawer.plot), kind
+        assert (CAPTIONS / f"{kind}.rst").is_file(), f"no caption file for figure kind {kind!r}"
+    assert {p.stem for p in CAPTIONS.glob("*.rst")} == set(FIGURE_KINDS), "caption file without a kind"
+
+
+def test_fixture_studies_cover_every_kind():
+    """So that the rendering tests below draw every kind at least once."""
+    assert {kind for _, kind in CASES} == set(FIGURE_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(FIGURE_KINDS))
+def test_caption_says_what_is_plotted_and_pooled(kind):
+    text = (CAPTIONS / f"{kind}.rst").read_text(encoding="utf-8")
+    flat = " ".join(text.split())
+    assert len(flat) > 500, "a caption must say what is plotted, pooled and averaged"
+    assert "{{" not in text and "{%" not in text, "captions are plain reST, not Jinja"
+    assert "PAPER.md" not in text
+    assert "seed" in flat, "say how seeds are combined"
+    assert re.search(r"means? over|averaged over|pooled", flat), "say what is averaged over what"
+    if "accuracy" in kind:
+        assert "eval mode" in flat, "say which accuracy is eval mode"
+    if kind in ("accuracy", "train_accuracy"):
+        assert "training mode" in flat and "eval mode" in flat
+    if kind in ("distributions", "unit_input"):
+        assert "one run, the lowest seed" in flat and "over the batch" in flat
+    if kind == "moment_changes":
+        assert "per unit" in flat and "t+1" in flat
 
 
 def test_captions_are_valid_restructuredtext():
     """Snakemake renders captions as reST: a stray '|' or '_' would break the report."""
     docutils_core = pytest.importorskip("docutils.core")
-    report_dir = Path(__file__).parents[1] / "workflow" / "report"
-    texts = {f"{s}/{f}": c for s, names in FIGURES.items() for f, c in names.items()}
-    texts |= {path.name: path.read_text() for path in report_dir.glob("*.rst") if path.name != "figure.rst"}
-    assert (report_dir / "figure.rst").read_text().strip() == "{{ snakemake.params.caption }}"
+    texts = {path.relative_to(REPORT_DIR).as_posix(): path.read_text(encoding="utf-8")
+             for path in sorted(REPORT_DIR.rglob("*.rst"))}
+    texts = {name: text for name, text in texts.items() if "{{" not in text and "{%" not in text}
+    assert {f"figures/{kind}.rst" for kind in FIGURE_KINDS} <= set(texts)
     for name, text in texts.items():
         warnings = io.StringIO()
         docutils_core.publish_doctree(text, settings_overrides={"warning_stream": warnings, "report_level": 1})
         assert warnings.getvalue() == "", (name, warnings.getvalue())
 
 
-@pytest.mark.parametrize("study, figure", CASES, ids=[f"{s}-{f}" for s, f in CASES])
-def test_figure_renders_from_fixture_tables(tables, tmp_path, study, figure):
-    out = tmp_path / study / f"{figure}.png"
-    draw(study, figure, tables[study], STUDIES[study], out)
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+@pytest.mark.parametrize("study, kind", CASES, ids=[f"{s}-{k}" for s, k in CASES])
+def test_figure_renders_from_fixture_tables(tables, tmp_path, study, kind):
+    out = tmp_path / study / f"{kind}.png"
+    figures.draw(kind, study, STUDIES[study], _given(tables[study], kind), out)
     _assert_rendered(out)
 
 
-def test_diverged_runs_are_counted_in_the_legend(tables):
-    """performance's fixture has a diverged standard run: the legend must say so."""
-    runs = pd.read_csv(tables["performance"] / "runs.csv")
-    assert (runs["status"] == "diverged").sum() == 1
-    ctx = figures._Context("performance", STUDIES["performance"], figures._Tables(tables["performance"]))
-    fig = figures.accuracy_curves(ctx, splits=("train", "test"))
-    labels = [text.get_text() for legend in fig.legends for text in legend.get_texts()]
-    figures.plt.close(fig)
-    assert "standard (1/4 runs diverged)" in labels and "diverged run" in labels
+def test_rerender_is_byte_identical(tables, tmp_path):
+    """Fixed metadata: redrawing unchanged tables gives identical files (no spurious reruns)."""
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "accuracy.png"
+        figures.draw("accuracy", "performance", STUDIES["performance"], _given(tables["performance"], "accuracy"),
+                     out)
+        outputs.append((out.read_bytes(), out.with_suffix(".pdf").read_bytes()))
+    assert outputs[0] == outputs[1]
 
 
-@pytest.mark.parametrize("study", ["performance", "landscape", "claim_learning_rate"])
-def test_variant_that_diverges_at_once_still_renders(tmp_path, study):
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_variant_diverging_at_step_0_still_renders(tmp_path, study):
     """Every batchnorm run diverging at step 0 leaves one point or none per curve: every figure of
-    the study must still draw (as 'no data' where nothing is left), never crash."""
+    the study must still draw ("no data" where nothing is left), never crash."""
     def outcome(variant, lr, seed, grid):
         return Outcome(diverged_step=0) if variant == "batchnorm" else default_outcome(variant, lr, seed, grid)
 
-    tables_dir = make_tables(tmp_path, study, STUDIES[study], outcome=outcome)
-    for figure in FIGURES[study]:
-        draw(study, figure, tables_dir, STUDIES[study], tmp_path / f"{figure}.png")
-        _assert_rendered(tmp_path / f"{figure}.png")
+    paths = make_tables(tmp_path, study, STUDIES[study], outcome=outcome)
+    for kind in STUDIES[study]["figures"]:
+        out = tmp_path / "figures" / f"{kind}.png"
+        figures.draw(kind, study, STUDIES[study], _given(paths, kind), out)
+        _assert_rendered(out)
 
 
-def test_unknown_figure_is_a_clear_error(tables, tmp_path):
-    with pytest.raises(KeyError, match="no figure 'nope' for study 'ics'"):
-        draw("ics", "nope", tables["ics"], STUDIES["ics"], tmp_path / "x.png")
+def test_diverged_runs_are_counted_in_the_legend(tables):
+    """performance's fixture has one diverged standard run (lr 0.5, seed 1)."""
+    fig = _render("accuracy", "performance", STUDIES["performance"], tables["performance"])
+    labels = _legend_texts(fig)
+    figures.plt.close(fig)
+    assert "standard (1/6 runs diverged)" in labels
+    assert any(label.startswith("diverged run") for label in labels)
+
+
+def test_unknown_kind_and_missing_table_are_clear_errors(tables):
+    with pytest.raises(KeyError, match="no figure kind 'nope'"):
+        figures.render("nope", "ics", STUDIES["ics"], tables["ics"])
+    with pytest.raises(ValueError, match=r"needs tables \['ics'\]"):
+        figures.render("ics", "ics", STUDIES["ics"], {"runs": tables["ics"]["runs"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# what is plotted
+
+
+def _median_jitter(frame: pd.DataFrame, by: list[str]) -> pd.Series:
+    """Per variant: the mean absolute change of a unit's median between successive recorded steps."""
+    ordered = frame.sort_values([*by, "step"])
+    jumps = ordered.groupby(by)["p50"].diff().abs()
+    return jumps.groupby(ordered["variant"]).mean()
+
+
+def test_distributions_plot_single_units_of_one_seed(tables):
+    """noisy_batchnorm's fixture units jump by U(-0.3, 0.3) per step, batchnorm's by N(0, 0.02):
+    the plotted medians must keep that (>= 5x, and >= 0.15 absolute, which a mean over the 3
+    seeds would not reach: it shrinks the jumps by sqrt(3))."""
+    cfg = STUDIES["noisy_bn"]
+    data = figures.figure_data("distributions", "noisy_bn", cfg, _given(tables["noisy_bn"], "distributions"))
+    assert set(data["row"]) == {f"layer {layer}" for layer in cfg["layers"]}
+    per_panel = data.groupby("column")
+    assert (per_panel["seed"].nunique() == 1).all() and set(data["seed"]) == {min(cfg["seeds"])}
+    assert (per_panel["unit"].nunique() == figures.MAX_UNITS).all()
+    assert not data.duplicated(["column", "layer", "unit", "step"]).any(), "one row per unit and step"
+
+    jitter = _median_jitter(data, ["variant", "layer", "unit"])
+    assert jitter["noisy_batchnorm"] >= 5 * jitter["batchnorm"]
+    assert jitter["noisy_batchnorm"] >= 0.15
+
+    # the control: what averaging over seeds would have drawn fails the absolute bound
+    units = pd.read_csv(tables["noisy_bn"]["units"])
+    units = units[units["layer"].isin(cfg["layers"])]
+    seed_mean = units.groupby(["variant", "layer", "unit", "step"], as_index=False)["p50"].mean()
+    assert _median_jitter(seed_mean, ["variant", "layer", "unit"])["noisy_batchnorm"] < 0.15
+
+
+def test_unit_input_is_one_unit_of_the_last_layer_and_one_seed(tables):
+    data = figures.figure_data("unit_input", "mnist_2015", STUDIES["mnist_2015"],
+                               _given(tables["mnist_2015"], "unit_input"))
+    units = pd.read_csv(tables["mnist_2015"]["units"])
+    assert set(data["layer"]) == {units["layer"].max()}
+    assert set(data["unit"]) == {units["unit"].min()}
+    assert data.groupby("column")["seed"].nunique().eq(1).all()
+    assert set(data["variant"]) == set(STUDIES["mnist_2015"]["variants"])
+
+
+def test_moment_changes_are_the_per_unit_columns_averaged_over_seeds(tables):
+    """The plotted line is the geometric mean over seeds of layers.csv's unit_mean_change."""
+    cfg = STUDIES["noisy_bn"]
+    data = figures.figure_data("moment_changes", "noisy_bn", cfg, _given(tables["noisy_bn"], "moment_changes"))
+    layers = pd.read_csv(tables["noisy_bn"]["layers"])
+    point = data[(data["row"].str.contains("μ")) & (data["column"] == "layer 9 · lr = 0.1")
+                 & (data["variant"] == "noisy_batchnorm") & (data["step"] == 40)]
+    expected = layers[(layers["layer"] == 9) & (layers["variant"] == "noisy_batchnorm") & (layers["step"] == 40)]
+    assert len(point) == 1 and len(expected) == len(cfg["seeds"])
+    assert point["y"].iloc[0] == pytest.approx(np.exp(np.log(expected["unit_mean_change"]).mean()))
+    assert set(data["scale"].dropna()) == {"log"}
+
+
+def _extreme_accuracy(variant, lr, seed, grid):
+    """Accuracies pinned at the domain's edges: an unclipped t band would leave [0, 1]."""
+    level = 1.0 if variant == "batchnorm" else 0.0
+    return Outcome(train_accuracy=level, test_accuracy=level, train_batches_accuracy=level, rate=50.0)
+
+
+def test_accuracy_bands_never_leave_the_unit_interval(tmp_path):
+    cfg = STUDIES["performance"]
+    paths = make_tables(tmp_path, "performance", cfg, outcome=_extreme_accuracy)
+    data = figures.figure_data("accuracy", "performance", cfg, _given(paths, "accuracy"))
+    bands = data[data["style"] == "mean"].dropna(subset=["low", "high"])
+    assert len(bands) and bands["low"].min() >= 0 and bands["high"].max() <= 1
+
+    # the control: the raw t intervals do leave [0, 1] here, so clipping is what keeps them in
+    evals = pd.read_csv(paths["eval"])
+    raw = [mean_ci(group["accuracy"]) for _, group in evals.groupby(["variant", "lr", "split", "step"])]
+    assert min(ci.low for ci in raw if ci.n >= 3) < 0 and max(ci.high for ci in raw if ci.n >= 3) > 1
+
+    fig = figures.render("accuracy", "performance", cfg, _given(paths, "accuracy"))
+    drawn = np.concatenate([path.vertices[:, 1] for band in _artists(fig, "band") for path in band.get_paths()])
+    figures.plt.close(fig)
+    assert drawn.min() >= 0 and drawn.max() <= 1
+
+
+@pytest.mark.parametrize("seeds, band", [([0, 1], False), ([0, 1, 2], True)])
+def test_seed_lines_below_three_seeds_band_from_three(tmp_path, seeds, band):
+    cfg = {**STUDIES["noisy_bn"], "seeds": seeds}
+    paths = make_tables(tmp_path, "noisy_bn", cfg)
+    data = figures.figure_data("train_accuracy", "noisy_bn", cfg, _given(paths, "train_accuracy"))
+    fig = figures.render("train_accuracy", "noisy_bn", cfg, _given(paths, "train_accuracy"))
+    bands, seed_lines = _artists(fig, "band"), _artists(fig, "seed-line")
+    legend = " ".join(_legend_texts(fig))
+    figures.plt.close(fig)
+    panels = 2 * len(cfg["variants"])  # two rows (training mode, eval mode), one lr
+    if band:
+        assert set(data["style"].dropna()) == {"mean"} and data["low"].notna().any()
+        assert len(bands) == panels and not seed_lines and "95% t-interval" in legend
+    else:
+        assert set(data["style"].dropna()) == {"seed"} and data["low"].isna().all()
+        assert not bands and len(seed_lines) == panels * len(seeds) and "one seed" in legend
+
+
+def test_unconverged_eigenvalues_are_flagged(tmp_path, tables):
+    cfg = STUDIES["curvature"]
+
+    def outcome(variant, lr, seed, grid):
+        return Outcome(converged=False) if variant == "batchnorm" else default_outcome(variant, lr, seed, grid)
+
+    paths = make_tables(tmp_path, "curvature", cfg, outcome=outcome)
+    curvature = pd.read_csv(paths["curvature"])
+    unconverged = curvature[curvature["variant"] == "batchnorm"]
+    data = figures.figure_data("curvature", "curvature", cfg, _given(paths, "curvature"))
+    flagged = data[data["style"] == "unconverged"]
+    assert len(flagged) == len(unconverged) > 0 and set(flagged["variant"]) == {"batchnorm"}
+    assert set(flagged["row"]) == {figures.EIGENVALUE_ROW}
+
+    fig = figures.render("curvature", "curvature", cfg, _given(paths, "curvature"))
+    markers = sum(len(artist.get_offsets()) for artist in _artists(fig, "unconverged"))
+    legend = _legend_texts(fig)
+    figures.plt.close(fig)
+    assert markers == len(unconverged)
+    assert f"eigenvalue whose power iteration did not converge: {len(unconverged)} of {len(curvature)}" in legend
+
+    fig = _render("curvature", "curvature", cfg, tables["curvature"])  # all converged: nothing flagged
+    assert not _artists(fig, "unconverged")
+    assert any("converged for all" in text for text in _legend_texts(fig))
+    figures.plt.close(fig)
+
+
+def test_training_mode_and_eval_mode_panels_are_labelled(tables):
+    expected = {"accuracy": ["train accuracy\n(training mode)", "test accuracy\n(eval mode)"],
+                "train_accuracy": ["train accuracy\n(training mode)", "train accuracy\n(eval mode)"],
+                "test_accuracy": ["test accuracy\n(eval mode)"]}
+    for kind, study in (("accuracy", "performance"), ("train_accuracy", "noisy_bn"), ("test_accuracy", "mnist_2015")):
+        fig = _render(kind, study, STUDIES[study], tables[study])
+        first_column = [ax.get_ylabel() for ax in fig.axes if ax.get_subplotspec().is_first_col()]
+        title = " ".join(fig.get_suptitle().split())
+        figures.plt.close(fig)
+        assert first_column == expected[kind], kind
+        if kind == "train_accuracy":
+            assert "training mode (top)" in title and "eval mode (bottom)" in title
+
+    data = figures.figure_data("accuracy", "performance", STUDIES["performance"],
+                               _given(tables["performance"], "accuracy"))
+    training_mode = data[data["row"] == expected["accuracy"][0]]
+    assert len(training_mode) and training_mode["step"].min() > 0, "train_batches has no step-0 row"
 
 
 def test_table_readers_never_import_torch():
-    code = ("import sys, bnstudy.figures, bnstudy.claims, bnstudy.stats, bnstudy.aggregate; "
-            "sys.exit('torch' in sys.modules)")
+    code = ("import sys, bnstudy.figures, bnstudy.claims, bnstudy.stats, bnstudy.aggregate, bnstudy.tables, "
+            "bnstudy.catalog; sys.exit('torch' in sys.modules)")
     src = Path(figures.__file__).parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -8,6 +8,7 @@ import torch
 from bnstudy.norms import VARIANTS, DistributionNoise, LpNorm, make_norm, sample_noise
 
 NOISE = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
+NORM = {"eps": 1e-5, "lp_scale": "uncentred", "noise": NOISE}
 
 
 def conv_input(seed=0):
@@ -16,20 +17,39 @@ def conv_input(seed=0):
 
 
 def test_batchnorm_has_zero_mean_unit_variance_per_channel_in_train_mode():
-    norm = make_norm("batchnorm", 4, True, 1e-5, NOISE).train()
+    norm = make_norm("batchnorm", 4, True, NORM).train()
     y = norm(conv_input())
     assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(4), atol=1e-5)
     assert torch.allclose(y.var((0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
-def test_lp_norm_centres_and_divides_by_the_average_lp_norm(p):
-    norm = LpNorm(4, p).train()
-    y = norm(conv_input())
+def test_lp_norm_centres_and_divides_by_the_average_lp_norm_of_the_uncentred_input(p):
+    """Section 3.3: centre as BatchNorm does, then divide by the average lp norm of the
+    activations *before* the mean is shifted."""
+    x = conv_input()
+    y = LpNorm(4, p).train()(x)
     assert torch.allclose(y.mean((0, 2, 3)), torch.zeros(4), atol=1e-5)
-    a = y.transpose(0, 1).reshape(4, -1).abs()
-    stat = a.amax(1) if p == math.inf else a.pow(p).mean(1).pow(1 / p)
-    assert torch.allclose(stat, torch.ones(4), atol=1e-4)
+    a = x.transpose(0, 1).reshape(4, -1).abs()
+    scale = a.amax(1) if p == math.inf else a.pow(p).mean(1).pow(1 / p)
+    centred = x - x.mean((0, 2, 3), keepdim=True)
+    assert torch.allclose(y, centred / (scale.view(1, 4, 1, 1) + 1e-5), atol=1e-5)
+
+
+def test_l2_differs_from_batchnorm_on_an_input_with_a_mean():
+    """With the uncentred scale, l2 is not BatchNorm: sqrt(var + mean^2) > std when mean != 0.
+    The centred reading (an explicit option) is BatchNorm up to epsilon."""
+    x = conv_input()  # mean 3, std 5 per channel
+    bn = make_norm("batchnorm", 4, True, NORM).train()(x)
+    l2 = make_norm("l2", 4, True, NORM).train()(x)
+    assert not torch.allclose(l2, bn, atol=1e-2)
+    expected = (25 / (25 + 9)) ** 0.5  # std / sqrt(var + mean^2)
+    assert l2.std().item() == pytest.approx(expected, rel=0.05)
+    centred = make_norm("l2", 4, True, {**NORM, "lp_scale": "centred"}).train()(x)
+    assert torch.allclose(centred, bn, atol=1e-3)
+    l1 = make_norm("l1", 4, True, NORM).train()(x)
+    linf = make_norm("linf", 4, True, NORM).train()(x)
+    assert not torch.allclose(l1, l2, atol=1e-2) and not torch.allclose(linf, l2, atol=1e-2)
 
 
 def test_lp_norm_uses_running_statistics_in_eval_mode():
@@ -41,10 +61,10 @@ def test_lp_norm_uses_running_statistics_in_eval_mode():
 
 
 def test_standard_is_identity_and_registry_is_complete():
-    assert torch.equal(make_norm("standard", 4, True, 1e-5, NOISE)(conv_input()), conv_input())
+    assert torch.equal(make_norm("standard", 4, True, NORM)(conv_input()), conv_input())
     assert set(VARIANTS) == {"standard", "batchnorm", "noisy_batchnorm", "standard_noise", "l1", "l2", "linf"}
     with pytest.raises(ValueError, match="known: standard"):
-        make_norm("groupnorm", 4, True, 1e-5, NOISE)
+        make_norm("groupnorm", 4, True, NORM)
 
 
 def test_noise_follows_algorithm_1():
@@ -121,7 +141,7 @@ def test_noise_is_per_position_in_conv_layers_and_off_in_eval():
 
 
 def test_noisy_batchnorm_is_batchnorm_then_noise():
-    norm = make_norm("noisy_batchnorm", 4, True, 1e-5, NOISE).train()
+    norm = make_norm("noisy_batchnorm", 4, True, NORM).train()
     norm[1].generator = torch.Generator().manual_seed(0)
     y = norm(conv_input())
     per_channel_mean = y.mean((0, 2, 3))

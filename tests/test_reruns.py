@@ -132,3 +132,40 @@ def test_changed_study_setting_reruns_only_that_study(smoke_copy, tmp_path):
     # and the same dry run without the override still has nothing to do
     plain = run_snakemake(smoke_copy, "-n")
     assert "Nothing to be done" in plain.stdout + plain.stderr
+
+
+def test_a_killed_run_needs_no_snakemake_folklore(tmp_path):
+    """kill -9 of Snakemake and its job mid-training leaves Snakemake's lock and 'incomplete'
+    mark. The README's one recovery command (`snakemake --unlock && snakemake --cores N`: the
+    workflow profile sets rerun-incomplete) finishes the run, resuming it from its checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import SNAKEMAKE
+
+    cfg = smoke_config()
+    cfg["setups"]["vgg"]["optim"]["steps"] = 800
+    cfg["setups"]["vgg"]["checkpoints"] = {"dense_until": 0, "dense_every": 1, "every": 20}
+    cfg["studies"] = {"performance": {**cfg["studies"]["performance"], "variants": ["batchnorm"]}}
+    config = write_yaml(tmp_path / "long.yaml", cfg)
+    base = [SNAKEMAKE, "--snakefile", str(Path(__file__).resolve().parents[1] / "Snakefile"),
+            "--directory", str(tmp_path), "--configfile", str(config)]
+    proc = subprocess.Popen(base + ["--cores", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    runs = tmp_path / "results" / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/step_0000040.pt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list((tmp_path / ".snakemake" / "incomplete").iterdir()), "no incomplete mark left"
+    assert not list(runs.glob("*/summary.json")), "the run finished before the kill"
+    recover = subprocess.run(["bash", "-c", f"{' '.join(base)} --unlock && {' '.join(base)} --cores 1"],
+                             capture_output=True, text=True, timeout=900)
+    assert recover.returncode == 0, recover.stderr[-3000:]
+    (summary,) = list(runs.glob("*/summary.json"))
+    assert json.loads(summary.read_text())["steps_done"] == 800
+    log = (tmp_path / "results" / "logs" / "train" / f"{summary.parent.name}.log").read_text()
+    assert "resuming" in log

@@ -21,7 +21,7 @@ def quiet(msg):
 
 
 def tables(run_dir):
-    return {name: pd.read_csv(run_dir / f"{name}.csv") for name in ("train", "eval", "layers")}
+    return {name: pd.read_csv(run_dir / f"{name}.csv") for name in ("train", "eval", "layers", "units")}
 
 
 def test_same_seed_same_numbers_and_outputs(tmp_path):
@@ -36,10 +36,12 @@ def test_same_seed_same_numbers_and_outputs(tmp_path):
     assert other["final"] != a["final"]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert [c["step"] for c in summary["checkpoints"]] == spec["checkpoints"]
-    layers = ta["layers"]
+    layers, units = ta["layers"], ta["units"]
     assert set(layers["layer"]) == set(range(1, 9))
-    assert (layers["p15"] <= layers["p50"]).all() and (layers["p50"] <= layers["p85"]).all()
+    assert (units["p15"] <= units["p50"]).all() and (units["p50"] <= units["p85"]).all()
+    assert units.groupby(["step", "layer"])["unit"].nunique().eq(spec["log"]["units"]).all()
     assert layers["weight_grad_norm"].gt(0).all() and layers["output_grad_norm"].gt(0).all()
+    assert layers["unit_mean_change"].gt(0).all()
 
 
 def test_killed_run_resumes_to_identical_metrics(tmp_path):
@@ -47,7 +49,10 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     an uninterrupted run. Dropout and noise included, so every RNG stream is exercised."""
     spec = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=40)
     spec["model"] = {**spec["model"], "dropout": 0.2}
-    spec["checkpoints"] = [0, 10, 20, 30, 40]
+    # checkpoints right after recording steps (layers_every 3: steps 9, 18, ...): the per-unit
+    # moments of step t, needed at step t + 1 for Fig. 8's changes, cross the checkpoint
+    spec["checkpoints"] = [0, 10, 19, 28, 40]
+    spec["log"] = {**spec["log"], "layers_every": 3, "train_every": 4, "eval_every": 7}
     spec["augment"] = {"crop": 2, "flip": True}
     reference = train(spec, tmp_path / "ref", log=quiet)
 
@@ -64,7 +69,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     proc.kill()
     proc.wait()
     done_before_kill = [s for s, _ in list_checkpoints(run_dir)]
-    assert 20 <= max(done_before_kill) < 40 and not (run_dir / "summary.json").exists()
+    assert 19 <= max(done_before_kill) < 40 and not (run_dir / "summary.json").exists()
 
     resumed = train(spec, run_dir, log=quiet)
     assert resumed["final"] == reference["final"]
@@ -131,3 +136,81 @@ def test_checkpoint_holds_everything_to_resume(tmp_path):
     assert {"model", "optimizer", "step", "spec", "rng", "metrics"} <= set(state)
     assert state["spec"]["run"] == spec["run"] and state["step"] == spec["checkpoints"][1]
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))  # no temporary files left
+
+
+def unit_moment_change(tmp_path, variant: str) -> float:
+    spec = prepared_spec(tmp_path, f"vgg-{variant}", steps=12)
+    spec["log"] = {**spec["log"], "layers_every": 4}
+    train(spec, tmp_path / variant, log=quiet)
+    return pd.read_csv(tmp_path / variant / "layers.csv")["unit_mean_change"].mean()
+
+
+def test_noisy_batchnorm_units_move_at_least_10x_more_than_batchnorm_units(tmp_path):
+    """Fig. 8: Algorithm 1 draws a new mean shift per unit every step, so a unit's mean moves far
+    more between steps t and t+1 than under BatchNorm (whose per-unit mean is beta). Pooled over
+    a layer's units the noise would average away; per unit it must not."""
+    noisy, plain = unit_moment_change(tmp_path, "noisy_batchnorm"), unit_moment_change(tmp_path, "batchnorm")
+    assert noisy >= 10 * plain, (noisy, plain)
+
+
+def test_training_mode_accuracy_is_the_mean_over_the_batches_trained_on(tmp_path):
+    """eval.csv's train_batches rows: training mode (noise on), the mean over the batches since the
+    previous evaluation, i.e. the mean of train.csv's per-batch rows over that window."""
+    spec = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=12)
+    spec["log"] = {**spec["log"], "train_every": 1, "eval_every": 6}
+    summary = train(spec, tmp_path / "run", log=quiet)
+    per_batch, evals = pd.read_csv(tmp_path / "run" / "train.csv"), pd.read_csv(tmp_path / "run" / "eval.csv")
+    window = evals[evals["split"] == "train_batches"].set_index("step")["accuracy"]
+    assert list(window.index) == [6, 12]
+    assert window[6] == pytest.approx(per_batch[per_batch["step"] < 6]["accuracy"].mean())
+    assert window[12] == pytest.approx(per_batch[per_batch["step"] >= 6]["accuracy"].mean())
+    assert summary["final"]["train_batches_accuracy"] == pytest.approx(window[12])
+    assert set(evals["split"]) == {"train", "test", "train_batches"}
+
+
+def test_train_rows_are_window_means(tmp_path):
+    spec = prepared_spec(tmp_path, "vgg-batchnorm", steps=12)
+    every = train(spec, tmp_path / "a", log=quiet)
+    spec4 = {**spec, "log": {**spec["log"], "train_every": 4}}
+    train(spec4, tmp_path / "b", log=quiet)
+    a, b = pd.read_csv(tmp_path / "a" / "train.csv"), pd.read_csv(tmp_path / "b" / "train.csv")
+    assert list(b["step"]) == [3, 7, 11]
+    assert b["loss"].tolist() == pytest.approx([a["loss"][i:i + 4].mean() for i in (0, 4, 8)])
+    assert every["status"] == "completed"
+
+
+@pytest.mark.parametrize("lr", [1e-6, 1e-7])
+def test_deep_linear_network_trains_at_the_papers_learning_rates(tmp_path, lr):
+    """The paper's objective ||W X - A X||^2 is summed over the samples: at lr 1e-6 and 1e-7 both
+    the standard and the BatchNorm DLN lower their loss visibly (a mean over the samples divides
+    the gradient by their number and the network hardly moves)."""
+    from helpers import smoke_config
+
+    cfg = smoke_config(tmp_path)
+    cfg["datasets"]["linear"].update(n_train=1000, n_test=1000)  # the paper's 1000 samples
+    for variant in ("standard", "batchnorm"):
+        spec = prepared_spec(tmp_path, f"dln-{variant}", config=cfg, steps=200, lr=lr)
+        assert spec["optim"]["loss_reduction"] == "sum"
+        train(spec, tmp_path / f"{variant}", log=quiet)
+        loss = pd.read_csv(tmp_path / f"{variant}" / "train.csv")["loss"]
+        assert loss.iloc[-1] < 0.9 * loss.iloc[0], (variant, lr, loss.iloc[0], loss.iloc[-1])
+
+
+def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
+    from bnstudy.config import load_config, plan
+
+    from helpers import smoke_config
+
+    ids = {}
+    for precision in ("fp32", "tf32"):
+        cfg = smoke_config(tmp_path)
+        cfg["runtime"]["precision"] = precision
+        ids[precision] = set(plan(load_config(cfg)).runs)
+    assert not ids["fp32"] & ids["tf32"]
+
+    spec = prepared_spec(tmp_path, "vgg-batchnorm")
+    train(spec, tmp_path / "run", log=quiet)
+    (tmp_path / "run" / "summary.json").unlink()
+    other = {**spec, "runtime": {**spec["runtime"], "precision": "bf16"}}
+    with pytest.raises(RuntimeError, match="precision=fp32.*bf16"):
+        train(other, tmp_path / "run", log=quiet)

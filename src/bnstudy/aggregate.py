@@ -2,120 +2,25 @@
 
 Every downstream consumer (figures, claims) wants one long table per kind with each row labelled
 by the things it is grouped by: run, variant, lr, seed, status and the study's grid columns. This
-module does that labelling once, so figures and claims never open run directories or spec files.
+module does that labelling once, so figures and claims never open run folders or spec files.
 
-Reads CSV and JSON only (no torch). Inputs are validated against the contracts in
-docs/architecture.md; a missing or malformed input raises :class:`TableError` naming the file,
-because a silently dropped run would bias every mean downstream. Diverged runs are kept: their
-status says so and their tables stop where training stopped. Outputs are written atomically
-(temporary file + ``os.replace``), so an interrupted job never leaves a half-written table that a
-later rule would take for complete.
+Reads CSV and JSON only (no torch). Inputs are checked against the contracts in `bnstudy.tables`;
+a missing or malformed input raises `TableError` naming the file. Diverged runs are kept: their
+status says so and their tables stop where training stopped.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write  # noqa: F401  (re-exported for figures and claims)
-
-LABEL_COLUMNS = ["run", "variant", "lr", "seed", "status"]
-
-RUN_TABLE_COLUMNS: dict[str, list[str]] = {
-    "train": ["step", "loss", "accuracy"],
-    "eval": ["step", "split", "loss", "accuracy"],
-    "layers": [
-        "step", "layer", "mean", "var", "p05", "p15", "p50", "p85", "p95", "weight_grad_norm",
-        "output_grad_norm", "gamma_over_sigma", "unit_p15", "unit_p50", "unit_p85",
-    ],
-}
-
-ANALYSIS_COLUMNS: dict[str, list[str]] = {
-    "ics": ["step", "layer", "l2_diff", "cosine", "grad_norm"],
-    "landscape": ["step", "direction", "eta", "eta_rel", "loss", "grad_diff", "beta"],
-    "curvature": ["step", "grad_quadratic", "top_eigenvalue"],
-}
-
-FINAL_METRICS = ["train_loss", "train_accuracy", "test_loss", "test_accuracy"]
-RUNS_COLUMNS_AFTER_GRID = (
-    ["setup", "task"] + [f"final_{name}" for name in FINAL_METRICS]
-    + ["steps_done", "diverged_step", "wall_seconds"]
+from .tables import (
+    ANALYSIS_TABLES, LABEL_COLUMNS, RUN_TABLES, RUNS_COLUMNS, FINAL_METRICS, TableError, grid_columns,
+    read_json, read_table, write_csv,
 )
-
-
-class TableError(ValueError):
-    """An input file is missing or does not follow the contract; the message names the file."""
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic writes (bnstudy.atomic; figures.py and claims.py import them from here too)
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` as CSV atomically (header kept even when empty)."""
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def write_text(text: str, path: Path) -> Path:
-    """Write ``text`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-# ---------------------------------------------------------------------------------------------
-# reading with errors that name the file
-
-
-def read_json(path: Path) -> dict:
-    """Parse a JSON object; missing or malformed files raise TableError naming the file."""
-    path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise TableError(f"{path}: file is missing") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TableError(f"{path}: malformed JSON ({error})") from error
-    if not isinstance(content, dict):
-        raise TableError(f"{path}: expected a JSON object, got {type(content).__name__}")
-    return content
-
-
-def read_table(path: Path, required_columns: Iterable[str]) -> pd.DataFrame:
-    """Read a CSV and check it has ``required_columns``; a header-only file is a valid empty table."""
-    path = Path(path)
-    if not path.is_file():
-        raise TableError(f"{path}: file is missing")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise TableError(f"{path}: malformed CSV ({error})") from error
-    missing = [column for column in required_columns if column not in frame.columns]
-    if missing:
-        raise TableError(f"{path}: missing columns {missing}")
-    return frame
-
-
-def require_keys(mapping: Mapping, keys: Iterable[str], source: Path) -> None:
-    """Raise TableError naming ``source`` if any of ``keys`` is absent."""
-    missing = [key for key in keys if key not in mapping]
-    if missing:
-        raise TableError(f"{source}: missing keys {missing}")
-
-
-# ---------------------------------------------------------------------------------------------
-# labels
-
-
-def grid_columns(study_cfg: Mapping) -> dict[str, str]:
-    """Dotted config key -> table column name (its last component), e.g. model.init_scale -> init_scale."""
-    columns = {dotted: dotted.split(".")[-1] for dotted in (study_cfg.get("grid") or {})}
-    clashes = sorted(set(columns.values()) & set(LABEL_COLUMNS))
-    if clashes or len(set(columns.values())) != len(columns):
-        raise ValueError(f"grid keys {list(columns)} give clashing column names {clashes or columns}")
-    return columns
 
 
 def lookup_dotted(spec: Mapping, dotted: str, source: Path):
@@ -133,25 +38,25 @@ def _as_float(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def run_labels(spec: dict, summary: dict, grid: Mapping[str, str], spec_path: Path,
-               summary_path: Path) -> dict:
-    """The labels every row of this run gets: run, variant, lr, seed, status and grid values."""
-    require_keys(spec, ["run", "seed", "norm", "optim"], spec_path)
-    require_keys(summary, ["run", "status", "steps_done"], summary_path)
+def run_labels(run_dir: Path, grid: Mapping[str, str]) -> tuple[dict, dict, dict]:
+    """(labels, spec, summary) of a run folder: the labels every row of the run gets."""
+    spec_path, summary_path = run_dir / "spec.json", run_dir / "summary.json"
+    spec, summary = read_json(spec_path), read_json(summary_path)
+    for mapping, keys, path in ((spec, ["run", "seed", "norm", "optim"], spec_path),
+                                (summary, ["run", "status", "steps_done"], summary_path)):
+        missing = [key for key in keys if key not in mapping]
+        if missing:
+            raise TableError(f"{path}: missing keys {missing}")
     if summary["run"] != spec["run"]:
         raise TableError(f"{summary_path}: run {summary['run']!r} does not match spec run {spec['run']!r}")
     if summary["status"] not in ("completed", "diverged"):
         raise TableError(f"{summary_path}: unknown status {summary['status']!r}")
-    labels = {
-        "run": spec["run"],
-        "variant": lookup_dotted(spec, "norm.variant", spec_path),
-        "lr": float(lookup_dotted(spec, "optim.lr", spec_path)),
-        "seed": int(spec["seed"]),
-        "status": summary["status"],
-    }
+    labels = {"run": spec["run"], "variant": lookup_dotted(spec, "norm.variant", spec_path),
+              "lr": float(lookup_dotted(spec, "optim.lr", spec_path)), "seed": int(spec["seed"]),
+              "status": summary["status"]}
     for dotted, column in grid.items():
         labels[column] = lookup_dotted(spec, dotted, spec_path)
-    return labels
+    return labels, spec, summary
 
 
 def runs_row(labels: dict, spec: dict, summary: dict, summary_path: Path) -> dict:
@@ -164,6 +69,7 @@ def runs_row(labels: dict, spec: dict, summary: dict, summary_path: Path) -> dic
     row["task"] = (spec.get("dataset") or {}).get("task")
     for name in FINAL_METRICS:
         row[f"final_{name}"] = _as_float(final.get(name))
+    row["steps"] = int(spec["optim"].get("steps", summary["steps_done"]))
     row["steps_done"] = int(summary["steps_done"])
     diverged_step = summary.get("diverged_step")
     row["diverged_step"] = None if diverged_step is None else int(diverged_step)
@@ -182,53 +88,50 @@ def concat_tables(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFram
     """Concatenate per-run frames; with no rows at all keep the header (``columns``)."""
     non_empty = [frame for frame in frames if len(frame)]
     if not non_empty:
-        extras = [c for frame in frames for c in frame.columns if c not in columns]
-        return pd.DataFrame(columns=columns + list(dict.fromkeys(extras)))
-    return pd.concat(non_empty, ignore_index=True)
+        return pd.DataFrame(columns=columns)
+    return pd.concat(non_empty, ignore_index=True)[columns]
 
 
-# ---------------------------------------------------------------------------------------------
-# the stage
-
-
-def aggregate(study: str, study_cfg: dict, run_dirs: list[Path],
-              analysis_dirs: dict[str, Path] | None, out_dir: Path) -> list[Path]:
-    """Concatenate the runs of ``study`` into labelled tables under ``out_dir``.
-
-    ``run_dirs`` are ``results/runs/{run}`` directories; ``analysis_dirs`` maps an analysis name
-    (ics, landscape, curvature) to ``results/analysis/{study}/{analysis}``, which must hold
-    ``{run}.csv`` for every run. Writes runs.csv, train.csv, eval.csv, layers.csv and one
-    ``{analysis}.csv`` per analysis; returns the written paths in that order.
-    """
-    grid = grid_columns(study_cfg)
-    label_columns = LABEL_COLUMNS + list(grid.values())
-    analysis_dirs = dict(sorted((analysis_dirs or {}).items()))
-    unknown = sorted(set(analysis_dirs) - set(ANALYSIS_COLUMNS))
-    if unknown:
-        raise ValueError(f"study {study}: unknown analyses {unknown}")
-
-    run_rows: list[dict] = []
-    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in [*RUN_TABLE_COLUMNS, *analysis_dirs]}
+def _runs(run_dirs: list[Path], study: str, grid: Mapping[str, str]):
     seen: set[str] = set()
     for run_dir in sorted(Path(d) for d in run_dirs):
-        spec_path, summary_path = run_dir / "spec.json", run_dir / "summary.json"
-        spec, summary = read_json(spec_path), read_json(summary_path)
-        labels = run_labels(spec, summary, grid, spec_path, summary_path)
+        labels, spec, summary = run_labels(run_dir, grid)
         if labels["run"] in seen:
             raise ValueError(f"study {study}: run {labels['run']} listed twice ({run_dir})")
         seen.add(labels["run"])
-        run_rows.append(runs_row(labels, spec, summary, summary_path))
-        for name, columns in RUN_TABLE_COLUMNS.items():
-            tables[name].append(labelled(read_table(run_dir / f"{name}.csv", columns), labels))
-        for name, directory in analysis_dirs.items():
-            table = read_table(Path(directory) / f"{labels['run']}.csv", ANALYSIS_COLUMNS[name])
-            tables[name].append(labelled(table, labels))
+        yield run_dir, labels, spec, summary
 
-    out_dir = Path(out_dir)
-    runs = pd.DataFrame(run_rows, columns=label_columns + RUNS_COLUMNS_AFTER_GRID)
-    runs["diverged_step"] = runs["diverged_step"].astype("Int64")
-    written = [write_csv(runs, out_dir / "runs.csv")]
-    for name, frames in tables.items():
-        columns = label_columns + {**RUN_TABLE_COLUMNS, **ANALYSIS_COLUMNS}[name]
-        written.append(write_csv(concat_tables(frames, columns), out_dir / f"{name}.csv"))
-    return written
+
+def aggregate(study: str, study_cfg: dict, run_dirs: list[Path], outputs: Mapping[str, Path]) -> None:
+    """The study's runs.csv and its training tables (train, eval, layers, units), labelled.
+
+    ``outputs`` maps table name -> the file to write (runs and any of `RUN_TABLES`).
+    """
+    grid = grid_columns(study_cfg)
+    label_columns = LABEL_COLUMNS + list(grid.values())
+    unknown = sorted(set(outputs) - {"runs", *RUN_TABLES})
+    if unknown:
+        raise ValueError(f"study {study}: unknown tables {unknown}")
+    rows, frames = [], {name: [] for name in outputs if name != "runs"}
+    for run_dir, labels, spec, summary in _runs(run_dirs, study, grid):
+        rows.append(runs_row(labels, spec, summary, run_dir / "summary.json"))
+        for name in frames:
+            frames[name].append(labelled(read_table(run_dir / f"{name}.csv", RUN_TABLES[name]), labels))
+    if "runs" in outputs:
+        runs = pd.DataFrame(rows, columns=label_columns + RUNS_COLUMNS)
+        runs["diverged_step"] = runs["diverged_step"].astype("Int64")
+        write_csv(outputs["runs"], runs)
+    for name, parts in frames.items():
+        write_csv(outputs[name], concat_tables(parts, label_columns + RUN_TABLES[name]))
+
+
+def aggregate_analysis(study: str, study_cfg: dict, analysis: str, run_tables: Mapping[Path, Path],
+                       out: Path) -> None:
+    """One analysis of the study's runs, labelled: ``run_tables`` maps a run folder to its table."""
+    if analysis not in ANALYSIS_TABLES:
+        raise ValueError(f"unknown analysis {analysis!r}; known: {', '.join(ANALYSIS_TABLES)}")
+    grid = grid_columns(study_cfg)
+    columns = ANALYSIS_TABLES[analysis]
+    frames = [labelled(read_table(run_tables[run_dir], columns), labels)
+              for run_dir, labels, _, _ in _runs(list(run_tables), study, grid)]
+    write_csv(out, concat_tables(frames, LABEL_COLUMNS + list(grid.values()) + columns))

@@ -1,34 +1,35 @@
-"""Per-study tables -> one verdict per claim (``claims.csv`` + ``claims.md``).
+"""Study tables -> one verdict per (study, claim) (``claims.csv`` + ``claims.md``).
 
-Claims tested: the four claims of Ioffe & Szegedy 2015 (higher learning rates, less sensitivity to
-initialisation, regularisation, usable sigmoids) and three findings of Santurkar et al. 2018 (BN
-does not reduce internal covariate shift, BN smooths the loss landscape, noisy BN trains about as
-well as BN). Reads tables only; never imports torch.
+A study lists the claims it tests (`claims:` in its config, kinds in `bnstudy.catalog`). Claims of
+Ioffe & Szegedy 2015: BN allows higher learning rates, makes training less sensitive to
+initialisation, regularises (less need for dropout; a smaller train-test gap), makes sigmoid
+networks usable, trains faster (their MNIST Fig. 1). Findings of Santurkar et al. 2018: BN does not
+reduce internal covariate shift, BN smooths the loss landscape, noisy BN trains about as well as
+BN. Reads tables only; never imports torch.
 
 Effect
-    For each claim a per-run measure is computed for the treated variant (batchnorm, or
-    noisy_batchnorm) and the reference variant (standard, or batchnorm). The two are paired on
-    everything but the variant (seed, lr, grid values), differenced (treated minus reference;
-    measures that are ratios are taken in log10 first, so the effect is a log10 ratio), and the
-    paired differences are averaged within each seed. Seeds are the unit: ``effect`` is the mean
-    of the per-seed differences and ``ci_low``..``ci_high`` its 95% Student-t interval over seeds.
+    A per-run measure of the treated variant (batchnorm, or noisy_batchnorm) and of the reference
+    (standard, or batchnorm), paired on everything but the variant (seed, lr, grid values),
+    differenced (treated minus reference; ratios in log10 first), averaged within each seed.
+    Seeds are the unit: `effect` is the mean of the per-seed differences. Where a claim compares
+    "each variant at its own best learning rate", the lr is chosen per variant (and grid point) by
+    the mean over seeds, then runs are paired by seed at those lrs.
 
-Verdict rule (every claim has a threshold T and a side: the claim holds "above" or "below" T)
-    * supported      -- the whole 95% CI lies strictly on the claim's side of T;
-    * not supported  -- the whole 95% CI lies on the other side of T (touching T counts here:
-      no effect is not support);
-    * inconclusive   -- the CI straddles T, or fewer than 2 paired seeds, or the study is
-      disabled / not configured / its tables are missing, or the runs are too short (the longest
-      run did fewer than ``min_steps`` updates), or the network that must train never leaves
-      chance (final train accuracy never above ``chance_accuracy + chance_margin``; for regression
-      the training loss never falls by ``min_loss_drop``), or a claim-specific design check fails
-      (e.g. the learning-rate grid has one value, or standard still trains at its largest rate).
-      The ``reason`` column says which.
-
-For "BN reduces ICS" the effect is log10(ICS with BN / ICS without): Santurkar et al. conclude BN
-does NOT reduce ICS, so data where BN's ICS is not lower gives "not supported", which agrees with
-the 2018 paper. Thresholds and gates live in :class:`ClaimRules`; a study may override them under
-``claim_rules`` in its config block.
+Verdict rule (each claim holds "above" or "below" a threshold T)
+    * continuous measures: the 95% Student-t interval over seeds (scipy). Supported if it lies
+      entirely on the claim's side of T; not supported if it lies entirely on the other side or
+      touches T (no effect is not support); inconclusive if it straddles T.
+    * measures on a grid (the largest usable lr, steps to reach an accuracy), and any measure
+      whose seeds agree exactly (a zero-width interval is no evidence): an exact one-sided
+      sign-flip test over seeds at level `alpha`. Supported if p <= alpha towards the claim; not
+      supported if p <= alpha the other way, or if every seed shows no effect with enough seeds
+      that the test could have spoken (1/2^n <= alpha); else inconclusive (with 2 seeds the
+      smallest attainable p is 0.25).
+    * always inconclusive: fewer than 2 paired seeds, the study or its tables missing, runs too
+      short (`min_steps`), the network that must train never leaving chance (or, for the DLN,
+      never lowering its loss by `min_loss_drop`), or a claim-specific check failing.
+    The `reason` column says which. For "BN reduces ICS" the 2018 paper's finding is that it does
+    NOT: "not supported" there agrees with the 2018 paper.
 """
 
 from __future__ import annotations
@@ -41,14 +42,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import (
-    ANALYSIS_COLUMNS, LABEL_COLUMNS, RUN_TABLE_COLUMNS, RUNS_COLUMNS_AFTER_GRID, TableError,
-    grid_columns, read_table, write_csv, write_text,
-)
-from bnstudy.stats import mean_ci, paired_differences
+from .catalog import CLAIM_KINDS
+from .stats import mean_ci, paired_differences, sign_flip_p, smallest_p
+from .tables import StudyTables, TableError, write_csv, write_text
 
-COLUMNS = ["claim", "source", "study", "measure", "effect", "ci_low", "ci_high", "n_seeds",
-           "paper", "verdict", "rule", "reason"]
+COLUMNS = ["claim", "source", "study", "measure", "effect", "ci_low", "ci_high", "p_value", "test",
+           "n_seeds", "paper", "verdict", "rule", "reason"]
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
@@ -62,6 +61,7 @@ class ClaimRules:
     min_loss_drop: float = 0.01      # regression: the loss must fall by this fraction to count as training
     usable_fraction: float = 0.5     # lr usable if accuracy >= chance + fraction * (best - chance)
     noninferiority_margin: float = 0.05  # "about as well": at most 5 accuracy points worse
+    alpha: float = 0.05              # level of the exact sign-flip tests
 
     def overridden(self, overrides: Mapping | None) -> "ClaimRules":
         unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(self)}
@@ -77,22 +77,17 @@ class ClaimRules:
 class StudyData:
     """One study's tables (read on first use) and config."""
 
-    def __init__(self, tables_dir: Path, study_cfg: dict):
-        self.tables_dir = Path(tables_dir)
-        self.study_cfg = study_cfg
-        self.grid = list(grid_columns(study_cfg).values())
-        self._cache: dict[str, pd.DataFrame] = {}
+    def __init__(self, tables: StudyTables):
+        self.tables = tables
+        self.study_cfg = tables.study_cfg
+        self.grid = tables.grid
 
     def table(self, name: str) -> pd.DataFrame:
-        if name not in self._cache:
-            schema = {"runs": RUNS_COLUMNS_AFTER_GRID, **RUN_TABLE_COLUMNS, **ANALYSIS_COLUMNS}[name]
-            frame = read_table(self.tables_dir / f"{name}.csv", LABEL_COLUMNS + schema)
-            self._cache[name] = frame.replace([np.inf, -np.inf], np.nan)
-        return self._cache[name]
+        return self.tables[name]
 
     @property
     def runs(self) -> pd.DataFrame:
-        return self.table("runs")
+        return self.tables["runs"]
 
     def condition_keys(self, exclude: Sequence[str] = ()) -> list[str]:
         """What pairs a treated run with its reference: seed, lr and grid values."""
@@ -105,28 +100,15 @@ class StudyData:
         return not self.runs["final_train_accuracy"].notna().any()
 
 
-def indexed_by_condition(runs: pd.DataFrame, values, keys: Sequence[str]) -> pd.Series:
-    """``values`` (one per row of ``runs``) indexed by the rows' condition (seed, lr, grid values),
-    the key that pairs a treated run with its reference."""
+def indexed(runs: pd.DataFrame, values, keys: Sequence[str]) -> pd.Series:
+    """``values`` (one per row of ``runs``) indexed by the rows' condition columns ``keys``."""
     return pd.Series(np.asarray(values, dtype=float), index=pd.MultiIndex.from_frame(runs[list(keys)]))
 
 
 def by_condition(values_by_run: pd.Series, data: StudyData) -> pd.Series:
     """Per-run values (indexed by run id, e.g. from an analysis table) indexed by condition."""
     runs = data.runs.set_index("run").loc[values_by_run.index].reset_index()
-    return indexed_by_condition(runs, values_by_run.to_numpy(), data.condition_keys())
-
-
-def group_by_keys(values: pd.Series, runs: pd.DataFrame, keys: Sequence[str]):
-    """``values`` (aligned with ``runs``) grouped by the condition columns ``keys``."""
-    return values.groupby([runs[k] for k in keys], dropna=False)
-
-
-def with_multiindex(series: pd.Series, keys: Sequence[str]) -> pd.Series:
-    """Force a (possibly one-level) MultiIndex named ``keys``, so every measure pairs the same way."""
-    if isinstance(series.index, pd.MultiIndex):
-        return series
-    return series.set_axis(pd.MultiIndex.from_arrays([series.index], names=list(keys)))
+    return indexed(runs, values_by_run.to_numpy(), data.condition_keys())
 
 
 def accuracy_or_chance(runs: pd.DataFrame, column: str, rules: ClaimRules) -> pd.Series:
@@ -134,18 +116,44 @@ def accuracy_or_chance(runs: pd.DataFrame, column: str, rules: ClaimRules) -> pd
     return runs[column].where(runs["status"] != "diverged", rules.chance_accuracy)
 
 
+def at_best_lr(data: StudyData, variant: str, values: pd.Series) -> pd.DataFrame:
+    """The runs of ``variant`` at its own best learning rate for each grid point.
+
+    ``values`` (aligned with data.runs) is what "best" maximises: its mean over seeds picks one lr
+    per grid point and variant, the same for every seed (so the choice does not chase one seed's
+    luck). Returns those runs with a ``value`` column.
+    """
+    runs = data.runs.assign(value=values)
+    mine = runs[runs["variant"] == variant]
+    if mine.empty:
+        return mine
+    grid = [k for k in data.grid if k in mine.columns]
+    means = mine.groupby(grid + ["lr"], dropna=False)["value"].mean().reset_index().dropna(subset=["value"])
+    if means.empty:
+        return mine.iloc[:0]
+    best = means.loc[means.groupby(grid, dropna=False)["value"].idxmax()] if grid else \
+        means.loc[[means["value"].idxmax()]]
+    return mine.merge(best[grid + ["lr"]], on=grid + ["lr"])
+
+
 # ---------------------------------------------------------------------------------------------
 # per-variant measures: (data, variant, rules) -> Series indexed by condition (levels include seed)
 
 
-def final_accuracy_measure(column: str) -> Callable[[StudyData, str, ClaimRules], pd.Series]:
-    """Final accuracy of each run of ``variant`` (diverged = chance)."""
+def final_accuracy(column: str) -> Callable[[StudyData, str, ClaimRules], pd.Series]:
+    """Final accuracy (``column`` of runs.csv) of each run of ``variant`` (diverged = chance)."""
 
     def measure(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
         runs = data.runs[data.runs["variant"] == variant]
-        return indexed_by_condition(runs, accuracy_or_chance(runs, column, rules), data.condition_keys())
+        return indexed(runs, accuracy_or_chance(runs, column, rules), data.condition_keys())
 
     return measure
+
+
+def best_lr_test_accuracy(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """Final test accuracy at the variant's own best lr (diverged = chance), per seed and grid point."""
+    chosen = at_best_lr(data, variant, accuracy_or_chance(data.runs, "final_test_accuracy", rules))
+    return indexed(chosen, chosen["value"], data.condition_keys(exclude=["lr"]))
 
 
 def largest_usable_log_lr(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
@@ -153,7 +161,7 @@ def largest_usable_log_lr(data: StudyData, variant: str, rules: ClaimRules) -> p
 
     Usable = completed and final test accuracy >= chance + usable_fraction * (best - chance), the
     best taken over the whole study, so both variants face the same bar. A condition with no usable
-    lr scores one grid step below the smallest lr.
+    lr scores one grid step below the smallest lr. A measure on the lr grid: exact test.
     """
     runs = data.runs
     best = runs["final_test_accuracy"].max()
@@ -164,26 +172,80 @@ def largest_usable_log_lr(data: StudyData, variant: str, rules: ClaimRules) -> p
     log_lrs = np.log10(np.sort(runs["lr"].unique()))
     floor = log_lrs[0] - (np.median(np.diff(log_lrs)) if len(log_lrs) > 1 else 1.0)
     conditions = pd.MultiIndex.from_frame(mine[keys].drop_duplicates())
-    largest = group_by_keys(np.log10(usable["lr"]), usable, keys).max()
-    return with_multiindex(largest, keys).reindex(conditions).fillna(floor)
+    largest = np.log10(usable["lr"]).groupby([usable[k] for k in keys]).max()
+    if not isinstance(largest.index, pd.MultiIndex):
+        largest.index = pd.MultiIndex.from_arrays([largest.index], names=keys)
+    return largest.reindex(conditions).fillna(floor)
 
 
 def accuracy_spread_over_init(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
-    """Max minus min final test accuracy over the init scales (diverged = chance)."""
-    runs = data.runs[data.runs["variant"] == variant].copy()
-    runs["accuracy"] = accuracy_or_chance(runs, "final_test_accuracy", rules)
-    keys = data.condition_keys(exclude=["init_scale"])
-    grouped = group_by_keys(runs["accuracy"], runs, keys)
-    return with_multiindex(grouped.max() - grouped.min(), keys)
+    """Max minus min over the init scales of the final test accuracy at the variant's own best
+    lr for each init scale (diverged = chance), per seed."""
+    chosen = at_best_lr(data, variant, accuracy_or_chance(data.runs, "final_test_accuracy", rules))
+    keys = data.condition_keys(exclude=["lr", "init_scale"])
+    grouped = chosen.groupby(keys)["value"]
+    spread = grouped.max() - grouped.min()
+    if not isinstance(spread.index, pd.MultiIndex):
+        spread.index = pd.MultiIndex.from_arrays([spread.index], names=keys)
+    return spread
+
+
+def dropout_gain(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """What dropout adds: the best final test accuracy over the dropout rates > 0 minus the one
+    without dropout, each at the variant's own best lr for that rate, per seed (and other grid
+    values). A network that regularises itself gains less."""
+    chosen = at_best_lr(data, variant, accuracy_or_chance(data.runs, "final_test_accuracy", rules))
+    keys = data.condition_keys(exclude=["lr", "dropout"])
+    without = chosen[chosen["dropout"] == 0].set_index(keys)["value"]
+    with_ = chosen[chosen["dropout"] > 0].groupby(keys)["value"].max()
+    gain = (with_ - without).dropna()
+    if not isinstance(gain.index, pd.MultiIndex):
+        gain.index = pd.MultiIndex.from_arrays([gain.index], names=keys)
+    return gain
 
 
 def generalisation_gap(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
-    """Final train minus test accuracy of completed runs, at the lowest dropout if dropout varies."""
-    runs = data.runs[(data.runs["variant"] == variant) & (data.runs["status"] == "completed")]
+    """Final train minus test accuracy (both eval mode) of completed runs at the variant's best
+    lr, without dropout when the study varies it."""
+    runs = data.runs
+    completed = runs["status"] == "completed"
     if "dropout" in runs.columns:
-        runs = runs[runs["dropout"] == data.runs["dropout"].min()]
-    gap = runs["final_train_accuracy"] - runs["final_test_accuracy"]
-    return indexed_by_condition(runs, gap, data.condition_keys())
+        completed &= runs["dropout"] == runs["dropout"].min()
+    test = runs["final_test_accuracy"].where(completed)
+    chosen = at_best_lr(data, variant, test)
+    chosen = chosen[chosen["value"].notna()]
+    gap = chosen["final_train_accuracy"] - chosen["final_test_accuracy"]
+    keys = data.condition_keys(exclude=["lr", "dropout"])
+    return indexed(chosen, gap, keys)
+
+
+def log_steps_to_reach_standard(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """log10 of the first evaluated step at which ``variant``'s test accuracy reaches the final
+    test accuracy (last evaluation) of the standard network of the same seed, lr and grid values.
+    A run that never reaches it counts as one evaluation past its end. A measure on the
+    evaluation grid."""
+    keys = data.condition_keys()
+    runs = data.runs
+    evals = data.table("eval")
+    tests = evals[evals["split"] == "test"].sort_values("step")
+    finals = tests.groupby("run")["accuracy"].last()
+    standard = runs[runs["variant"] == "standard"]
+    target = pd.Series(finals.reindex(standard["run"]).to_numpy(),
+                       index=pd.MultiIndex.from_frame(standard[keys]))
+    out = {}
+    for run_row in runs[runs["variant"] == variant].itertuples(index=False):
+        key = tuple(getattr(run_row, k) for k in keys)
+        curve = tests[tests["run"] == run_row.run]
+        goal = target.get(key, np.nan)
+        if not np.isfinite(goal) or curve.empty:
+            continue
+        reached = curve[curve["accuracy"] >= goal]
+        spacing = curve["step"].diff().median() if len(curve) > 1 else curve["step"].max()
+        step = reached["step"].iloc[0] if len(reached) else curve["step"].max() + spacing
+        out[key] = np.log10(max(step, 1))
+    index = pd.MultiIndex.from_tuples(list(out), names=keys) if out else \
+        pd.MultiIndex.from_arrays([[]] * len(keys), names=keys)
+    return pd.Series(list(out.values()), index=index, dtype=float)
 
 
 def mean_log10_per_run(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -194,7 +256,7 @@ def mean_log10_per_run(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def ics_log_l2(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
-    """Mean over steps and the configured layers of log10 ||G - G'||_2."""
+    """Mean over steps and the configured layers of log10 ||G - G'||_2 (Definition 2.1)."""
     ics = data.table("ics")
     ics = ics[ics["variant"] == variant]
     if data.study_cfg.get("layers"):
@@ -237,14 +299,6 @@ def network_trains(data: StudyData, claim: "Claim", rules: ClaimRules) -> str | 
             f"{rules.chance_accuracy + rules.chance_margin:g})")
 
 
-def varies(column: str) -> Callable[[StudyData, "Claim", ClaimRules], str | None]:
-    def check(data: StudyData, claim: "Claim", rules: ClaimRules) -> str | None:
-        values = data.runs[column].nunique() if column in data.runs.columns else 0
-        return None if values >= 2 else f"the study varies {column} over {values} value(s); needs >= 2"
-
-    return check
-
-
 def reference_fails_within_grid(data: StudyData, claim: "Claim", rules: ClaimRules) -> str | None:
     """If the reference is still usable at the largest lr, the grid cannot show a higher one for BN."""
     top = np.log10(data.runs["lr"].max())
@@ -261,109 +315,149 @@ def reference_fails_within_grid(data: StudyData, claim: "Claim", rules: ClaimRul
 
 @dataclass(frozen=True)
 class Claim:
+    kind: str  # its name in bnstudy.catalog.CLAIM_KINDS (which also names the two variants)
     claim: str
     source: str
-    study: str
     measure: str
     paper: str
     metric: Callable[[StudyData, str, ClaimRules], pd.Series]
     holds: str  # "above" or "below" the threshold
-    treated: str = "batchnorm"
-    reference: str = "standard"
+    discrete: bool = False  # a measure on a grid: exact sign-flip test instead of a t interval
     must_train: str = "standard"
     threshold: Callable[[ClaimRules], float] = lambda rules: 0.0
     checks: tuple[Callable[[StudyData, "Claim", ClaimRules], str | None], ...] = ()
 
+    @property
+    def treated(self) -> str:
+        return CLAIM_KINDS[self.kind].variants[0]
+
+    @property
+    def reference(self) -> str:
+        return CLAIM_KINDS[self.kind].variants[1]
+
     def rule(self, rules: ClaimRules) -> str:
+        treated, reference = self.treated, self.reference
         threshold = self.threshold(rules)
         other = "below" if self.holds == "above" else "above"
-        return (f"effect = {self.treated} minus {self.reference}, paired by seed; supported if the"
-                f" 95% CI lies entirely {self.holds} {threshold:g}; not supported if it lies entirely"
-                f" at or {other} {threshold:g}; inconclusive if it straddles {threshold:g}, with < 2"
-                f" seeds, runs < {rules.min_steps} steps, or {self.must_train} never training")
+        test = (f"exact one-sided sign-flip test over seeds at alpha {rules.alpha:g}" if self.discrete else
+                f"95% t interval over seeds (exact sign-flip test when the seeds agree exactly)")
+        return (f"effect = {treated} minus {reference}, paired by seed; {test}; supported if the effect"
+                f" lies {self.holds} {threshold:g}, not supported if at or {other}; inconclusive if"
+                f" undecided, with < 2 seeds, runs < {rules.min_steps} steps, or {self.must_train}"
+                f" never training")
 
 
-_PAIRING = "{treated} minus {reference}, paired by seed, lr and grid values, averaged per seed"
+_PAIRING = "batchnorm minus standard, paired by seed, lr and grid values, averaged per seed"
+_BEST_LR = "batchnorm minus standard, each at its own best lr (chosen by the mean over seeds), paired by seed"
 
-CLAIMS: list[Claim] = [
+_CLAIMS = [
     Claim(
-        "BN allows higher learning rates", "2015", "claim_learning_rate",
+        "higher_learning_rates", "BN allows higher learning rates", "2015",
         "log10 of the largest lr whose run completes with final test accuracy >= chance +"
         " usable_fraction x (best - chance); batchnorm minus standard per seed (log10 ratio)",
         "2015: BN enables much higher learning rates; BN-x5 (5x the lr) reaches the Inception"
         " baseline's 72.2% in 14x fewer steps and BN-x30 (30x) also trains",
-        largest_usable_log_lr, "above",
-        checks=(varies("lr"), reference_fails_within_grid)),
+        largest_usable_log_lr, "above", discrete=True, checks=(reference_fails_within_grid,)),
     Claim(
-        "BN makes training less sensitive to initialisation", "2015", "claim_initialisation",
-        "spread (max - min) of final test accuracy over init scales (diverged = chance); "
-        + _PAIRING.format(treated="batchnorm", reference="standard"),
+        "initialisation", "BN makes training less sensitive to initialisation", "2015",
+        "spread (max - min) over init scales of final test accuracy, each variant at its own best lr"
+        " per init scale (diverged = chance); batchnorm minus standard per seed",
         "2015: with BN one can be less careful about initialisation (no number given)",
-        accuracy_spread_over_init, "below", checks=(varies("init_scale"),)),
+        accuracy_spread_over_init, "below"),
     Claim(
-        "BN regularises", "2015", "claim_regularisation",
-        "generalisation gap (final train - test accuracy) of completed runs at the lowest dropout; "
-        + _PAIRING.format(treated="batchnorm", reference="standard"),
-        "2015: BN regularises, BN-Inception trains without dropout and without more overfitting;"
-        " 2018: test accuracy 83% with BN vs 80% without (CIFAR-10, VGG)",
+        "regularisation", "BN regularises (less need for dropout)", "2015",
+        "test accuracy gained by dropout (best rate > 0 minus none, each at its own best lr);"
+        " batchnorm minus standard per seed",
+        "2015: BN regularises; BN-Inception drops dropout without more overfitting",
+        dropout_gain, "below"),
+    Claim(
+        "generalisation_gap", "BN reduces the train-test gap", "2015",
+        "final train minus test accuracy (eval mode) without dropout; " + _BEST_LR,
+        "2015: BN regularises; 2018: test accuracy 83% with BN vs 80% without (CIFAR-10, VGG)",
         generalisation_gap, "below"),
     Claim(
-        "BN makes sigmoid networks usable", "2015", "claim_sigmoid",
-        "final test accuracy of sigmoid networks (diverged = chance); "
-        + _PAIRING.format(treated="batchnorm", reference="standard"),
+        "sigmoid", "BN makes sigmoid networks usable", "2015",
+        "final test accuracy of sigmoid networks (diverged = chance); " + _BEST_LR,
         "2015: a sigmoid Inception with BN reaches 69.8% top-1; without BN it never trains",
-        final_accuracy_measure("final_test_accuracy"), "above", must_train="batchnorm"),
-    *[Claim(
-        "BN reduces internal covariate shift", "2018", study,
-        "mean over steps and configured layers of log10 ||G - G'||_2 (Definition 2.1); "
-        + _PAIRING.format(treated="batchnorm", reference="standard") + " (log10 ratio)",
-        f"2018 (Fig. 3, {net}): BN does NOT reduce ICS; BN networks often show larger ||G - G'||"
-        " and, in the DLN, a cosine near 0",
-        ics_log_l2, "below") for study, net in (("ics", "VGG"), ("ics_dln", "DLN"))],
-    *[Claim(
-        "BN smooths the loss landscape", "2018", study,
-        "mean over steps of log10 effective beta-smoothness (max over eta along the gradient); "
-        + _PAIRING.format(treated="batchnorm", reference="standard") + " (log10 ratio)",
-        f"2018 ({fig}): without BN the loss varies widely early, gradient predictiveness is ~2 orders"
-        " of magnitude worse early on, beta-smoothness is consistently worse",
-        landscape_log_beta, "below") for study, fig in (("landscape", "Fig. 4, VGG"),
-                                                        ("landscape_dln", "Fig. 10, DLN"))],
+        best_lr_test_accuracy, "above", must_train="batchnorm"),
     Claim(
-        "Noisy BN trains about as well as BN", "2018", "noisy_bn",
-        "final train accuracy (diverged = chance); "
-        + _PAIRING.format(treated="noisy_batchnorm", reference="batchnorm")
-        + "; holds if not worse than -noninferiority_margin",
+        "faster_training", "BN trains faster", "2015",
+        "log10 of the steps to reach the standard network's final test accuracy (same seed);"
+        " batchnorm minus standard per seed (negative = BN faster)",
+        "2015 (Fig. 1, MNIST): the BN network trains faster and reaches higher test accuracy;"
+        " BN-x5 reaches the Inception baseline in 14x fewer steps",
+        log_steps_to_reach_standard, "below", discrete=True),
+    Claim(
+        "reduces_ics", "BN reduces internal covariate shift", "2015",
+        "mean over steps and configured layers of log10 ||G - G'||_2 (Definition 2.1); "
+        + _PAIRING + " (log10 ratio)",
+        "2018 (Fig. 3): BN does NOT reduce ICS; BN networks often show larger ||G - G'|| and, in"
+        " the DLN, a cosine near 0",
+        ics_log_l2, "below"),
+    Claim(
+        "smoother_landscape", "BN smooths the loss landscape", "2018",
+        "mean over steps of log10 effective beta-smoothness (max over eta along the gradient); "
+        + _PAIRING + " (log10 ratio)",
+        "2018 (Figs. 4, 10): without BN the loss varies widely early, gradient predictiveness is"
+        " ~2 orders of magnitude worse early on, beta-smoothness is consistently worse",
+        landscape_log_beta, "below"),
+    Claim(
+        "noisy_bn_trains", "Noisy BN trains about as well as BN", "2018",
+        "final training-mode train accuracy (batch statistics and noise on, mean over the last"
+        " evaluation window; diverged = chance); noisy_batchnorm minus batchnorm, paired by seed;"
+        " holds if not worse than -noninferiority_margin",
         "2018 (Fig. 2): noisy BN trains almost as well as BN and better than standard, despite"
         " unstable distributions; standard + noise fails to train",
-        final_accuracy_measure("final_train_accuracy"), "above", treated="noisy_batchnorm",
-        reference="batchnorm", must_train="batchnorm",
+        final_accuracy("final_train_batches_accuracy"), "above", must_train="batchnorm",
         threshold=lambda rules: -rules.noninferiority_margin),
 ]
+CLAIMS: dict[str, Claim] = {claim.kind: claim for claim in _CLAIMS}
 
 
 # ---------------------------------------------------------------------------------------------
 # verdicts
 
 
-def decide(effect_low: float, effect_high: float, n_seeds: int, threshold: float, holds: str,
-           blockers: Sequence[str] = ()) -> tuple[str, str]:
-    """The verdict rule of the module docstring: (verdict, reason)."""
-    if blockers:
-        return INCONCLUSIVE, "; ".join(blockers)
-    if n_seeds < 2:
-        return INCONCLUSIVE, f"{n_seeds} paired seed(s) < 2: no confidence interval"
-    if holds == "above":
-        supported, against, other = effect_low > threshold, effect_high <= threshold, "below"
-    elif holds == "below":
-        supported, against, other = effect_high < threshold, effect_low >= threshold, "above"
-    else:
+def decide(effects, threshold: float, holds: str, discrete: bool, rules: ClaimRules,
+           blockers: Sequence[str] = ()) -> dict:
+    """The verdict rule of the module docstring: effect, CI, p-value, test, verdict and reason."""
+    if holds not in ("above", "below"):
         raise ValueError(f"holds must be 'above' or 'below', got {holds!r}")
-    interval = f"95% CI [{effect_low:.3g}, {effect_high:.3g}]"
-    if supported:
-        return SUPPORTED, f"{interval} entirely {holds} {threshold:g}"
-    if against:
-        return NOT_SUPPORTED, f"{interval} entirely at or {other} {threshold:g}"
-    return INCONCLUSIVE, f"{interval} straddles {threshold:g}"
+    interval = mean_ci(effects)
+    out = {"effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high,
+           "n_seeds": interval.n, "p_value": np.nan, "test": "none"}
+    if blockers:
+        return {**out, "verdict": INCONCLUSIVE, "reason": "; ".join(blockers)}
+    n = interval.n
+    if n < 2:
+        return {**out, "verdict": INCONCLUSIVE, "reason": f"{n} paired seed(s) < 2: no test possible"}
+    other = "below" if holds == "above" else "above"
+    if not discrete and np.isfinite(interval.low):
+        text = f"95% CI [{interval.low:.3g}, {interval.high:.3g}]"
+        out["test"] = "t interval"
+        if (interval.low > threshold) if holds == "above" else (interval.high < threshold):
+            return {**out, "verdict": SUPPORTED, "reason": f"{text} entirely {holds} {threshold:g}"}
+        if (interval.high <= threshold) if holds == "above" else (interval.low >= threshold):
+            return {**out, "verdict": NOT_SUPPORTED, "reason": f"{text} entirely at or {other} {threshold:g}"}
+        return {**out, "verdict": INCONCLUSIVE, "reason": f"{text} straddles {threshold:g}"}
+    # a grid measure, or seeds that agree exactly: an exact test over the seeds
+    toward, away = ("greater", "less") if holds == "above" else ("less", "greater")
+    p_claim, p_other = sign_flip_p(effects, threshold, toward), sign_flip_p(effects, threshold, away)
+    floor = smallest_p(n)
+    why = "a measure on a grid" if discrete else "the seeds agree exactly (a zero-width interval is no evidence)"
+    out.update(test="sign-flip", p_value=p_claim)
+    if p_claim <= rules.alpha:
+        return {**out, "verdict": SUPPORTED,
+                "reason": f"{why}: exact sign-flip test over {n} seeds, p = {p_claim:.3g} <= {rules.alpha:g}"}
+    values = np.asarray(effects, dtype=float)
+    no_effect_side = (values <= threshold) if holds == "above" else (values >= threshold)
+    if p_other <= rules.alpha or (no_effect_side.all() and floor <= rules.alpha):
+        return {**out, "verdict": NOT_SUPPORTED,
+                "reason": f"{why}: every seed at or {other} {threshold:g} (exact sign-flip test over {n}"
+                          f" seeds, p towards the claim = {p_claim:.3g})"}
+    return {**out, "verdict": INCONCLUSIVE,
+            "reason": f"{why}: exact sign-flip test over {n} seeds, p = {p_claim:.3g} > {rules.alpha:g}"
+                      f" (the smallest attainable with {n} seeds is {floor:.3g})"}
 
 
 def seed_effects(data: StudyData, claim: Claim, rules: ClaimRules) -> pd.Series:
@@ -375,33 +469,24 @@ def seed_effects(data: StudyData, claim: Claim, rules: ClaimRules) -> pd.Series:
     return differences.groupby(level="seed").mean()
 
 
-def evaluate(claim: Claim, tables_root: Path, studies_cfg: Mapping, rules: ClaimRules) -> dict:
-    """One claims-table row."""
-    study_cfg = studies_cfg.get(claim.study)
-    rules = rules.overridden((study_cfg or {}).get("claim_rules"))
-    row = {"claim": claim.claim, "source": claim.source, "study": claim.study,
-           "measure": claim.measure, "effect": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-           "n_seeds": 0, "paper": claim.paper, "rule": claim.rule(rules)}
-    if not study_cfg or not study_cfg.get("enabled", True):
-        reason = f"study {claim.study} is disabled or not configured"
-        return {**row, "verdict": INCONCLUSIVE, "reason": reason}
-    data = StudyData(Path(tables_root) / claim.study, study_cfg)
+def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Mapping[str, Path], rules: ClaimRules) -> dict:
+    """One claims-table row: claim `kind` as tested by `study`."""
+    claim = CLAIMS[kind]
+    rules = rules.overridden(study_cfg.get("claim_rules"))
+    row = {"claim": claim.claim, "source": claim.source, "study": study, "measure": claim.measure,
+           "paper": claim.paper, "rule": claim.rule(rules)}
     effects = pd.Series(dtype=float)
     try:
+        data = StudyData(StudyTables(tables, study_cfg))
         present = set(data.runs["variant"])
-        blockers = [f"no {v} runs in {data.tables_dir / 'runs.csv'}"
-                    for v in (claim.treated, claim.reference) if v not in present]
+        blockers = [f"no {v} runs in the study" for v in (claim.treated, claim.reference) if v not in present]
         if not blockers:
             blockers = [reason for check in (runs_long_enough, network_trains, *claim.checks)
                         if (reason := check(data, claim, rules))]
             effects = seed_effects(data, claim, rules)
     except TableError as error:
         blockers = [f"tables missing or malformed: {error}"]
-    interval = mean_ci(effects)
-    verdict, reason = decide(interval.low, interval.high, interval.n, claim.threshold(rules),
-                             claim.holds, blockers)
-    return {**row, "effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high,
-            "n_seeds": interval.n, "verdict": verdict, "reason": reason}
+    return {**row, **decide(effects, claim.threshold(rules), claim.holds, claim.discrete, rules, blockers)}
 
 
 def _cell(value) -> str:
@@ -410,25 +495,40 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _effect_text(row) -> str:
+    if not np.isfinite(row["effect"]):
+        return ""
+    text = f"{row['effect']:+.3g}"
+    if np.isfinite(row["ci_low"]):
+        return f"{text} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]"
+    if np.isfinite(row["p_value"]):
+        return f"{text} (exact p = {row['p_value']:.3g})"
+    return text
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """The claims table as GitHub Markdown, with the verdict rule stated above it."""
+    """The claims table as GitHub Markdown: the short table first, the full detail below it."""
     header = ("# Claims\n\n"
-              "Effect = treated minus reference variant, paired by seed (log10 ratio where the"
-              " measure is a ratio); 95% Student-t CI over seeds. Supported: CI entirely on the"
-              " claim's side of the threshold. Not supported: CI entirely on the other side or"
-              " touching it. Inconclusive: CI straddles the threshold, < 2 seeds, study disabled or"
-              " missing, runs too short, or the baseline never leaves chance (see `reason`).\n\n")
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return header + "\n".join(lines) + "\n"
+              "Effect = treated minus reference variant, paired by seed (log10 ratio where the measure"
+              " is a ratio), with its 95% t interval over seeds, or the p-value of an exact sign-flip"
+              " test over seeds for measures on a grid. The rule and the reason for each verdict are in"
+              " the detail table below.\n\n")
+    short = ["| claim | study | effect [95% CI] | seeds | verdict |", "| --- | --- | --- | --- | --- |"]
+    short += [f"| {_cell(r['claim'])} ({r['source']}) | {r['study']} | {_effect_text(r)} | {r['n_seeds']} |"
+              f" {r['verdict']} |" for _, r in table.iterrows()]
+    detail = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    detail += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return header + "\n".join(short) + "\n\n## Detail\n\n" + "\n".join(detail) + "\n"
 
 
-def claims(tables_root: Path, studies_cfg: dict, out_csv: Path, out_md: Path,
+def claims(studies_cfg: Mapping, tables: Mapping[str, Mapping[str, Path]], out_csv: Path, out_md: Path,
            rules: ClaimRules | None = None) -> pd.DataFrame:
-    """Evaluate every claim from ``tables_root/{study}/*.csv``; write the CSV and Markdown tables."""
+    """Evaluate every claim each enabled study lists, from the study tables in ``tables``
+    (study -> table name -> file); write the CSV and Markdown tables."""
     rules = rules or ClaimRules()
-    table = pd.DataFrame([evaluate(claim, tables_root, studies_cfg, rules) for claim in CLAIMS],
-                         columns=COLUMNS)
-    write_csv(table, Path(out_csv))
-    write_text(to_markdown(table), Path(out_md))
+    rows = [evaluate(study, kind, cfg, tables.get(study, {}), rules)
+            for study, cfg in studies_cfg.items() if cfg.get("enabled", True) for kind in cfg.get("claims", [])]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    write_csv(out_csv, table)
+    write_text(out_md, to_markdown(table))
     return table

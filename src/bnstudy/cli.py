@@ -87,44 +87,64 @@ def cmd_train(args) -> None:
           f"in {summary['wall_seconds']:.1f}s", file=sys.stderr)
 
 
+def _pairs(items: list[str], option: str) -> dict[str, Path]:
+    """NAME=PATH arguments -> {NAME: PATH}."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"bnstudy: {option} takes NAME=PATH, got {item!r}")
+        out[name] = Path(path)
+    return out
+
+
 def cmd_analyze(args) -> None:
-    import torch
-
     from .analysis.run import analyze
-    from .train import resolve_device
+    from .runtime import resolve_device, set_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    spec = json.loads((Path(args.run_dir) / "spec.json").read_text())
+    run_dir = Path(args.run_dir)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    set_threads(spec["runtime"], args.threads)
     device = resolve_device(spec["runtime"])
-    out = analyze(args.analysis, Path(args.run_dir), _json(args.settings), Path(args.out), str(device))
+    out = analyze(_json(args.settings), run_dir, Path(args.out), str(device))
     tracking = _tracking(args.tracking)
-    summary = json.loads((Path(args.run_dir) / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     if tracking["enabled"] and summary.get("mlflow_run_id"):
         from .tracking import log_analysis
 
-        log_analysis(tracking["uri"], summary["mlflow_run_id"], out, args.analysis, args.study)
+        log_analysis(tracking["uri"], summary["mlflow_run_id"], out)
 
 
 def cmd_aggregate(args) -> None:
     from .aggregate import aggregate
 
-    # results/analysis/<study>/<analysis>/<run>.csv: one folder per analysis
-    analyses = {Path(t).parent.name: Path(t).parent for t in args.analysis_tables}
     aggregate(args.study, _json(args.study_config), [Path(p).parent for p in args.summaries],
-              analyses, Path(args.out_dir))
+              _pairs(args.out, "--out"))
+
+
+def cmd_aggregate_analysis(args) -> None:
+    from .aggregate import aggregate_analysis
+
+    if len(args.summaries) != len(args.tables):
+        raise SystemExit("bnstudy aggregate-analysis: give one --tables entry per --summaries entry")
+    run_tables = {Path(s).parent: Path(t) for s, t in zip(args.summaries, args.tables)}
+    aggregate_analysis(args.study, _json(args.study_config), args.analysis, run_tables, Path(args.out))
 
 
 def cmd_figure(args) -> None:
     from .figures import draw
 
-    draw(args.study, args.figure, Path(args.tables), _json(args.study_config), Path(args.out))
+    draw(args.kind, args.study, _json(args.study_config), _pairs(args.table, "--table"), Path(args.out))
 
 
 def cmd_claims(args) -> None:
     from .claims import claims
 
-    claims(Path(args.tables_root), _json(args.studies_config), Path(args.out_csv), Path(args.out_md))
+    tables: dict[str, dict[str, Path]] = {}
+    for key, path in _pairs(args.table, "--table").items():
+        study, _, name = key.partition(":")
+        tables.setdefault(study, {})[name] = path
+    claims(_json(args.studies_config), tables, Path(args.out_csv), Path(args.out_md))
 
 
 def cmd_track_figures(args) -> None:
@@ -139,11 +159,18 @@ def cmd_track_figures(args) -> None:
 def cmd_plan(args) -> None:
     from .config import load_config, plan
 
-    p = plan(load_config(args.configfile))
+    config = load_config(args.configfile)
+    p = plan(config)
     for study, runs in p.study_runs.items():
         analyses = ", ".join(p.study_analyses[study]) or "-"
-        print(f"{study:24s} {len(runs):4d} runs   analyses: {analyses}")
-    print(f"{'total (shared runs once)':24s} {len(p.runs):4d} runs")
+        figures = ", ".join(config["studies"][study]["figures"]) or "-"
+        print(f"{study:24s} {len(runs):4d} runs   analyses: {analyses}   figures: {figures}")
+        if args.runs:
+            for run in runs:
+                print(f"    {run}")
+    jobs = sum(len(p.study_runs[s]) for s, a in p.study_analyses.items() for _ in a)
+    print(f"{'total (shared runs once)':24s} {len(p.runs):4d} runs, {len(p.analysis_jobs())} analysis "
+          f"jobs ({jobs} study x run x analysis before sharing)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,34 +198,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("analyze", help="one checkpoint analysis of one run")
-    p.add_argument("--analysis", required=True, choices=["ics", "landscape", "curvature"])
-    p.add_argument("--study", required=True)
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--settings", required=True, help="the analysis settings (JSON)")
+    p.add_argument("--settings", required=True, help="the analysis settings (JSON, with key analysis)")
     p.add_argument("--out", required=True)
     p.add_argument("--tracking", default='{"enabled": false}')
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("aggregate", help="per-run tables -> one study's tables")
+    p = sub.add_parser("aggregate", help="a study's runs -> its runs/train/eval/layers/units tables")
     p.add_argument("--study", required=True)
     p.add_argument("--study-config", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--analysis-tables", nargs="*", default=[], help="the study's analysis tables")
     p.add_argument("--summaries", nargs="+", required=True, help="the runs' summary.json files")
+    p.add_argument("--out", nargs="+", required=True, help="NAME=PATH for each table to write")
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("figure", help="draw one figure of a study")
+    p = sub.add_parser("aggregate-analysis", help="one analysis of a study's runs -> one table")
     p.add_argument("--study", required=True)
-    p.add_argument("--figure", required=True)
-    p.add_argument("--tables", required=True)
     p.add_argument("--study-config", required=True)
+    p.add_argument("--analysis", required=True, choices=["ics", "landscape", "curvature"])
+    p.add_argument("--summaries", nargs="+", required=True, help="the runs' summary.json files")
+    p.add_argument("--tables", nargs="+", required=True, help="their analysis tables, same order")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_aggregate_analysis)
+
+    p = sub.add_parser("figure", help="draw one figure kind of a study")
+    p.add_argument("--kind", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--study-config", required=True)
+    p.add_argument("--table", nargs="+", required=True, help="NAME=PATH for each table the kind reads")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_figure)
 
     p = sub.add_parser("claims", help="the claims verdict table")
-    p.add_argument("--tables-root", required=True)
     p.add_argument("--studies-config", required=True)
+    p.add_argument("--table", nargs="*", default=[], help="STUDY:NAME=PATH for each table the claims read")
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_claims)
@@ -209,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("figures", nargs="*")
     p.set_defaults(func=cmd_track_figures)
 
-    p = sub.add_parser("plan", help="what a config expands to")
+    p = sub.add_parser("plan", help="what a config expands to (studies, runs, analyses)")
     p.add_argument("configfile")
+    p.add_argument("--runs", action="store_true", help="also list each study's run ids")
     p.set_defaults(func=cmd_plan)
     return parser
 

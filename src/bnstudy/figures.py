@@ -1,26 +1,34 @@
-"""Per-study tables -> seaborn figures (PNG + PDF), one function per kind of figure.
+"""Study tables -> figures (PNG + PDF), one drawer per figure kind of `bnstudy.catalog`.
 
-Reads only ``results/tables/{study}/*.csv`` (written by :mod:`bnstudy.aggregate`); never imports
-torch, so figures can be redrawn on a machine without the training stack.
+The workflow calls ``draw(kind, study, study_cfg, tables, out_png)`` with exactly the tables
+``catalog.figure_tables(kind)`` names. Nothing here imports torch, so figures can be redrawn on a
+machine without the training stack.
+
+Every kind is two layers: small pandas functions that return what the panels plot (a tidy frame;
+``figure_data`` gives it, the tests assert on it), and drawing code that only draws such a frame.
 
 Conventions shared by every figure, so that they read alike:
 
-* seeds are the unit: a line is the mean over seeds and its band the 95% Student-t interval over
-  seeds (:func:`bnstudy.stats.ci_bounds`, the same interval the claims table reports);
+* seeds are the experimental unit. A curve is the mean over the seeds that did not diverge, with
+  its 95% Student-t band (`bnstudy.stats.mean_ci`, the claims table's interval) at the steps where
+  at least ``MIN_BAND_SEEDS`` seeds give a value. A variant with fewer completed seeds in a panel
+  gets each seed's own line instead (a t band over 2 seeds is 12.7 standard errors wide). Bands are clipped to the measure's domain
+  (accuracies to [0, 1]); on log axes mean and band are taken over log10 values (a geometric mean);
+* activation distributions are of single units of one seed: Algorithm 1 draws its noise per unit
+  and per step, and pooling units or averaging seeds would average that noise away;
 * hue is the variant, with one fixed colour per variant across all figures;
 * panel columns are the run conditions (lr and the study's grid values), so runs that differ in
   anything but the seed are never averaged together;
-* a diverged run is drawn up to its last finite point, marked there with an ``x``, and counted in
-  the legend ("k/n runs diverged"); a figure never fails because a run diverged.
-
-``FIGURES`` (study -> figure name -> caption) is what the Snakefile iterates; ``draw`` renders one.
+* a diverged run is drawn as its own dashed line up to its last finite point, marked there with
+  an ``x`` and counted in the legend; a panel with nothing to draw says "no data".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property, partial
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import matplotlib
@@ -32,13 +40,14 @@ import matplotlib.transforms as mtransforms  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.legend_handler import HandlerTuple  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from bnstudy.aggregate import (  # noqa: E402
-    ANALYSIS_COLUMNS, LABEL_COLUMNS, RUN_TABLE_COLUMNS, RUNS_COLUMNS_AFTER_GRID, TableError,
-    atomic_write, grid_columns, read_table,
-)
-from bnstudy.stats import ci_bounds  # noqa: E402
+from bnstudy.atomic import atomic_write  # noqa: E402
+from bnstudy.catalog import FIGURE_KINDS, figure_tables  # noqa: E402
+from bnstudy.stats import mean_ci  # noqa: E402
+from bnstudy.tables import StudyTables, TableError  # noqa: E402
 
 # Index into seaborn's colour-blind palette per variant, fixed so a variant looks the same in every
 # figure; the lp variants avoid the hues of batchnorm/standard they are compared with.
@@ -46,49 +55,44 @@ VARIANT_COLOURS = {"standard": 0, "batchnorm": 1, "noisy_batchnorm": 2, "standar
                    "l1": 4, "l2": 7, "linf": 8}
 AXIS_LABELS = {"lr": "learning rate", "init_scale": "initial weight scale (x Glorot)",
                "dropout": "dropout rate"}
-PANEL_WIDTH, PANEL_HEIGHT, DPI = 3.6, 2.6, 150
+PANEL_WIDTH, PANEL_HEIGHT, MIN_WIDTH, DPI = 3.4, 2.5, 6.0, 150
 NO_DATA = "no data"
+MIN_BAND_SEEDS = 3   # fewer seeds: their own lines, not a t band
+MAX_UNITS = 4        # single units drawn per distribution panel
+ACCURACY = (0.0, 1.0)
+SIGNED_UNIT = (-1.0, 1.0)   # cosines, accuracy differences
 
-TABLE_COLUMNS = {"runs": RUNS_COLUMNS_AFTER_GRID, **RUN_TABLE_COLUMNS, **ANALYSIS_COLUMNS}
+TRAIN_MODE = "training mode"
+EVAL_MODE = "eval mode"
 
 
 # ---------------------------------------------------------------------------------------------
-# data access
-
-
-class _Tables:
-    """Lazily read, validated study tables (each file read at most once per figure)."""
-
-    def __init__(self, tables_dir: Path):
-        self.tables_dir = Path(tables_dir)
-        self._cache: dict[str, pd.DataFrame] = {}
-
-    def __getitem__(self, name: str) -> pd.DataFrame:
-        if name not in self._cache:
-            path = self.tables_dir / f"{name}.csv"
-            frame = read_table(path, LABEL_COLUMNS + TABLE_COLUMNS[name])
-            self._cache[name] = frame.replace([np.inf, -np.inf], np.nan)
-        return self._cache[name].copy()
+# context: the study's tables, config and styling
 
 
 @dataclass
-class _Context:
-    """Everything a figure kind needs: the study's tables, config and the shared styling."""
+class Context:
+    """What every drawer gets: the figure kind, the study, its config and its tables."""
 
+    kind: str
     study: str
-    study_cfg: dict
-    tables: _Tables
+    study_cfg: Mapping
+    tables: StudyTables
 
     @cached_property
     def grid(self) -> list[str]:
-        return list(grid_columns(self.study_cfg).values())
+        return list(self.tables.grid)
+
+    @cached_property
+    def runs(self) -> pd.DataFrame:
+        return self.tables.runs
 
     @cached_property
     def variants(self) -> list[str]:
         """Config order first (the order the paper discusses them), then anything else in the data."""
-        seen = list(self.tables["runs"]["variant"].dropna().unique())
         configured = list(self.study_cfg.get("variants") or [])
-        return configured + [v for v in seen if v not in configured]
+        seen = [v for v in self.runs["variant"].dropna().unique() if v not in configured]
+        return configured + seen
 
     @cached_property
     def palette(self) -> dict[str, tuple]:
@@ -100,40 +104,23 @@ class _Context:
 
     @cached_property
     def diverged_counts(self) -> dict[str, tuple[int, int]]:
-        runs = self.tables["runs"]
-        diverged = runs["status"].eq("diverged").groupby(runs["variant"]).agg(["sum", "count"])
-        return {variant: (int(row["sum"]), int(row["count"])) for variant, row in diverged.iterrows()}
+        """variant -> (diverged runs, runs) over the whole study, for the legend."""
+        runs = self.runs
+        counts = runs["status"].eq("diverged").groupby(runs["variant"]).agg(["sum", "count"])
+        return {variant: (int(row["sum"]), int(row["count"])) for variant, row in counts.iterrows()}
 
     def layers(self, frame: pd.DataFrame) -> list[int]:
         """The study's configured layers (paper numbering), else every layer in the table."""
         configured = self.study_cfg.get("layers")
-        return [int(x) for x in configured] if configured else sorted(frame["layer"].dropna().unique())
+        return [int(x) for x in configured] if configured else sorted(int(x) for x in frame["layer"].dropna().unique())
 
-    def present_variants(self, frame: pd.DataFrame) -> list[str]:
-        present = set(frame["variant"])
+    def ordered(self, variants) -> list[str]:
+        present = set(variants)
         return [v for v in self.variants if v in present]
 
 
 # ---------------------------------------------------------------------------------------------
-# reshaping helpers
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One plotted quantity: a column (optionally restricted to rows where ``where`` holds)."""
-
-    column: str
-    label: str
-    scale: str = "linear"  # "linear", "log", or "auto" (log when positive and spanning > 2 decades)
-    where: tuple[str, object] | None = None
-
-
-@dataclass(frozen=True)
-class Panel:
-    """A row of panels in a figure: its label (also the long table's ``panel`` value) and scale."""
-
-    label: str
-    scale: str = "linear"
+# what is plotted: pure pandas
 
 
 def _fmt(value) -> str:
@@ -143,7 +130,7 @@ def _fmt(value) -> str:
 
 
 def with_conditions(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Add a ``condition`` label ("lr = 0.1 · init_scale = 2") and return the labels in sorted order.
+    """Add a ``condition`` label ("lr = 0.1 · init_scale = 2") and return the labels in order.
 
     Conditions are what must not be averaged together; seeds within one condition are.
     """
@@ -153,30 +140,85 @@ def with_conditions(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.Dat
     combos = frame[columns].drop_duplicates().sort_values(columns, na_position="last")
     combos["condition"] = [" · ".join(f"{c} = {_fmt(v)}" for c, v in zip(columns, values))
                            for values in combos.itertuples(index=False)]
-    frame = frame.merge(combos, on=columns, how="left")
-    return frame, list(combos["condition"]) or [""]
+    return frame.merge(combos, on=columns, how="left"), list(combos["condition"]) or [""]
 
 
-def long_panels(frame: pd.DataFrame, metrics: Sequence[Metric]) -> tuple[pd.DataFrame, list[Panel]]:
-    """Stack ``metrics`` into one long table with ``panel`` (the metric's label) and ``value``."""
-    pieces, panels = [], []
-    for metric in metrics:
-        selected = frame if metric.where is None else frame[frame[metric.where[0]] == metric.where[1]]
-        pieces.append(selected.assign(panel=metric.label, value=selected[metric.column]))
-        panels.append(Panel(metric.label, metric.scale))
-    return pd.concat(pieces, ignore_index=True), panels
+def split_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of completed runs, rows of diverged runs): a diverged run stops mid-curve, so it is
+    drawn on its own instead of changing which seeds the mean is over halfway through."""
+    diverged = frame["status"].eq("diverged")
+    return frame[~diverged], frame[diverged]
 
 
-# ---------------------------------------------------------------------------------------------
-# drawing primitives
+def finite_rows(frame: pd.DataFrame, y: str, log: bool) -> pd.DataFrame:
+    """Rows whose ``y`` can be drawn: finite, and positive on a log axis."""
+    values = frame[y].to_numpy(dtype=float)
+    keep = np.isfinite(values) & ((values > 0) if log else True)
+    return frame[keep]
 
 
-def _grid(n_rows: int, n_cols: int, sharey: str | bool) -> tuple[plt.Figure, np.ndarray]:
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(PANEL_WIDTH * n_cols + 1.0, PANEL_HEIGHT * n_rows + 1.0),
-        squeeze=False, sharex="col", sharey=sharey, layout="constrained",
-    )
-    return fig, axes
+def seed_summary(frame: pd.DataFrame, x: str = "step", y: str = "value", log: bool = False,
+                 domain: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Per ``x``: mean over runs (seeds), 95% t band, number of seeds and the seeds' range.
+
+    The band is NaN where fewer than MIN_BAND_SEEDS seeds give a value or they agree exactly;
+    it is clipped to ``domain``. With ``log`` the mean and band are taken over log10 values.
+    """
+    rows = []
+    for at, group in finite_rows(frame, y, log).groupby(x, sort=True):
+        values = group[y].to_numpy(dtype=float)
+        values = np.log10(values) if log else values
+        ci = mean_ci(values)
+        low, high = (ci.low, ci.high) if ci.n >= MIN_BAND_SEEDS else (np.nan, np.nan)
+        rows.append({x: at, "y": ci.mean, "low": low, "high": high, "n": ci.n,
+                     "seed_min": values.min(), "seed_max": values.max()})
+    summary = pd.DataFrame(rows, columns=[x, "y", "low", "high", "n", "seed_min", "seed_max"])
+    if log:
+        for column in ("y", "low", "high", "seed_min", "seed_max"):
+            summary[column] = 10.0 ** summary[column]
+    if domain is not None:
+        summary["low"] = summary["low"].clip(lower=domain[0])
+        summary["high"] = summary["high"].clip(upper=domain[1])
+    return summary
+
+
+def curve_series(frame: pd.DataFrame, x: str = "step", y: str = "value", log: bool = False,
+                 domain: tuple[float, float] | None = None) -> pd.DataFrame:
+    """What one variant's curve in one panel is made of, one row per point.
+
+    ``style`` is "mean" (mean over >= MIN_BAND_SEEDS completed seeds, with low/high band),
+    "seed" (one completed seed's own line, when fewer seeds completed) or "diverged" (a diverged
+    run up to its last finite point); ``series`` names the line (the run id, or "mean").
+    """
+    columns = ["series", "style", x, "y", "low", "high", "n", "seed_min", "seed_max"]
+    completed, diverged = split_runs(finite_rows(frame, y, log))
+    pieces = []
+    if completed["run"].nunique() >= MIN_BAND_SEEDS:
+        pieces.append(seed_summary(completed, x, y, log, domain).assign(series="mean", style="mean"))
+    else:
+        pieces += [_run_line(run, rows, x, y, "seed") for run, rows in completed.groupby("run", sort=True)]
+    pieces += [_run_line(run, rows, x, y, "diverged") for run, rows in diverged.groupby("run", sort=True)]
+    pieces = [p for p in pieces if len(p)]
+    return pd.concat(pieces, ignore_index=True)[columns] if pieces else pd.DataFrame(columns=columns)
+
+
+def _run_line(run: str, rows: pd.DataFrame, x: str, y: str, style: str) -> pd.DataFrame:
+    line = rows.sort_values(x)
+    return pd.DataFrame({"series": run, "style": style, x: line[x].to_numpy(), "y": line[y].to_numpy(),
+                         "low": np.nan, "high": np.nan, "n": 1,
+                         "seed_min": line[y].to_numpy(), "seed_max": line[y].to_numpy()})
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One row of panels in a curves figure: a column of a table, optionally filtered."""
+
+    label: str                                    # the row's y label
+    table: str
+    column: str
+    where: tuple[str, object] | None = None       # (column, value) rows must have
+    scale: str = "linear"                         # linear, log, or auto (log when > 2 decades)
+    domain: tuple[float, float] | None = None     # where the measure lives; bands are clipped to it
 
 
 def resolve_scale(values: pd.Series, scale: str) -> str:
@@ -190,173 +232,134 @@ def resolve_scale(values: pd.Series, scale: str) -> str:
     return "log" if scale == "log" and len(positive) else "linear"
 
 
-def limit_to_data(ax: plt.Axes, values: pd.Series, scale: str) -> None:
-    """Fit the y axis to the per-seed values, not to the bands: with few seeds a t band can span
-    many decades and would flatten every curve. A band wider than the data is clipped."""
-    finite = values[np.isfinite(values.to_numpy(dtype=float))]
-    if scale == "log":
-        finite = np.log10(finite[finite > 0])
-    if finite.empty:
-        return
-    low, high = float(finite.min()), float(finite.max())
-    pad = 0.05 * (high - low) or 0.5
-    low, high = low - pad, high + pad
-    ax.set_ylim((10 ** low, 10 ** high) if scale == "log" else (low, high))
+def _panel(row: str, column: str, scale: str) -> pd.DataFrame:
+    """A placeholder row (no style) that keeps a panel in the layout even when nothing in it can
+    be drawn: the panel then says "no data" instead of vanishing."""
+    return pd.DataFrame({"row": [row], "column": [column], "scale": [scale]})
 
 
-def _no_data(ax: plt.Axes) -> None:
-    ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="0.5")
+def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = False) -> pd.DataFrame:
+    """Every point of a curves figure: rows = measures, columns = conditions (layer x lr x grid
+    when ``by_layer``), one `curve_series` per variant in each panel."""
+    pieces = []
+    for measure in measures:
+        frame = ctx.tables[measure.table]
+        if measure.where is not None:
+            frame = frame[frame[measure.where[0]] == measure.where[1]]
+        frame = frame.assign(value=frame[measure.column].astype(float))
+        scale = resolve_scale(frame["value"], measure.scale)
+        frame, conditions = with_conditions(frame, ["lr", *ctx.grid])
+        for layer in (ctx.layers(frame) if by_layer else [None]):
+            rows = frame if layer is None else frame[frame["layer"] == layer]
+            for condition in conditions:
+                cell = rows[rows["condition"] == condition]
+                column = " · ".join(p for p in ([f"layer {layer}"] if by_layer else []) + [condition] if p)
+                pieces.append(_panel(measure.label, column, scale))
+                for variant in ctx.ordered(cell["variant"]):
+                    series = curve_series(cell[cell["variant"] == variant], log=scale == "log",
+                                          domain=measure.domain)
+                    pieces.append(series.assign(row=measure.label, column=column, variant=variant,
+                                                scale=scale))
+    return pd.concat(pieces, ignore_index=True)
 
 
-def _mark_diverged(ax: plt.Axes, cell: pd.DataFrame, x: str, y: str, palette: dict) -> None:
-    """An ``x`` at the last finite point of each diverged run: where its curve stops, and why."""
-    diverged = cell[(cell["status"] == "diverged") & cell[y].notna()]
-    if diverged.empty:
-        return
-    last = diverged.sort_values(x).groupby("run").tail(1)
-    ax.scatter(last[x], last[y], marker="x", s=30, zorder=5,
-               color=[palette[v] for v in last["variant"]])
+ACCURACY_ROWS = {
+    "train_batches": Measure(f"train accuracy\n({TRAIN_MODE})", "eval", "accuracy",
+                             ("split", "train_batches"), domain=ACCURACY),
+    "train": Measure(f"train accuracy\n({EVAL_MODE})", "eval", "accuracy", ("split", "train"), domain=ACCURACY),
+    "test": Measure(f"test accuracy\n({EVAL_MODE})", "eval", "accuracy", ("split", "test"), domain=ACCURACY),
+}
+
+CURVES: dict[str, tuple[list[Measure], bool]] = {  # kind -> (rows, by layer)
+    "accuracy": ([ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["test"]], False),
+    "train_accuracy": ([ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["train"]], False),
+    "test_accuracy": ([ACCURACY_ROWS["test"]], False),
+    "train_loss": ([Measure("training loss", "train", "loss", scale="log")], False),
+    "moment_changes": ([Measure("|μ(t+1) − μ(t)|\nmean over units", "layers", "unit_mean_change", scale="log"),
+                        Measure("|σ²(t+1) − σ²(t)|\nmean over units", "layers", "unit_var_change", scale="log")],
+                       True),
+    "ics": ([Measure("‖G − G′‖₂", "ics", "l2_diff", scale="log"),
+             Measure("cos(G, G′)", "ics", "cosine", domain=SIGNED_UNIT)], True),
+    "curvature": ([Measure("gᵀHg / ‖g‖²", "curvature", "grad_quadratic", scale="auto"),
+                   Measure("top Hessian eigenvalue", "curvature", "top_eigenvalue", scale="auto")], False),
+}
+EIGENVALUE_ROW = CURVES["curvature"][0][1].label
 
 
-def draw_lines(ax: plt.Axes, cell: pd.DataFrame, ctx: _Context, y: str = "value", x: str = "step",
-               scale: str = "linear", **style) -> None:
-    """Mean over seeds per variant with a 95% t band (or bars), diverged runs marked.
+def as_bool(values: pd.Series) -> pd.Series:
+    """A CSV boolean column (True/False, 1/0, true/false; missing = False) as bools."""
+    if values.dtype == bool:
+        return values
+    text = values.astype(str).str.strip().str.lower()
+    return text.isin(["true", "1", "1.0", "yes"])
 
-    The scale is set before plotting because seaborn aggregates in the axis' scale: on a log axis
-    the mean and interval are taken over log10 values (a geometric mean), so a band never
-    reaches below zero and one large seed does not dominate.
+
+def unconverged_points(ctx: Context) -> pd.DataFrame:
+    """Each run's top-eigenvalue points whose power iteration did not converge (flagged, kept in the mean)."""
+    curvature, conditions = with_conditions(ctx.tables["curvature"], ["lr", *ctx.grid])
+    flagged = curvature[~as_bool(curvature["converged"])]
+    return pd.DataFrame({"row": EIGENVALUE_ROW, "column": flagged["condition"], "variant": flagged["variant"],
+                         "series": flagged["run"], "style": "unconverged", "step": flagged["step"],
+                         "y": flagged["top_eigenvalue"].astype(float)})
+
+
+def curvature_data(ctx: Context) -> pd.DataFrame:
+    """The curvature curves plus one "unconverged" point per flagged eigenvalue."""
+    data = curves_data(ctx, *CURVES["curvature"])
+    flagged = unconverged_points(ctx)
+    scales = data.groupby("row")["scale"].first()
+    flagged = flagged.assign(scale=scales.get(EIGENVALUE_ROW, "linear"))
+    return pd.concat([data, flagged], ignore_index=True) if len(flagged) else data
+
+
+def choose_units(units: Sequence[int], count: int = MAX_UNITS) -> list[int]:
+    """Up to ``count`` evenly spaced units of those recorded (the first one always among them)."""
+    units = sorted(int(u) for u in units)
+    if count <= 1:
+        return units[:count]
+    if len(units) <= count:
+        return units
+    return [units[round(i * (len(units) - 1) / (count - 1))] for i in range(count)]
+
+
+def units_data(ctx: Context, last_layer_first_unit: bool = False) -> pd.DataFrame:
+    """Single units' percentiles over steps, for ONE seed (the lowest) of each variant x condition.
+
+    Rows of the figure are the configured layers (or, for Ioffe & Szegedy's Fig. 1b-c, only the
+    last layer's first recorded unit); averaging over seeds or units would smooth away the
+    per-step, per-unit noise these figures are about.
     """
-    ax.set_yscale(scale)
-    cell = cell[cell[y].notna() & ((cell[y] > 0) if scale == "log" else True)]
-    if cell.empty:
-        _no_data(ax)
-        return
-    sns.lineplot(data=cell, x=x, y=y, hue="variant", hue_order=ctx.present_variants(cell),
-                 palette=ctx.palette, estimator="mean", errorbar=ci_bounds, legend=False, ax=ax,
-                 **style)
-    _mark_diverged(ax, cell, x, y, ctx.palette)
-
-
-def draw_band(ax: plt.Axes, cell: pd.DataFrame, low: str, high: str, colour,
-              mid: str | None = None) -> None:
-    """A band from the seed-mean of ``low`` to the seed-mean of ``high`` over steps (+ ``mid`` line)."""
-    columns = [c for c in (low, high, mid) if c]
-    means = cell.groupby("step")[columns].mean().dropna(how="all")
-    if means.empty:
-        return
-    ax.fill_between(means.index, means[low], means[high], color=colour, alpha=0.3, linewidth=0)
-    for edge in (low, high):
-        ax.plot(means.index, means[edge], color=colour, linewidth=0.6, alpha=0.8)
-    if mid:
-        ax.plot(means.index, means[mid], color=colour, linewidth=1.6)
-
-
-def _legend(fig: plt.Figure, ctx: _Context, variants: Sequence[str]) -> None:
-    """One legend per figure: variants with their divergence counts, and the diverged marker."""
-    handles = []
-    any_diverged = False
-    for variant in variants:
-        n_diverged, n_runs = ctx.diverged_counts.get(variant, (0, 0))
-        any_diverged |= n_diverged > 0
-        suffix = f" ({n_diverged}/{n_runs} runs diverged)" if n_diverged else ""
-        handles.append(Line2D([], [], color=ctx.palette[variant], linewidth=2, label=variant + suffix))
-    if any_diverged:
-        handles.append(Line2D([], [], color="0.3", marker="x", linestyle="", label="diverged run"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False)
-
-
-def _label(ax: plt.Axes, title_parts: Sequence[str], xlabel: str, ylabel: str) -> None:
-    """Title from the non-empty parts; x label only on the bottom row (x axes are shared)."""
-    ax.set_title(" · ".join(p for p in title_parts if p), fontsize=9)
-    ax.set_xlabel(xlabel if ax.get_subplotspec().is_last_row() else "")
-    ax.set_ylabel(ylabel if ax.get_subplotspec().is_first_col() else "")
-
-
-# ---------------------------------------------------------------------------------------------
-# figure kinds
-
-
-def curves_figure(ctx: _Context, long: pd.DataFrame, panels: Sequence[Panel],
-                  by_layer: bool = False) -> plt.Figure:
-    """Rows: panels (metrics); columns: conditions (layer x lr x grid when ``by_layer``); x: step;
-    hue: variant."""
-    if by_layer:
-        long = long[long["layer"].isin(ctx.layers(long))]
-    long, conditions = with_conditions(long, ["layer"] * by_layer + ["lr", *ctx.grid])
-    fig, axes = _grid(len(panels), len(conditions), sharey="row")
-    for row, panel in enumerate(panels):
-        values = long.loc[long["panel"] == panel.label, "value"]
-        scale = resolve_scale(values, panel.scale)
-        for col, condition in enumerate(conditions):
-            ax = axes[row, col]
-            cell = long[(long["panel"] == panel.label) & (long["condition"] == condition)]
-            draw_lines(ax, cell, ctx, scale=scale)
-            _label(ax, [condition], "step", panel.label)
-        limit_to_data(axes[row, 0], values, scale)  # y is shared along the row
-    _legend(fig, ctx, ctx.present_variants(long) or ctx.variants)
-    return fig
-
-
-def accuracy_curves(ctx: _Context, splits: Sequence[str]) -> plt.Figure:
-    """Accuracy on each split (eval.csv) over steps."""
-    metrics = [Metric("accuracy", f"{split} accuracy", where=("split", split)) for split in splits]
-    return curves_figure(ctx, *long_panels(ctx.tables["eval"], metrics))
-
-
-def ics_curves(ctx: _Context) -> plt.Figure:
-    """ICS (Definition 2.1) per layer: l2 distance (log) and cosine between G and G'."""
-    ics = ctx.tables["ics"]
-    metrics = [Metric("l2_diff", "‖G − G′‖₂", "log"), Metric("cosine", "cos(G, G′)")]
-    return curves_figure(ctx, *long_panels(ics, metrics), by_layer=True)
-
-
-def moment_change_curves(ctx: _Context) -> plt.Figure:
-    """|Δ mean| and |Δ variance| between consecutive logged steps of each layer's input."""
-    layers = ctx.tables["layers"].sort_values(["run", "layer", "step"])
-    by_run_layer = layers.groupby(["run", "layer"], sort=False)
-    layers["mean_change"] = by_run_layer["mean"].diff().abs()
-    layers["var_change"] = by_run_layer["var"].diff().abs()
-    metrics = [Metric("mean_change", "|μₜ₊₁ − μₜ|", "log"),
-               Metric("var_change", "|σ²ₜ₊₁ − σ²ₜ|", "log")]
-    return curves_figure(ctx, *long_panels(layers, metrics), by_layer=True)
-
-
-def curvature_curves(ctx: _Context) -> plt.Figure:
-    """gᵀHg/‖g‖² along the gradient and the top Hessian eigenvalue over steps."""
-    metrics = [Metric("grad_quadratic", "gᵀHg / ‖g‖²", "auto"),
-               Metric("top_eigenvalue", "top Hessian eigenvalue", "auto")]
-    return curves_figure(ctx, *long_panels(ctx.tables["curvature"], metrics))
-
-
-def percentile_bands(ctx: _Context, columns: tuple[str, str, str] = ("p15", "p50", "p85"),
-                     last_layer_only: bool = False, ylabel: str = "input p15–p50–p85") -> plt.Figure:
-    """Small multiples (rows: layers; columns: variant x condition) of a p15–p85 band and p50 line."""
-    layers = ctx.tables["layers"]
-    chosen = [int(layers["layer"].max())] if last_layer_only and len(layers) else ctx.layers(layers)
-    layers, conditions = with_conditions(layers, ["lr", *ctx.grid])
-    columns_ = [(variant, condition) for condition in conditions for variant in ctx.variants]
-    fig, axes = _grid(max(len(chosen), 1), len(columns_), sharey="row")
-    low, mid, high = columns
-    for row, layer in enumerate(chosen):
-        for col, (variant, condition) in enumerate(columns_):
-            ax = axes[row, col]
-            cell = layers[(layers["layer"] == layer) & (layers["variant"] == variant)
-                          & (layers["condition"] == condition)]
-            if cell[mid].notna().any():
-                draw_band(ax, cell, low, high, ctx.palette[variant], mid=mid)
-                _mark_diverged(ax, cell, "step", mid, ctx.palette)
-            else:
-                _no_data(ax)
-            _label(ax, [variant, condition], "step", f"layer {layer}: {ylabel}")
-    _legend(fig, ctx, ctx.variants)
-    return fig
+    units, conditions = with_conditions(ctx.tables["units"], ["lr", *ctx.grid])
+    if last_layer_first_unit:
+        layers = [int(units["layer"].max())] if len(units) else []
+    else:
+        layers = ctx.layers(units)
+    pieces = []
+    for layer in layers or [None]:
+        row = "no layers" if layer is None else f"layer {layer}"
+        for condition in conditions:
+            for variant in ctx.variants:
+                column = " · ".join(p for p in (variant, condition) if p)
+                cell = units[(units["layer"] == layer) & (units["variant"] == variant)
+                             & (units["condition"] == condition)]
+                if cell.empty:
+                    pieces.append(pd.DataFrame({"row": [row], "column": [column], "variant": [variant]}))
+                    continue
+                seed = cell["seed"].min()
+                cell = cell[cell["seed"] == seed]
+                chosen = choose_units(cell["unit"].unique(), 1 if last_layer_first_unit else MAX_UNITS)
+                cell = cell[cell["unit"].isin(chosen)].sort_values(["unit", "step"])
+                pieces.append(cell.assign(row=row, column=column))
+    keep = ["row", "column", "variant", "condition", "run", "seed", "status", "layer", "unit", "step",
+            "p15", "p50", "p85"]
+    return pd.concat(pieces, ignore_index=True).reindex(columns=keep)
 
 
 def landscape_summary(landscape: pd.DataFrame, grid: Sequence[str]) -> pd.DataFrame:
-    """Per run and step, over the step sizes eta along the gradient: loss and gradient-difference
-    ranges and the effective beta-smoothness (max of beta)."""
+    """Per run and step, over the step sizes eta along the gradient (section 3.2): the loss
+    range, the gradient-difference range and the effective beta-smoothness (max of beta)."""
     along_gradient = landscape[landscape["direction"] == "gradient"]
-    keys = LABEL_COLUMNS + list(grid) + ["step"]
+    keys = ["run", "variant", "lr", "seed", "status", *grid, "step"]
     return along_gradient.groupby(keys, dropna=False, as_index=False).agg(
         loss_min=("loss", "min"), loss_max=("loss", "max"),
         grad_diff_min=("grad_diff", "min"), grad_diff_max=("grad_diff", "max"),
@@ -364,309 +367,483 @@ def landscape_summary(landscape: pd.DataFrame, grid: Sequence[str]) -> pd.DataFr
     )
 
 
-LANDSCAPE_MEASURES = [
+LANDSCAPE_MEASURES = [  # (low column or None, high column, label, scale)
     ("loss_min", "loss_max", "loss range over η", "auto"),
-    ("grad_diff_min", "grad_diff_max", "‖g − ∇L(W − ηg)‖₂ range", "log"),
-    (None, "beta_max", "effective β-smoothness", "log"),
+    ("grad_diff_min", "grad_diff_max", "‖g − ∇L(W − ηg)‖₂ range over η", "log"),
+    (None, "beta_max", "effective β-smoothness\n(max over η)", "log"),
 ]
 
 
-def landscape_panels(ctx: _Context) -> plt.Figure:
-    """Rows: conditions; columns: (a) loss range, (b) gradient predictiveness, (c) beta-smoothness."""
-    summary, conditions = with_conditions(landscape_summary(ctx.tables["landscape"], ctx.grid),
-                                          ["lr", *ctx.grid])
-    fig, axes = _grid(len(conditions), len(LANDSCAPE_MEASURES), sharey="col")
-    for row, condition in enumerate(conditions):
-        rows = summary[summary["condition"] == condition]
-        for col, (low, high, label, scale) in enumerate(LANDSCAPE_MEASURES):
-            ax = axes[row, col]
-            scale = resolve_scale(summary[high], scale)
-            if low is None:
-                draw_lines(ax, rows, ctx, y=high, scale=scale)
-                limit_to_data(ax, summary[high], scale)
-            elif rows[high].notna().any():
-                for variant in ctx.present_variants(rows):
-                    draw_band(ax, rows[rows["variant"] == variant], low, high, ctx.palette[variant])
-                ax.set_yscale(scale)
-            else:
-                _no_data(ax)
-            _label(ax, [condition], "step", "")
-            ax.set_ylabel(label)
-    _legend(fig, ctx, ctx.present_variants(summary) or ctx.variants)
-    return fig
+def range_band(frame: pd.DataFrame, low: str, high: str) -> pd.DataFrame:
+    """Per step: the seed-mean of each run's minimum and maximum over eta (the paper's band);
+    a diverged run gets its own band, so the mean is over one set of seeds throughout."""
+    pieces = []
+    completed, diverged = split_runs(frame.dropna(subset=[high]))
+    if len(completed):
+        means = completed.groupby("step", as_index=False)[[low, high]].mean()
+        pieces.append(pd.DataFrame({"series": "mean", "style": "range", "step": means["step"],
+                                    "y": np.nan, "low": means[low], "high": means[high],
+                                    "n": completed["run"].nunique()}))
+    for run, rows in diverged.groupby("run", sort=True):
+        rows = rows.sort_values("step")
+        pieces.append(pd.DataFrame({"series": run, "style": "diverged", "step": rows["step"], "y": rows[high],
+                                    "low": rows[low], "high": rows[high], "n": 1}))
+    return pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=["series", "style", "step"])
 
 
-def _first_present(frame: pd.DataFrame, candidates: Sequence[str], where: str) -> str:
-    for column in candidates:
-        if column in frame.columns:
-            return column
-    raise TableError(f"{where}: none of the columns {list(candidates)} is present")
+def landscape_data(ctx: Context) -> pd.DataFrame:
+    """Rows = conditions, columns = (a) loss range, (b) gradient predictiveness, (c) beta."""
+    summary, conditions = with_conditions(landscape_summary(ctx.tables["landscape"], ctx.grid), ["lr", *ctx.grid])
+    pieces = []
+    for low, high, label, scale in LANDSCAPE_MEASURES:
+        scale = resolve_scale(summary[high], scale)
+        for condition in conditions:
+            cell = summary[summary["condition"] == condition]
+            pieces.append(_panel(condition, label, scale))
+            for variant in ctx.ordered(cell["variant"]):
+                rows = cell[cell["variant"] == variant]
+                series = (curve_series(rows, y=high, log=scale == "log") if low is None
+                          else range_band(rows, low, high))
+                pieces.append(series.assign(row=condition, column=label, variant=variant, scale=scale))
+    return pd.concat(pieces, ignore_index=True)
 
 
-def final_metric_vs(ctx: _Context, x_candidates: Sequence[str], value: Callable[[pd.DataFrame], pd.Series],
-                    ylabel: str, log_x: bool) -> plt.Figure:
-    """A final metric (runs.csv) against a run setting, per variant; diverged runs as ``x`` on the
-    bottom edge (they have no final metric)."""
-    runs = ctx.tables["runs"]
-    x = _first_present(runs, x_candidates, str(ctx.tables.tables_dir / "runs.csv"))
-    runs = runs.assign(value=value(runs))
-    runs, conditions = with_conditions(runs, [c for c in ["lr", *ctx.grid] if c != x])
-    fig, axes = _grid(1, len(conditions), sharey="row")
-    bottom_edge = mtransforms.blended_transform_factory
-    for col, condition in enumerate(conditions):
-        ax = axes[0, col]
-        cell = runs[runs["condition"] == condition]
-        draw_lines(ax, cell, ctx, x=x, marker="o", err_style="bars")
-        diverged = cell[cell["status"] == "diverged"]
-        ax.scatter(diverged[x], np.full(len(diverged), 0.03), marker="x", s=40, clip_on=False,
-                   color=[ctx.palette[v] for v in diverged["variant"]],
-                   transform=bottom_edge(ax.transData, ax.transAxes))
-        if log_x and (cell[x] > 0).all() and len(cell):
-            ax.set_xscale("log")
-        _label(ax, [condition], AXIS_LABELS.get(x, x), ylabel)
-    _legend(fig, ctx, ctx.variants)
-    return fig
+FINAL = {  # kind -> (x candidates, y label, value of a runs.csv row, domain, log x)
+    "accuracy_vs_lr": (("lr",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, True),
+    "accuracy_vs_init_scale": (("init_scale",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, True),
+    "accuracy_vs_dropout": (("dropout",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, False),
+    "generalisation_gap": (("dropout", "lr"), f"final train − test accuracy\n({EVAL_MODE})", "gap",
+                           SIGNED_UNIT, False),
+}
 
 
-def _final_test_accuracy(runs: pd.DataFrame) -> pd.Series:
+def final_value(runs: pd.DataFrame, which: str) -> pd.Series:
+    """Final eval-mode test accuracy, or the generalisation gap (eval-mode train - test accuracy)."""
+    if which == "gap":
+        return runs["final_train_accuracy"] - runs["final_test_accuracy"]
     return runs["final_test_accuracy"]
 
 
-def _generalisation_gap(runs: pd.DataFrame) -> pd.Series:
-    return runs["final_train_accuracy"] - runs["final_test_accuracy"]
+def final_x(ctx: Context, candidates: Sequence[str]) -> str:
+    """The setting on the x axis: the first candidate the study varies (lr always exists)."""
+    for column in candidates:
+        if column in ctx.runs.columns and (column == "lr" or column in ctx.grid):
+            return column
+    raise TableError(f"{ctx.tables.paths['runs']}: figure {ctx.kind!r} plots against {' or '.join(candidates)}, "
+                     f"which study {ctx.study!r} does not vary (add it to the study's grid)")
+
+
+def final_points(cell: pd.DataFrame, x: str, domain: tuple[float, float]) -> pd.DataFrame:
+    """Per x: the mean over completed seeds with its t interval (where >= MIN_BAND_SEEDS seeds),
+    each seed's own point where fewer, and an edge marker per diverged run (it has no final value)."""
+    completed, diverged = split_runs(cell)
+    summary = seed_summary(completed, x=x, y="value", domain=domain).assign(series="mean", style="mean")
+    few = summary.loc[summary["n"] < MIN_BAND_SEEDS, x]
+    seeds = finite_rows(completed[completed[x].isin(few)], "value", False)
+    pieces = [summary,
+              pd.DataFrame({"series": seeds["run"], "style": "seed", x: seeds[x], "y": seeds["value"]}),
+              pd.DataFrame({"series": diverged["run"], "style": "diverged", x: diverged[x], "y": np.nan})]
+    pieces = [p for p in pieces if len(p)]
+    return pd.concat(pieces, ignore_index=True) if pieces else summary
+
+
+def final_data(ctx: Context) -> pd.DataFrame:
+    """A final metric (runs.csv) against a run setting; columns = the other conditions."""
+    candidates, _, which, domain, _ = FINAL[ctx.kind]
+    x = final_x(ctx, candidates)
+    runs = ctx.runs.assign(value=lambda r: final_value(r, which))
+    runs, conditions = with_conditions(runs, [c for c in ["lr", *ctx.grid] if c != x])
+    pieces = []
+    for condition in conditions:
+        cell = runs[runs["condition"] == condition]
+        pieces.append(_panel("", condition, "linear"))
+        for variant in ctx.ordered(cell["variant"]):
+            points = final_points(cell[cell["variant"] == variant], x, domain)
+            pieces.append(points.assign(row="", column=condition, variant=variant, x=points[x]))
+    columns = ["row", "column", "variant", "series", "style", "x", "y", "low", "high", "n"]
+    return pd.concat(pieces, ignore_index=True).reindex(columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------
-# registry
+# drawing
+
+
+def _grid(n_rows: int, n_cols: int, sharex: str | bool = True, sharey: str | bool = "row"):
+    """A constrained-layout grid of panels, PANEL_WIDTH x PANEL_HEIGHT each plus room for the legend."""
+    width = max(PANEL_WIDTH * max(n_cols, 1) + 1.0, MIN_WIDTH)
+    return plt.subplots(max(n_rows, 1), max(n_cols, 1), squeeze=False, sharex=sharex, sharey=sharey,
+                        layout="constrained", figsize=(width, PANEL_HEIGHT * max(n_rows, 1) + 1.2))
+
+
+def _no_data(ax: plt.Axes) -> None:
+    ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="0.5")
+
+
+def _label(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+    """Title on every panel; x label on the bottom row, y label on the first column."""
+    ax.set_title(title, fontsize=8)
+    spec = ax.get_subplotspec()
+    ax.set_xlabel(xlabel if spec.is_last_row() else "")
+    ax.set_ylabel(ylabel if spec.is_first_col() else "")
+
+
+def _order(values: pd.Series) -> list[str]:
+    return list(dict.fromkeys(values.dropna()))
+
+
+def draw_series(ax: plt.Axes, series: pd.DataFrame, colour, x: str = "step") -> None:
+    """Draw one variant's `curve_series` / `range_band` / unconverged-point rows in one panel."""
+    for (_, style), line in series.groupby(["series", "style"], sort=False):
+        line = line.sort_values(x)
+        xs, ys = line[x].to_numpy(dtype=float), line["y"].to_numpy(dtype=float)
+        if style in ("mean", "range"):
+            low, high = line["low"].to_numpy(dtype=float), line["high"].to_numpy(dtype=float)
+            band = np.isfinite(low) & np.isfinite(high)
+            if band.any():
+                ax.fill_between(xs, low, high, where=band, color=colour, alpha=0.25 if style == "mean" else 0.3,
+                                linewidth=0, gid="band" if style == "mean" else "range")
+            if style == "range":
+                for edge in (low, high):
+                    ax.plot(xs, edge, color=colour, linewidth=0.6, alpha=0.8)
+            else:
+                ax.plot(xs, ys, color=colour, linewidth=1.6, gid="mean")
+        elif style == "seed":
+            ax.plot(xs, ys, color=colour, linewidth=0.9, alpha=0.85, gid="seed-line")
+        elif style == "diverged":
+            ax.plot(xs, ys, color=colour, linewidth=0.8, linestyle="--", alpha=0.9, gid="diverged-line")
+            finite = np.isfinite(ys)
+            if finite.any():
+                ax.scatter(xs[finite][-1:], ys[finite][-1:], marker="x", s=30, color=colour, zorder=5,
+                           gid="diverged")
+        elif style == "unconverged":
+            ax.scatter(xs, ys, marker="o", s=28, facecolors="none", edgecolors=colour, linewidths=1.1,
+                       zorder=6, gid="unconverged")
+
+
+def plotted_values(data: pd.DataFrame) -> np.ndarray:
+    """The values a y axis must show: lines and the seeds' own range, and the landscape's range
+    bands, but not t bands (with few seeds one can span many decades and flatten every curve)."""
+    columns = [data.get(c) for c in ("y", "seed_min", "seed_max") if c in data]
+    if "style" in data:
+        ranges = data["style"].eq("range")
+        columns += [data.loc[ranges, c] for c in ("low", "high") if c in data]
+    values = [pd.to_numeric(c, errors="coerce").to_numpy(dtype=float) for c in columns]
+    values = np.concatenate(values) if values else np.array([])
+    return values[np.isfinite(values)]
+
+
+def limit_to_data(ax: plt.Axes, values: np.ndarray, scale: str, domain: tuple | None = None) -> None:
+    """Fit the y axis to ``values`` (padded), within the measure's domain; a band beyond is clipped."""
+    if scale == "log":
+        values = np.log10(values[values > 0])
+    if values.size == 0:
+        return
+    low, high = float(values.min()), float(values.max())
+    pad = 0.06 * (high - low) or (0.5 if scale == "log" else 0.05 * (abs(high) or 1.0))
+    low, high = low - pad, high + pad
+    if scale == "log":
+        ax.set_ylim(10 ** low, 10 ** high)
+        return
+    if domain is not None:
+        margin = 0.03 * (domain[1] - domain[0])
+        low, high = max(low, domain[0] - margin), min(high, domain[1] + margin)
+    ax.set_ylim(low, high)
+
+
+def panels_figure(ctx: Context, data: pd.DataFrame, sharey: str | bool = "row",
+                  domains: Mapping[str, tuple] | None = None, measures_in_columns: bool = False) -> plt.Figure:
+    """The drawing shared by the curves-over-steps figures: one panel per (row, column) of
+    ``data``, one colour per variant, "no data" where a panel has nothing.
+
+    Rows are measures and columns conditions (titles), unless ``measures_in_columns`` (the
+    landscape: rows are conditions, every panel's y label names its column's measure).
+    """
+    rows, columns = _order(data["row"]), _order(data["column"])
+    fig, axes = _grid(len(rows), len(columns), sharey=sharey)
+    domains = domains or {}
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            cell = data[(data["row"] == row) & (data["column"] == column)]
+            scales = cell["scale"].dropna() if "scale" in cell else pd.Series(dtype=str)
+            scale = scales.iloc[0] if len(scales) else "linear"
+            ax.set_yscale(scale)
+            drawable = cell.dropna(subset=["style"])
+            for variant in ctx.ordered(drawable["variant"]):
+                draw_series(ax, drawable[drawable["variant"] == variant], ctx.palette[variant])
+            if not _has_values(drawable):
+                _no_data(ax)
+            measure = column if measures_in_columns else row
+            _label(ax, row if measures_in_columns else column, "step", measure)
+            if measures_in_columns:  # every column is its own measure: label each panel
+                ax.set_ylabel(measure)
+            first = {"row": j == 0, "col": i == 0}.get(sharey, True)
+            if first:
+                scope = {"row": data[data["row"] == row], "col": data[data["column"] == column]}.get(sharey, cell)
+                limit_to_data(ax, plotted_values(scope.dropna(subset=["style"])), scale, domains.get(measure))
+    return fig
+
+
+def _has_values(frame: pd.DataFrame) -> bool:
+    if frame.empty:
+        return False
+    values = frame.reindex(columns=["y", "low", "high"]).to_numpy(dtype=float)
+    return bool(np.isfinite(values).any())
+
+
+GREY = "0.35"
+Entry = tuple[object, str]   # (legend handle, label); a tuple handle overlays its parts
+
+
+class SideBySide(tuple):
+    """A legend handle whose parts are drawn next to each other (the units' shades)."""
+
+
+def style_entries(data: pd.DataFrame) -> list[Entry]:
+    """Legend entries saying what the line styles present in ``data`` mean."""
+    styles = set(data["style"].dropna()) if "style" in data else set()
+    entries: list[Entry] = []
+    if "mean" in styles:
+        line = Line2D([], [], color=GREY, linewidth=1.6)
+        if data.loc[data["style"] == "mean", "low"].notna().any():
+            entries.append(((Patch(color=GREY, alpha=0.25), line),
+                            f"mean over seeds, band: 95% t-interval (≥ {MIN_BAND_SEEDS} seeds)"))
+        else:
+            entries.append((line, "mean over seeds"))
+    if "seed" in styles:
+        entries.append((Line2D([], [], color=GREY, linewidth=0.9), f"one seed (< {MIN_BAND_SEEDS} seeds: no band)"))
+    if "range" in styles:
+        entries.append((Patch(color=GREY, alpha=0.3), "range over η, mean over seeds"))
+    if "diverged" in styles:
+        entries.append((Line2D([], [], color=GREY, linewidth=0.8, linestyle="--", marker="x"),
+                        "diverged run (x: its last finite value)"))
+    return entries
+
+
+def legend(fig: plt.Figure, ctx: Context, variants: Sequence[str], entries: Sequence[Entry] = ()) -> None:
+    """One legend per figure: the variants with their divergence counts, then ``entries``."""
+    items: list[Entry] = []
+    for variant in ctx.ordered(variants):
+        n_diverged, n_runs = ctx.diverged_counts.get(variant, (0, 0))
+        suffix = f" ({n_diverged}/{n_runs} runs diverged)" if n_diverged else ""
+        items.append((Line2D([], [], color=ctx.palette[variant], linewidth=2), variant + suffix))
+    items += list(entries)
+    columns = max(1, min(len(items), int(fig.get_figwidth() // 3.3)))  # ~3.3 inches a long entry
+    fig.legend([h for h, _ in items], [label for _, label in items], loc="outside lower center",
+               ncol=columns, frameon=False, fontsize=7, handler_map={SideBySide: HandlerTuple(ndivide=None)})
+
+
+# ---------------------------------------------------------------------------------------------
+# figure kinds
+
+
+def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
+    """Rows: measures; columns: conditions (x layer); x: step; hue: variant."""
+    measures, _ = CURVES[ctx.kind]
+    fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures})
+    entries = style_entries(data)
+    if ctx.kind == "curvature":
+        converged = as_bool(ctx.tables["curvature"]["converged"])
+        flagged, total = int((~converged).sum()), len(converged)
+        if flagged:
+            marker = Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor=GREY, linestyle="")
+            entries.append((marker, f"eigenvalue whose power iteration did not converge: {flagged} of {total}"))
+        else:
+            entries.append((Line2D([], [], linestyle=""), f"power iteration converged for all {total} eigenvalues"))
+    legend(fig, ctx, data["variant"].dropna(), entries)
+    return fig
+
+
+def unit_shades(colour, n: int) -> list[tuple]:
+    """``n`` distinguishable shades of a variant's colour, dark to light, one per unit."""
+    if n <= 1:
+        return [tuple(colour)]
+    base = np.asarray(colour, dtype=float)
+    return [tuple(base + abs(t) * ((np.zeros(3) if t < 0 else np.ones(3)) - base))
+            for t in np.linspace(-0.55, 0.35, n)]
+
+
+def draw_units(ax: plt.Axes, cell: pd.DataFrame, colour) -> None:
+    """Per unit: the p15-p85 band and the median over steps, in shades of the variant's colour."""
+    units = sorted(cell["unit"].astype(int).unique())
+    for unit, shade in zip(units, unit_shades(colour, len(units))):
+        line = cell[cell["unit"] == unit].sort_values("step")
+        ax.fill_between(line["step"], line["p15"], line["p85"], color=shade, alpha=0.12, linewidth=0,
+                        gid="unit-band")
+        for edge in ("p15", "p85"):
+            ax.plot(line["step"], line[edge], color=shade, linewidth=0.5, alpha=0.9)
+        ax.plot(line["step"], line["p50"], color=shade, linewidth=1.2, gid="unit-median")
+        if line["status"].eq("diverged").any():
+            ax.scatter(line["step"].iloc[-1:], line["p50"].iloc[-1:], marker="x", s=30, color=shade, zorder=5,
+                       gid="diverged")
+
+
+def _units_title(column: str, cell: pd.DataFrame) -> str:
+    """The panel's variant and condition, then the seed and the units it shows."""
+    if cell.empty:
+        return column
+    units = ", ".join(str(u) for u in sorted(cell["unit"].astype(int).unique()))
+    plural = "s" if "," in units else ""
+    return f"{column}\nseed {int(cell['seed'].iloc[0])} · unit{plural} {units}"
+
+
+def units_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
+    """Rows: layers; columns: variant x condition; each panel one seed's single units. Each panel
+    has its own y axis: the band width sets the scale, and the eye compares the step-to-step
+    jitter of the lines, which one wide panel in a shared row would flatten."""
+    rows, columns = _order(data["row"]), _order(data["column"])
+    fig, axes = _grid(len(rows), len(columns), sharey=False)
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            panel = data[(data["row"] == row) & (data["column"] == column)]
+            cell = panel.dropna(subset=["p50"])
+            if cell.empty:
+                _no_data(ax)
+            else:
+                draw_units(ax, cell, ctx.palette[panel["variant"].iloc[0]])
+            _label(ax, _units_title(column, cell), "step", f"{row}\nunit input p15 / p50 / p85")
+    entries: list[Entry] = [((Patch(color=GREY, alpha=0.12), Line2D([], [], color=GREY, linewidth=1.2)),
+                             "one unit: median and 15th–85th percentile over batch and spatial positions")]
+    most = int(data.groupby(["row", "column"])["unit"].nunique().max()) if data["unit"].notna().any() else 0
+    if most > 1:  # layers of different widths record different unit indices: the titles name them
+        shades = SideBySide(Line2D([], [], color=shade, linewidth=3)
+                            for shade in unit_shades((0.45, 0.45, 0.45), most))
+        entries.append((shades, "the panel's units, in its title's order (dark to light)"))
+    if data["status"].eq("diverged").any():
+        entries.append((Line2D([], [], color=GREY, marker="x", linestyle=""), "diverged run: its last recorded step"))
+    legend(fig, ctx, data["variant"].dropna(), entries)
+    return fig
+
+
+def landscape_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
+    """Rows: conditions; columns: (a) loss range, (b) gradient predictiveness, (c) beta-smoothness."""
+    fig = panels_figure(ctx, data, sharey="col", measures_in_columns=True)
+    legend(fig, ctx, data["variant"].dropna(), style_entries(data))
+    return fig
+
+
+def draw_final_points(ax: plt.Axes, points: pd.DataFrame, colour) -> None:
+    """Means with t-interval bars, single seeds as small squares, diverged runs as x on the bottom edge."""
+    means = points[points["style"] == "mean"].sort_values("x")
+    bars = means.dropna(subset=["low", "high"])
+    ax.plot(means["x"], means["y"], color=colour, linewidth=1.2, marker="o", markersize=4, gid="mean")
+    if len(bars):
+        ax.errorbar(bars["x"], bars["y"], yerr=[bars["y"] - bars["low"], bars["high"] - bars["y"]],
+                    fmt="none", ecolor=colour, capsize=3, gid="ci")
+    seeds = points[points["style"] == "seed"]
+    ax.scatter(seeds["x"], seeds["y"], color=colour, s=12, alpha=0.8, marker="s", zorder=4, gid="seed-point")
+    diverged = points[points["style"] == "diverged"]
+    bottom_edge = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    ax.scatter(diverged["x"], np.full(len(diverged), 0.03), marker="x", s=40, clip_on=False, zorder=5,
+               color=colour, gid="diverged", transform=bottom_edge)
+
+
+def final_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
+    """A final metric against a run setting, one panel per other condition, per variant."""
+    candidates, ylabel, _, domain, log_x = FINAL[ctx.kind]
+    x = final_x(ctx, candidates)
+    columns = _order(data["column"])
+    fig, axes = _grid(1, len(columns), sharex=False)
+    for ax, column in zip(axes[0], columns):
+        cell = data[data["column"] == column]
+        for variant in ctx.ordered(cell["variant"]):
+            draw_final_points(ax, cell[cell["variant"] == variant], ctx.palette[variant])
+        if not _has_values(cell):
+            _no_data(ax)
+        xs = sorted(cell["x"].dropna().unique())
+        if log_x and xs and xs[0] > 0:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(xs, [_fmt(v) for v in xs])
+        _label(ax, column, AXIS_LABELS.get(x, x), ylabel)
+    values = data[["y", "low", "high"]].to_numpy(dtype=float).ravel()
+    limit_to_data(axes[0, 0], values[np.isfinite(values)], "linear", domain)
+    entries: list[Entry] = []
+    if data["low"].notna().any():
+        entries.append((Line2D([], [], color=GREY, marker="o", markersize=4),
+                        f"mean over seeds, bar: 95% t-interval (≥ {MIN_BAND_SEEDS} seeds)"))
+    elif data["style"].eq("mean").any():
+        entries.append((Line2D([], [], color=GREY, marker="o", markersize=4), "mean over seeds"))
+    if data["style"].eq("seed").any():
+        entries.append((Line2D([], [], color=GREY, marker="s", markersize=3, linestyle=""),
+                        f"one seed (< {MIN_BAND_SEEDS} seeds completed there: no bar)"))
+    if data["style"].eq("diverged").any():
+        entries.append((Line2D([], [], color=GREY, marker="x", linestyle=""),
+                        "diverged run (no final value), on the bottom edge"))
+    legend(fig, ctx, data["variant"].dropna(), entries)
+    return fig
 
 
 @dataclass(frozen=True)
-class _Figure:
-    make: Callable[[_Context], plt.Figure]
-    caption: str
-    title: str = field(default="")
+class Drawer:
+    """A figure kind: its title, what it plots (a tidy frame) and how it draws that frame."""
+
+    title: str
+    data: Callable[[Context], pd.DataFrame]
+    plot: Callable[[Context, pd.DataFrame], plt.Figure]
+
+    def __call__(self, ctx: Context) -> plt.Figure:
+        return self.plot(ctx, self.data(ctx))
 
 
-_BANDS = (" Lines are the mean over seeds (geometric mean on log axes) and shaded bands the 95%"
-          " t-interval over seeds (of log values on log axes), clipped to the range of the per-seed"
-          " values; an x marks where a diverged run stops.")
-_DISTRIBUTION = (" Each panel shows, over training steps, the band between the 15th and 85th"
-                 " percentiles and the median (50th percentile) of the layer's pre-activation (input of"
-                 " the non-linearity, after normalisation and noise) over the batch and spatial"
-                 " positions, averaged over seeds.")
+def _curves(ctx: Context) -> pd.DataFrame:
+    return curves_data(ctx, *CURVES[ctx.kind])
 
 
-_POINTS = (" Points are means over seeds with 95% t-intervals over seeds; an x on the bottom edge"
-           " marks a diverged run, which has no final value.")
+def _unit_input(ctx: Context) -> pd.DataFrame:
+    return units_data(ctx, last_layer_first_unit=True)
 
 
-def _caption(*sentences: str) -> str:
-    return " ".join(s.strip() for s in sentences)
-
-
-def _final_figure(x_candidates: tuple[str, ...], value: Callable[[pd.DataFrame], pd.Series],
-                  ylabel: str, log_x: bool, text: str, title: str) -> _Figure:
-    """A final-metric-against-a-setting figure (the 2015 claim studies)."""
-    make = partial(final_metric_vs, x_candidates=x_candidates, value=value, ylabel=ylabel, log_x=log_x)
-    return _Figure(make, _caption(text, _POINTS), title)
-
-
-_ACCURACY = _Figure(
-    partial(accuracy_curves, splits=("train", "test")),
-    _caption("Training and test accuracy over steps of the VGG network with and without BatchNorm, one"
-             " column per learning rate (reproduces Santurkar et al. 2018, Fig. 1a-b). The paper finds"
-             " that BatchNorm trains faster, tolerates the higher learning rate and ends at higher test"
-             " accuracy (83% vs 80% on CIFAR-10 without augmentation).", _BANDS),
-    "train and test accuracy (2018 Fig. 1a-b)",
-)
-
-_REGISTRY: dict[str, dict[str, _Figure]] = {
-    "performance": {
-        "accuracy": _ACCURACY,
-        "distributions": _Figure(
-            percentile_bands,
-            _caption("Activation distributions of the VGG network with and without BatchNorm for the"
-                     " configured layers (reproduces 2018 Fig. 1c).", _DISTRIBUTION,
-                     "The paper finds that, although the performance gap between the networks is"
-                     " clear, the difference in how their distributions evolve is much less"
-                     " pronounced.", _BANDS),
-            "activation distributions (2018 Fig. 1c)"),
-    },
-    "noisy_bn": {
-        "train_accuracy": _Figure(
-            partial(accuracy_curves, splits=("train",)),
-            _caption("Training accuracy over steps of the standard network, BatchNorm, BatchNorm"
-                     " followed by random time-varying noise in mean and scale (noisy BatchNorm,"
-                     " Algorithm 1) and the same noise without BatchNorm (reproduces 2018 Fig. 2a)."
-                     " The paper finds that noisy BatchNorm trains almost as well as BatchNorm and"
-                     " better than the standard network despite its unstable distributions, while"
-                     " noise without BatchNorm prevents training.", _BANDS),
-            "train accuracy with injected noise (2018 Fig. 2)"),
-        "distributions": _Figure(
-            percentile_bands,
-            _caption("Activation distributions of the four variants of the noise experiment for the"
-                     " configured layers (reproduces 2018 Fig. 2b).", _DISTRIBUTION,
-                     "The paper finds that with noise the distributions of the BatchNorm network are"
-                     " far less stable than the standard network's, yet it trains better.", _BANDS),
-            "activation distributions with injected noise (2018 Fig. 2)"),
-        "moment_changes": _Figure(
-            moment_change_curves,
-            _caption("Change of the moments of each configured layer's input between consecutive"
-                     " logged steps, \\|μ_{t+1} − μ_t\\| and \\|σ²_{t+1} − σ²_t\\| (log scale), per variant of"
-                     " the noise experiment (reproduces 2018 Fig. 8). The paper finds that the noisy"
-                     " BatchNorm network's moments change far more from step to step than the"
-                     " standard network's, i.e. its distributional stability is worse.", _BANDS),
-            "per-step change of activation moments (2018 Fig. 8)"),
-    },
-    "ics": {
-        "ics": _Figure(
-            ics_curves,
-            _caption("Internal covariate shift (Definition 2.1) of the VGG network over steps for the"
-                     " configured layers: the l2 distance ‖G − G′‖₂ (log scale) and the cosine between"
-                     " a layer's gradient before (G) and after (G′) the earlier layers take their"
-                     " update, one column per learning rate (reproduces 2018 Fig. 3, VGG). Ideal"
-                     " values are 0 and 1. The paper finds that BatchNorm does not reduce ICS and"
-                     " often increases it.", _BANDS),
-            "internal covariate shift, VGG (2018 Fig. 3)"),
-    },
-    "ics_dln": {
-        "ics": _Figure(
-            ics_curves,
-            _caption("Internal covariate shift (Definition 2.1) of the 25-layer deep linear network"
-                     " over steps for the configured layers: ‖G − G′‖₂ (log scale) and cos(G, G′), one"
-                     " column per learning rate (reproduces 2018 Fig. 3, DLN). The paper finds that"
-                     " the BatchNorm network shows larger ICS and a cosine near zero, i.e. BatchNorm"
-                     " does not reduce ICS.", _BANDS),
-            "internal covariate shift, deep linear network (2018 Fig. 3)"),
-    },
-}
-
-_LANDSCAPE_TEXT = (
-    "Loss landscape along the gradient over steps: (a) the range between the minimum and maximum of"
-    " the loss L(W − ηg) over the step sizes η, (b) gradient predictiveness, the range of"
-    " ‖g − ∇L(W − ηg)‖₂ over η (log scale), and (c) effective β-smoothness, the maximum over η of"
-    " ‖g − ∇L(W − ηg)‖₂ / ‖ηg‖₂ (log scale). Ranges are averaged over seeds.")
-
-_REGISTRY.update({
-    "landscape": {
-        "landscape": _Figure(
-            landscape_panels,
-            _caption(_LANDSCAPE_TEXT, "Reproduces 2018 Fig. 4 (VGG). The paper finds that without"
-                     " BatchNorm the loss varies widely early in training, gradient predictiveness is"
-                     " about two orders of magnitude worse early on and β-smoothness is consistently"
-                     " worse.", _BANDS),
-            "loss landscape, VGG (2018 Fig. 4)"),
-    },
-    "landscape_dln": {
-        "landscape": _Figure(
-            landscape_panels,
-            _caption(_LANDSCAPE_TEXT, "Reproduces 2018 Fig. 10 (deep linear network). The paper"
-                     " finds the same smoothing by BatchNorm as in the VGG network: a narrower loss"
-                     " range, more predictive gradients and a smaller β.", _BANDS),
-            "loss landscape, deep linear network (2018 Fig. 10)"),
-    },
-    "lp_norms": {
-        "accuracy": _Figure(
-            _ACCURACY.make,
-            _caption("Training and test accuracy over steps of the VGG network with l1, l2 and l∞"
-                     " normalisation, BatchNorm and no normalisation (reproduces 2018 Fig. 5). The"
-                     " paper finds that the lp normalisations train as well as or better than"
-                     " BatchNorm.", _BANDS),
-            "lp normalisation: accuracy (2018 Fig. 5)"),
-        "distributions": _Figure(
-            percentile_bands,
-            _caption("Activation distributions of the lp-normalised networks for the configured"
-                     " layers (reproduces 2018 Fig. 6).", _DISTRIBUTION,
-                     "The paper finds that these distributions are far from Gaussian and not"
-                     " stable, yet the networks train well.", _BANDS),
-            "lp normalisation: activation distributions (2018 Fig. 6)"),
-        "landscape": _Figure(
-            landscape_panels,
-            _caption(_LANDSCAPE_TEXT, "Reproduces 2018 Figs. 12-13 for the lp normalisations. The"
-                     " paper finds that lp normalisation smooths the landscape much like"
-                     " BatchNorm.", _BANDS),
-            "lp normalisation: loss landscape (2018 Figs. 12-13)"),
-    },
-    "dln_distributions": {
-        "distributions": _Figure(
-            percentile_bands,
-            _caption("Activation distributions of the deep linear network with and without"
-                     " BatchNorm for the configured layers (reproduces 2018 Fig. 9).", _DISTRIBUTION,
-                     "The paper uses them to compare the distributional stability of the DLN with"
-                     " and without BatchNorm, as Fig. 1c does for the VGG network.", _BANDS),
-            "deep linear network: activation distributions (2018 Fig. 9)"),
-    },
-    "curvature": {
-        "curvature": _Figure(
-            curvature_curves,
-            _caption("Curvature over steps with and without BatchNorm: the quadratic form"
-                     " gᵀHg / ‖g‖² of the loss Hessian along the gradient (Hessian-vector products)"
-                     " and the top Hessian eigenvalue (log scale when positive over several decades)"
-                     " (tests 2018 Theorem 4.2 and section 4). The paper predicts that BatchNorm"
-                     " lowers the curvature along the gradient.", _BANDS),
-            "curvature along the gradient (2018 section 4)"),
-    },
-    "claim_learning_rate": {
-        "accuracy_vs_lr": _final_figure(
-            ("lr",), _final_test_accuracy, "final test accuracy", True,
-            "Final test accuracy against the learning rate (log scale), per variant (tests Ioffe &"
-            " Szegedy 2015's claim that BatchNorm allows much higher learning rates; their BN-x5 and"
-            " BN-x30 Inception models train at 5 and 30 times the baseline's rate).",
-            "2015 claim 1: learning rate"),
-    },
-    "claim_initialisation": {
-        "accuracy_vs_init_scale": _final_figure(
-            ("init_scale",), _final_test_accuracy, "final test accuracy", True,
-            "Final test accuracy against the scale of the initial weights (multiple of the Glorot"
-            " scale, log axis), per variant (tests Ioffe & Szegedy 2015's claim that BatchNorm makes"
-            " training less sensitive to initialisation; the paper gives no number).",
-            "2015 claim 2: initialisation"),
-    },
-    "claim_regularisation": {
-        "generalisation_gap": _final_figure(
-            ("dropout", "lr"), _generalisation_gap, "train − test accuracy", False,
-            "Generalisation gap (final train accuracy minus final test accuracy) per variant, against"
-            " the dropout rate when the study varies it, else against the learning rate (tests Ioffe"
-            " & Szegedy 2015's claim that BatchNorm regularises and reduces the need for dropout;"
-            " Santurkar et al. report 83% test accuracy with BatchNorm vs 80% without).",
-            "2015 claim 3: regularisation"),
-    },
-    "claim_sigmoid": {
-        "accuracy": _Figure(
-            _ACCURACY.make,
-            _caption("Training and test accuracy over steps of sigmoid networks with and without"
-                     " BatchNorm (tests Ioffe & Szegedy 2015's claim that BatchNorm makes saturating"
-                     " non-linearities usable: their sigmoid Inception reaches 69.8% with BatchNorm"
-                     " and never trains without it).", _BANDS),
-            "2015 claim 4: sigmoid networks"),
-    },
-    "mnist_2015": {
-        "test_accuracy": _Figure(
-            partial(accuracy_curves, splits=("test",)),
-            _caption("Test accuracy over steps of the 3-layer sigmoid MLP on MNIST with and without"
-                     " BatchNorm (reproduces Ioffe & Szegedy 2015, Fig. 1a). The paper finds that the"
-                     " BatchNorm network trains faster and reaches higher test accuracy.", _BANDS),
-            "MNIST test accuracy (2015 Fig. 1a)"),
-        "unit_input": _Figure(
-            partial(percentile_bands, columns=("unit_p15", "unit_p50", "unit_p85"),
-                    last_layer_only=True, ylabel="unit input"),
-            _caption("The 15th, 50th and 85th percentiles over the batch of one unit's input to the"
-                     " sigmoid in the last hidden layer, over steps, with and without BatchNorm,"
-                     " averaged over seeds (reproduces Ioffe & Szegedy 2015, Fig. 1b-c). The paper"
-                     " finds that without BatchNorm the distribution drifts in mean and spread over"
-                     " training while with BatchNorm it stays stable.", _BANDS),
-            "MNIST last-layer unit input (2015 Fig. 1b-c)"),
-    },
-})
-
-FIGURES: dict[str, dict[str, str]] = {
-    study: {name: figure.caption for name, figure in figures.items()}
-    for study, figures in _REGISTRY.items()
+DRAWERS: dict[str, Drawer] = {
+    "accuracy": Drawer(f"train accuracy ({TRAIN_MODE}) and test accuracy ({EVAL_MODE})", _curves, curves_figure),
+    "train_accuracy": Drawer(f"train accuracy, {TRAIN_MODE} (top) and {EVAL_MODE} (bottom)", _curves,
+                             curves_figure),
+    "test_accuracy": Drawer(f"test accuracy ({EVAL_MODE})", _curves, curves_figure),
+    "train_loss": Drawer("training loss", _curves, curves_figure),
+    "distributions": Drawer("single units' activation distributions over steps", units_data, units_figure),
+    "unit_input": Drawer("one last-hidden-layer unit's input to the non-linearity", _unit_input, units_figure),
+    "moment_changes": Drawer("per-unit change of activation moments between successive steps", _curves,
+                             curves_figure),
+    "ics": Drawer("internal covariate shift (Definition 2.1)", _curves, curves_figure),
+    "landscape": Drawer("loss landscape along the gradient", landscape_data, landscape_figure),
+    "curvature": Drawer("curvature along the gradient and top Hessian eigenvalue", curvature_data, curves_figure),
+    "accuracy_vs_lr": Drawer("final test accuracy against the learning rate", final_data, final_figure),
+    "accuracy_vs_init_scale": Drawer("final test accuracy against the initial weight scale", final_data,
+                                     final_figure),
+    "accuracy_vs_dropout": Drawer("final test accuracy against the dropout rate", final_data, final_figure),
+    "generalisation_gap": Drawer("generalisation gap (final train − test accuracy)", final_data, final_figure),
 }
 
 
 # ---------------------------------------------------------------------------------------------
-# entry point
+# entry points
+
+
+def context(kind: str, study: str, study_cfg: Mapping, tables: Mapping[str, Path]) -> Context:
+    """A Context for ``kind``; an unknown kind or a missing table is an error naming what is wrong."""
+    if kind not in DRAWERS:
+        raise KeyError(f"no figure kind {kind!r}; known: {sorted(DRAWERS)}")
+    missing = [name for name in figure_tables(kind) if name not in tables]
+    if missing:
+        raise TableError(f"figure {kind!r} of study {study!r} needs tables {missing} (given: {sorted(tables)})")
+    return Context(kind, study, study_cfg, StudyTables(tables, study_cfg))
+
+
+def figure_data(kind: str, study: str, study_cfg: Mapping, tables: Mapping[str, Path]) -> pd.DataFrame:
+    """The tidy frame figure ``kind`` draws: one row per plotted point, labelled by panel
+    (``row``, ``column``), ``variant`` and, for curves, ``series`` and ``style``."""
+    return DRAWERS[kind].data(context(kind, study, study_cfg, tables))
+
+
+def render(kind: str, study: str, study_cfg: Mapping, tables: Mapping[str, Path]) -> plt.Figure:
+    """The figure as a matplotlib Figure, not saved (the caller closes it)."""
+    ctx = context(kind, study, study_cfg, tables)
+    with sns.axes_style("whitegrid"), plt.rc_context({"axes.titlesize": 8, "font.size": 8}):
+        fig = DRAWERS[kind](ctx)
+        title = textwrap.fill(f"{study}: {DRAWERS[kind].title}", width=int(fig.get_figwidth() * 11))
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def save_figure(fig: plt.Figure, out_png: Path) -> list[Path]:
@@ -677,19 +854,14 @@ def save_figure(fig: plt.Figure, out_png: Path) -> list[Path]:
                            (out_png.with_suffix(".pdf"), {"CreationDate": None, "Producer": None})):
         written.append(atomic_write(path, lambda tmp, fmt=path.suffix[1:], meta=metadata:
                                     fig.savefig(tmp, format=fmt, dpi=DPI, metadata=meta)))
-    plt.close(fig)
     return written
 
 
-def draw(study: str, figure: str, tables_dir: Path, study_cfg: dict, out_png: Path) -> None:
-    """Render ``FIGURES[study][figure]`` from ``tables_dir`` (results/tables/{study}) to PNG + PDF."""
+def draw(kind: str, study: str, study_cfg: Mapping, tables: Mapping[str, Path], out_png: Path) -> list[Path]:
+    """Draw figure ``kind`` of ``study`` from ``tables`` (table name -> file, exactly
+    `catalog.figure_tables(kind)`) to ``out_png`` and the same-stem PDF; returns both paths."""
+    fig = render(kind, study, study_cfg, tables)
     try:
-        spec = _REGISTRY[study][figure]
-    except KeyError:
-        known = {s: sorted(f) for s, f in FIGURES.items()}
-        raise KeyError(f"no figure {figure!r} for study {study!r}; known: {known}") from None
-    ctx = _Context(study, study_cfg, _Tables(Path(tables_dir)))
-    with sns.axes_style("whitegrid"), plt.rc_context({"axes.titlesize": 9, "font.size": 8}):
-        fig = spec.make(ctx)
-        fig.suptitle(f"{study}: {spec.title}", fontsize=10)
-        save_figure(fig, out_png)
+        return save_figure(fig, out_png)
+    finally:
+        plt.close(fig)

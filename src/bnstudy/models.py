@@ -8,20 +8,14 @@ parameters through `model.layer_groups()`; models know nothing of logging or tra
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
+from .architectures import vgg_channels
 from .norms import make_norm
-
-VGG_CONFIGS = {  # torchvision's VGG configs: channels, "M" = 2x2 max-pool
-    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M"],
-}
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
 
@@ -84,7 +78,7 @@ def _block(layer: nn.Module, features: int, spatial: bool, spec: dict, noise: bo
            act: str | None = None, normalise: bool = True) -> Block:
     norm_cfg = spec["norm"]
     norm = make_norm(norm_cfg["variant"] if normalise else "standard", features, spatial,
-                     norm_cfg["eps"], norm_cfg["noise"], noise_enabled=noise)
+                     norm_cfg, noise_enabled=noise)
     return Block(layer, norm, ACTIVATIONS[act or spec["model"]["activation"]]())
 
 
@@ -92,12 +86,11 @@ def vgg(spec: dict, noise: bool) -> Network:
     m = spec["model"]
     channels, size = spec["dataset"]["shape"][0], spec["dataset"]["shape"][1]
     features: list[nn.Module] = []
-    for item in VGG_CONFIGS[m["depth"]]:
-        if item == "M":
+    for width in vgg_channels(m["depth"], m["width"]):
+        if width == "M":
             features.append(nn.MaxPool2d(2))
             size //= 2
             continue
-        width = max(1, round(item * m["width"]))
         conv = nn.Conv2d(channels, width, 3, padding=1, bias=m["bias"])
         features.append(_block(conv, width, True, spec, noise))
         channels = width
@@ -129,7 +122,7 @@ def mlp(spec: dict, noise: bool) -> Network:
 def dln(spec: dict, noise: bool) -> Network:
     """Santurkar et al.'s deep linear network: `depth` square `width`x`width` linear layers.
 
-    Normalisation follows every layer but the last (PAPER.md leaves the placement open; a
+    Normalisation follows every layer but the last (the paper leaves the placement open; a
     normalised output could not fit the targets A x), so the DLN's "layers" are its `depth` linear
     maps; the last block has no normaliser and the output layer is the identity.
     """
@@ -205,13 +198,20 @@ def set_generator(model: nn.Module, generator: torch.Generator | None) -> None:
             module.generator = generator
 
 
-def squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The deep linear network's loss ||W x - A x||^2: summed over outputs, mean over samples."""
-    return (out - target).pow(2).sum(dim=1).mean()
+def squared_error(reduction: str):
+    """The deep linear network's loss ||W x - A x||^2, summed over outputs; over the samples of a
+    batch summed (Santurkar et al. A.1: ||W_k...W_1 X - A X||^2 over the 1000 samples, so the
+    paper's lr 1e-6 moves the network) or averaged (`optim.loss_reduction: mean`)."""
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_sample = (out - target).pow(2).sum(dim=1)
+        return per_sample.sum() if reduction == "sum" else per_sample.mean()
+    return loss
 
 
 def loss_fn(spec: dict):
-    """Cross-entropy for classification, squared error for the deep linear network."""
+    """Cross-entropy for classification, squared error for the deep linear network, combined over
+    a batch as `optim.loss_reduction` says (the config resolves the papers' choice)."""
+    reduction = spec["optim"].get("loss_reduction", "mean")
     if spec["dataset"]["task"] == "regression":
-        return squared_error
-    return nn.functional.cross_entropy
+        return squared_error(reduction)
+    return functools.partial(nn.functional.cross_entropy, reduction=reduction)

@@ -1,42 +1,16 @@
-"""Normalisation variants, placed after each conv/linear layer and before the non-linearity.
-
-A variant is a row of `VARIANTS`: which normaliser, and whether Algorithm 1's noise follows it.
-Adding a variant is one line there (plus a normaliser class if it needs a new one).
-
-    standard         no normalisation
-    batchnorm        BatchNorm (Ioffe & Szegedy 2015)
-    noisy_batchnorm  BatchNorm, then Algorithm 1's distributional noise (Santurkar et al. 2018)
-    standard_noise   the same noise on the un-normalised network
-    l1, l2, linf     lp normalisation (Santurkar et al. section 3.3)
+"""The normalisers and Algorithm 1's noise, placed after each conv/linear layer and before the
+non-linearity. Which variant uses which is the table `bnstudy.variants.VARIANTS`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Variant:
-    norm: str | None  # "batch", "lp" or None
-    p: float | None = None  # for lp normalisation
-    noise: bool = False
-
-
-VARIANTS: dict[str, Variant] = {
-    "standard": Variant(None),
-    "batchnorm": Variant("batch"),
-    "noisy_batchnorm": Variant("batch", noise=True),
-    "standard_noise": Variant(None, noise=True),
-    "l1": Variant("lp", p=1.0),
-    "l2": Variant("lp", p=2.0),
-    "linf": Variant("lp", p=float("inf")),
-}
+from .variants import VARIANTS
 
 
 def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -49,32 +23,40 @@ def _per_unit(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class LpNorm(nn.Module):
-    """Subtract the batch mean per unit, divide by the batch's average l_p norm per unit.
+    """lp normalisation, Santurkar et al. 2018 section 3.3: subtract the batch mean per unit, as
+    BatchNorm does, "but then divide by the average of their lp norm (before shifting the mean)".
 
-    PAPER.md (section 3.3) says "divide by the batch average l_p norm". We read "average" as the
-    power mean (mean_i |a_i - mu|^p)^(1/p), so the scale does not grow with the batch size; for
-    p = inf it is max_i |a_i - mu|, and for p = 2 it equals the (biased) standard deviation, i.e.
-    BatchNorm without its epsilon inside the root. Affine gamma/beta and running statistics for
-    evaluation follow BatchNorm.
+    The scale is taken over the *uncentred* activations a of a unit: (mean_i |a_i|^p)^(1/p) (the
+    power mean, so it does not grow with the batch), max_i |a_i| for p = inf. So l1, l2 and linf
+    are three normalisers, and none is BatchNorm: l2's scale is sqrt(var + mean^2), not the
+    standard deviation. `centred=True` takes the scale after centring instead (a reading under
+    which l2 is BatchNorm without epsilon inside the root), kept as an explicitly named option
+    (`norm.lp_scale: centred`). Affine gamma/beta and running statistics for evaluation follow
+    BatchNorm.
     """
 
-    def __init__(self, features: int, p: float, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, features: int, p: float, eps: float = 1e-5, momentum: float = 0.1,
+                 centred: bool = False):
         super().__init__()
-        self.p, self.eps, self.momentum = p, eps, momentum
+        self.p, self.eps, self.momentum, self.centred = p, eps, momentum, centred
         self.weight = nn.Parameter(torch.ones(features))
         self.bias = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(features))
         self.register_buffer("running_scale", torch.ones(features))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, eps={self.eps}, centred={self.centred}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = _reduce_dims(x)
         if self.training:
             mean = x.mean(dims)
             centred = x - _per_unit(mean, x)
+            magnitude = (centred if self.centred else x).abs()
             if self.p == float("inf"):
-                scale = centred.abs().amax(dims)
+                scale = magnitude.amax(dims)
             else:
-                scale = centred.abs().pow(self.p).mean(dims).pow(1 / self.p)
+                scale = magnitude.pow(self.p).mean(dims).pow(1 / self.p)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_scale.lerp_(scale.detach(), self.momentum)
@@ -91,7 +73,7 @@ class DistributionNoise(nn.Module):
     At every step, per unit j: mu_j ~ U(-n_mu, n_mu), sigma_j ~ U(1, n_sigma); per sample i (and
     spatial position): m_ij ~ U(mu_j - r_mu, mu_j + r_mu), s_ij ~ N(sigma_j, r_sigma); then
     a_ij <- s_ij * a_ij + m_ij. Applied to the normaliser's output (after BatchNorm's affine step;
-    PAPER.md does not say, and at initialisation both readings coincide). Active in training mode
+    the paper does not say, and at initialisation both readings coincide). Active in training mode
     only; `enabled=False` (analyses) turns it off.
 
     Randomness comes from `self.generator`, which the training loop reseeds every step (see
@@ -226,18 +208,22 @@ def _cpu_apply_noise(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, r_m
     return y, scale
 
 
-def make_norm(variant: str, features: int, spatial: bool, eps: float, noise: dict,
+def make_norm(variant: str, features: int, spatial: bool, norm_cfg: dict,
               noise_enabled: bool = True) -> nn.Module:
-    """The module that follows a conv (spatial=True) or linear layer for this variant."""
+    """The module that follows a conv (spatial=True) or linear layer for this variant.
+
+    `norm_cfg` is a run spec's `norm` block: eps, lp_scale and Algorithm 1's `noise` constants.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown normalisation variant {variant!r}; known: {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
+    eps = norm_cfg["eps"]
     if v.norm == "batch":
         norm = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, eps=eps)
     elif v.norm == "lp":
-        norm = LpNorm(features, v.p, eps=eps)
+        norm = LpNorm(features, v.p, eps=eps, centred=norm_cfg.get("lp_scale") == "centred")
     else:
         norm = nn.Identity()
     if not v.noise:
         return norm
-    return nn.Sequential(norm, DistributionNoise(**noise, enabled=noise_enabled))
+    return nn.Sequential(norm, DistributionNoise(**norm_cfg["noise"], enabled=noise_enabled))

@@ -1,12 +1,11 @@
-"""Confidence intervals over seeds, shared by the figures and the claims table.
+"""Statistics over seeds, shared by the figures and the claims table (scipy.stats does the maths).
 
-Seeds are the experimental unit: every interval here is a two-sided Student-t interval for the
-mean of one value per seed. The figures (seaborn ``errorbar=ci_bounds``) and the claims table use the
-same function, so a band in a figure and a CI in the claims table mean the same thing.
-
-scipy is not a dependency: the 97.5% t-quantiles are tabulated (exact to 4 decimals, from
-``scipy.stats.t.ppf``; the tests check the table against scipy when it happens to be installed)
-and interpolated linearly in 1/df beyond df = 30, where the error is below 1e-3.
+Seeds are the experimental unit. A continuous measure gets a two-sided Student-t interval for the
+mean of one value per seed; the figures draw the same interval as their bands, so a band in a
+figure and a CI in the claims table mean the same thing. A t interval needs a spread: with one
+seed, or seeds that agree exactly (a measure on a grid, such as the largest usable learning
+rate), it has zero width and is no evidence. Such measures get an exact sign-flip test over the
+seeds instead, whose smallest attainable p-value (1 / 2^n) says how many seeds a verdict needs.
 """
 
 from __future__ import annotations
@@ -15,40 +14,18 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 
-# df -> 0.975 quantile of Student's t (two-sided 95%).
-_T975 = {
-    1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 6: 2.4469, 7: 2.3646, 8: 2.3060,
-    9: 2.2622, 10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448, 15: 2.1314,
-    16: 2.1199, 17: 2.1098, 18: 2.1009, 19: 2.0930, 20: 2.0860, 21: 2.0796, 22: 2.0739,
-    23: 2.0687, 24: 2.0639, 25: 2.0595, 26: 2.0555, 27: 2.0518, 28: 2.0484, 29: 2.0452,
-    30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799,
-}
-_Z975 = 1.959964  # df -> infinity
-
 
 class MeanCI(NamedTuple):
-    """A mean over seeds with its confidence interval (NaN bounds when n < 2)."""
+    """A mean over seeds with its confidence interval (NaN bounds without a spread)."""
 
     mean: float
     low: float
     high: float
     n: int
-
-
-def t_quantile_975(df: int) -> float:
-    """0.975 quantile of Student's t with ``df`` degrees of freedom (table + 1/df interpolation)."""
-    if df < 1:
-        raise ValueError(f"t quantile needs df >= 1, got {df}")
-    if df in _T975:
-        return _T975[df]
-    knots = sorted(_T975) + [np.inf]
-    values = [_T975[k] for k in sorted(_T975)] + [_Z975]
-    inverse_knots = [1.0 / k for k in knots]  # decreasing; 1/inf = 0
-    # np.interp needs increasing x: reverse both.
-    return float(np.interp(1.0 / df, inverse_knots[::-1], values[::-1]))
 
 
 def finite_values(values) -> np.ndarray:
@@ -57,29 +34,53 @@ def finite_values(values) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
+def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided `confidence` quantile of Student's t with `df` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"t quantile needs df >= 1, got {df}")
+    return float(scipy_stats.t.ppf(0.5 + confidence / 2, df))
+
+
 def mean_ci(values, confidence: float = CONFIDENCE) -> MeanCI:
     """Mean of per-seed values and its two-sided t confidence interval.
 
-    Non-finite values are dropped first. With fewer than two values there is no spread to estimate,
-    so the bounds are NaN (the claims table turns that into "inconclusive").
+    Non-finite values are dropped first. Fewer than two values, or no spread at all, give NaN
+    bounds: a zero-width interval is not evidence (see `sign_flip_p`).
     """
-    if not np.isclose(confidence, CONFIDENCE):
-        raise ValueError(f"only {CONFIDENCE:.0%} intervals are tabulated, got {confidence}")
     sample = finite_values(values)
     n = int(sample.size)
     if n == 0:
         return MeanCI(float("nan"), float("nan"), float("nan"), 0)
     mean = float(sample.mean())
-    if n < 2:
+    spread = float(sample.std(ddof=1)) if n > 1 else 0.0
+    if n < 2 or sample.min() == sample.max():  # not `spread == 0`: the std of equal floats can be 1e-17
         return MeanCI(mean, float("nan"), float("nan"), n)
-    half_width = t_quantile_975(n - 1) * float(sample.std(ddof=1)) / np.sqrt(n)
-    return MeanCI(mean, mean - half_width, mean + half_width, n)
+    half_width = t_quantile(n - 1, confidence) * spread / np.sqrt(n)
+    return MeanCI(mean, float(mean - half_width), float(mean + half_width), n)
 
 
 def ci_bounds(values) -> tuple[float, float]:
     """(low, high) of the 95% t interval: the ``errorbar`` callable handed to seaborn."""
     interval = mean_ci(values)
     return interval.low, interval.high
+
+
+def sign_flip_p(values, threshold: float = 0.0, alternative: str = "greater") -> float:
+    """Exact one-sided sign-flip permutation p-value for "the per-seed values lie above (greater)
+    or below (less) `threshold`": the share of the 2^n sign assignments of the deviations whose
+    mean is at least as extreme as observed. Seeds that sit exactly on the threshold carry no
+    sign. With n seeds the smallest attainable p is 1 / 2^n."""
+    deviations = finite_values(values) - threshold
+    if deviations.size == 0:
+        return 1.0
+    result = scipy_stats.permutation_test((deviations,), np.mean, permutation_type="samples",
+                                          alternative=alternative, n_resamples=np.inf)
+    return float(result.pvalue)
+
+
+def smallest_p(n: int) -> float:
+    """The smallest p-value a one-sided sign-flip test over n seeds can give."""
+    return 0.5 ** n if n else 1.0
 
 
 def paired_differences(treated: pd.Series, reference: pd.Series) -> pd.Series:
@@ -91,4 +92,3 @@ def paired_differences(treated: pd.Series, reference: pd.Series) -> pd.Series:
     joined = pd.concat({"treated": treated, "reference": reference}, axis=1, join="inner")
     differences = joined["treated"] - joined["reference"]
     return differences[np.isfinite(differences.to_numpy(dtype=float))]
-

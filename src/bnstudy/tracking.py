@@ -153,10 +153,10 @@ class MlflowTracker:
             _retry(self.client.set_terminated, self.run_id, status="FAILED")
 
 
-def log_analysis(uri: str, run_id: str, table: Path, analysis: str, study: str) -> None:
-    """Attach an analysis table to its training run (artifact under analysis/<study>/)."""
+def log_analysis(uri: str, run_id: str, table: Path) -> None:
+    """Attach an analysis table (<analysis>-<settings hash>.csv) to its training run."""
     client = _client(uri)
-    _retry(client.log_artifact, run_id, str(table), artifact_path=f"analysis/{study}/{analysis}")
+    _retry(client.log_artifact, run_id, str(table), artifact_path="analysis")
 
 
 def log_figures(uri: str, experiment: str, figures: list[Path]) -> str:

@@ -4,18 +4,24 @@ Design choices, each for a reason:
 - The prepared uint8 tensors sit on the training device and batch t is a pure function of
   (seed, t) (`BatchSampler`); augmentation and the noise/dropout generators are reseeded from
   (seed, t) each step. So a job killed at any point and restarted from its last checkpoint draws
-  exactly what an uninterrupted run would, and on CPU ends with identical metrics.
-- Metric rows are kept in memory and stored in every checkpoint; the CSV tables are written once,
-  atomically, at the end. A killed job leaves no half-written table.
+  exactly what an uninterrupted run would, and on CPU ends with identical metrics. Everything the
+  loop carries from step to step (metric rows, running windows, the per-unit moments of the last
+  recorded step) is in the checkpoint.
+- Metric rows are kept in memory; the CSV tables are written once, atomically, at the end. A
+  killed job leaves no half-written table.
 - Divergence is a result: a non-finite loss ends the run, marks it diverged, and the outputs are
   still written so the rest of the DAG (and the figures) go on.
-- Activation statistics are taken with temporary hooks, only on recording steps.
+- Two accuracies, because they are two networks for noisy variants: the *training-mode* accuracy
+  on the batches trained on (batch statistics, Algorithm 1's noise and dropout on: the network
+  that is trained, as the papers' training curves show it), and the *eval-mode* accuracy on fixed
+  train/test samples (running statistics, noise and dropout off).
+- Activation statistics are taken with temporary hooks, only on recording steps, per unit: the
+  noise of Algorithm 1 is drawn per unit and averages away over a layer's units.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -23,28 +29,15 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
 from .checkpoint import checkpoint_path, latest_good_checkpoint, list_checkpoints, save_checkpoint
 from .data import BatchSampler, InputTransform, augment, load_prepared, step_generator
 from .models import build_model, loss_fn, set_generator, uses_channels_last
+from .runtime import autocast_context, conv_precision, resolve_device, set_threads
+from .tables import RUN_TABLES, write_csv, write_json
 
 PERCENTILES = (5, 15, 50, 85, 95)
-READBACK_EVERY = {"cpu": 1}  # steps between reading losses back to the host; 32 elsewhere (see the loop)
+READBACK_EVERY = {"cpu": 1}  # steps between reading losses back to the host; 32 elsewhere (see Readback)
 MAX_STAT_SAMPLES = 1 << 16  # activations subsampled (deterministic stride) for percentiles
-
-
-def resolve_device(runtime: dict) -> torch.device:
-    """`auto` = CUDA, then MPS, then CPU; an explicit device that is absent is an error."""
-    want = runtime["device"]
-    if want == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda but no CUDA device is visible; use auto or cpu")
-    return torch.device(want)
 
 
 def place_model(spec: dict, device: torch.device) -> tuple[torch.nn.Module, bool]:
@@ -54,35 +47,6 @@ def place_model(spec: dict, device: torch.device) -> tuple[torch.nn.Module, bool
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, channels_last
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512-BF16/AMX: oneDNN runs the
-    convolutions in bf16); fp32/tf32 (or a CPU without bf16 units) runs as is."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def conv_precision(device: torch.device, precision: str):
-    """cuDNN's float32 convolutions: IEEE fp32 unless `precision` is tf32 (a fresh context each call).
-
-    PyTorch lets cuDNN use TF32 (10-bit mantissa products) for float32 convolutions by default;
-    the paper's 2018 GPUs had no TF32, so `fp32` means IEEE fp32 here and `tf32` is the opt-in
-    for speed. (The analyses use `analysis.run.exact_numerics`: IEEE fp32 and deterministic.)
-    """
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
-                                      benchmark=torch.backends.cudnn.benchmark,
-                                      deterministic=torch.backends.cudnn.deterministic,
-                                      allow_tf32=precision == "tf32")
-
-
-def cpu_has_bf16() -> bool:
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,70 +61,122 @@ def _percentiles(values: torch.Tensor) -> list[float]:
     return torch.quantile(flat, q).tolist()
 
 
+def recorded_units(width: int, count: int) -> list[int]:
+    """`count` fixed, evenly spaced unit indices of a layer of `width` units (0 always among them)."""
+    if count >= width:
+        return list(range(width))
+    return sorted({round(i * (width - 1) / max(count - 1, 1)) for i in range(count)})
+
+
 class LayerRecorder:
-    """Hooks on each block that capture, for one step, what the figures need: the distribution of
-    the non-linearity's input (all units, and unit 0), the gradient norm w.r.t. it, and for
-    normalised layers mean |gamma_j| / sigma_j (Santurkar et al. Thm 4.1)."""
+    """Per-step activation statistics of every block's non-linearity input (after norm and noise).
 
-    def __init__(self, model):
-        self.model = model
-        self.stats: dict[int, dict] = {}
-        self.handles = []
+    On a recording step t: the percentiles, mean and variance of `units` fixed units (each over
+    the batch and spatial positions: Figs. 1c, 2, 9 plot such single units), the gradient norms,
+    mean |gamma_j| / sigma_j (Santurkar et al. Thm 4.1), and every unit's mean and variance. On
+    step t + 1 every unit's mean and variance again, so that the layer's row of step t gets
+    mean_j |mu_j(t+1) - mu_j(t)| and mean_j |var_j(t+1) - var_j(t)| (Fig. 8: the change of the
+    moments between two successive steps, per unit, averaged over units).
+    """
 
-    def __enter__(self):
+    def __init__(self, model, units: int):
+        self.model, self.units = model, units
+        self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> per-unit (mean, var)
+        self.moments_step: int | None = None  # the step `moments` were taken at
+        self._handles: list = []
+        self._stats: dict[int, dict] = {}
+        self._new_moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- checkpointed state ------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"step": self.moments_step,
+                "moments": {k: (m.cpu(), v.cpu()) for k, (m, v) in self.moments.items()}}
+
+    def load(self, state: dict | None, device: torch.device) -> None:
+        state = state or {"step": None, "moments": {}}
+        self.moments_step = state["step"]
+        self.moments = {k: (m.to(device), v.to(device)) for k, (m, v) in state["moments"].items()}
+
+    # -- hooks for one step ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch(self, full: bool, moments: bool):
+        """Hooks for one forward/backward: `full` statistics and/or only the per-unit moments."""
+        if not (full or moments):
+            yield
+            return
         for i, block in enumerate(self.model.blocks, start=1):
-            self.handles.append(block.act.register_forward_pre_hook(self._activation_hook(i)))
-            self.handles.append(block.norm.register_forward_pre_hook(self._norm_hook(i, block)))
-        return self
+            self._handles.append(block.act.register_forward_pre_hook(self._activation_hook(i, full)))
+            if full:
+                self._handles.append(block.norm.register_forward_pre_hook(self._norm_hook(i)))
+        try:
+            yield
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
 
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-    def _activation_hook(self, layer: int):
+    def _activation_hook(self, layer: int, full: bool):
         def hook(module, args):
             z = args[0]
-            d = z.detach()
-            pct = _percentiles(d)
-            unit = _percentiles(d[:, 0])
-            row = self.stats.setdefault(layer, {})
-            row.update(mean=d.float().mean().item(), var=d.float().var().item(),
-                       **{f"p{p:02d}": v for p, v in zip(PERCENTILES, pct)},
-                       unit_p15=unit[1], unit_p50=unit[2], unit_p85=unit[3])
+            d = z.detach().float()
+            dims = (0,) if d.ndim == 2 else (0, *range(2, d.ndim))
+            self._new_moments[layer] = (d.mean(dims), d.var(dims, unbiased=False))
+            if not full:
+                return
+            stats = self._stats.setdefault(layer, {"units": []})
+            for unit in recorded_units(d.shape[1], self.units):
+                values = d[:, unit]
+                stats["units"].append({"unit": unit, "mean": values.mean().item(),
+                                       "var": values.var(unbiased=False).item(),
+                                       **dict(zip((f"p{p:02d}" for p in PERCENTILES), _percentiles(values)))})
             if z.requires_grad:
-                z.register_hook(lambda g: row.__setitem__("output_grad_norm", g.norm().item()))
+                z.register_hook(lambda g: stats.__setitem__("output_grad_norm", g.norm().item()))
         return hook
 
-    def _norm_hook(self, layer: int, block):
+    def _norm_hook(self, layer: int):
         def hook(module, args):
             norm = module[0] if isinstance(module, torch.nn.Sequential) else module
+            stats = self._stats.setdefault(layer, {"units": []})
             weight = getattr(norm, "weight", None)
-            row = self.stats.setdefault(layer, {})
             if weight is None or not isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
-                row["gamma_over_sigma"] = math.nan
+                stats["gamma_over_sigma"] = math.nan
                 return
             x = args[0].detach().float()
             dims = (0,) if x.ndim == 2 else (0, *range(2, x.ndim))
             sigma = (x.var(dims, unbiased=False) + norm.eps).sqrt()
-            row["gamma_over_sigma"] = (weight.detach().abs() / sigma).mean().item()
+            stats["gamma_over_sigma"] = (weight.detach().abs() / sigma).mean().item()
         return hook
 
-    def rows(self, step: int) -> list[dict]:
-        out = []
+    # -- rows ----------------------------------------------------------------------------------------
+
+    def collect(self, step: int, full: bool, layer_rows: list[dict], unit_rows: list[dict]) -> None:
+        """After a watched step's backward: fill the moment changes of the previous recorded step's
+        rows (if it was step - 1), and append this step's rows when `full`."""
+        new, self._new_moments = self._new_moments, {}
+        if self.moments_step == step - 1 and new:
+            open_rows = {row["layer"]: row for row in layer_rows if row["step"] == step - 1}
+            for layer, (mean, var) in new.items():
+                if layer in self.moments and layer in open_rows:
+                    old_mean, old_var = self.moments[layer]
+                    open_rows[layer]["unit_mean_change"] = (mean - old_mean).abs().mean().item()
+                    open_rows[layer]["unit_var_change"] = (var - old_var).abs().mean().item()
+        if not full:
+            self.moments, self.moments_step = {}, None
+            return
+        self.moments, self.moments_step = new, step
         for i, block in enumerate(self.model.blocks, start=1):
+            stats = self._stats.get(i, {"units": []})
             grad = block.layer.weight.grad
-            row = {"step": step, "layer": i, **self.stats.get(i, {})}
-            row["weight_grad_norm"] = grad.norm().item() if grad is not None else math.nan
-            row.setdefault("output_grad_norm", math.nan)
-            out.append(row)
-        self.stats.clear()
-        return out
-
-
-LAYER_COLUMNS = ["step", "layer", "mean", "var", "p05", "p15", "p50", "p85", "p95",
-                 "weight_grad_norm", "output_grad_norm", "gamma_over_sigma",
-                 "unit_p15", "unit_p50", "unit_p85"]
+            layer_rows.append({
+                "step": step, "layer": i,
+                "weight_grad_norm": grad.norm().item() if grad is not None else math.nan,
+                "output_grad_norm": stats.get("output_grad_norm", math.nan),
+                "gamma_over_sigma": stats.get("gamma_over_sigma", math.nan),
+                "unit_mean_change": math.nan, "unit_var_change": math.nan})
+            unit_rows.extend({"step": step, "layer": i, **unit} for unit in stats["units"])
+        self._stats.clear()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,50 +185,106 @@ LAYER_COLUMNS = ["step", "layer", "mean", "var", "p05", "p15", "p50", "p85", "p9
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, transform, loss, regression: bool,
-             chunk: int = 1000) -> tuple[float, float]:
-    """Loss and accuracy in eval mode (running statistics, no noise)."""
+             summed: bool, chunk: int = 1000) -> tuple[float, float]:
+    """Loss and accuracy in eval mode (running statistics, no noise, no dropout).
+
+    The loss is combined over the samples as in training: the sum over them when the run's loss
+    is summed (the DLN), else the mean."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, x.shape[0], chunk):
         xb, yb = transform(x[start:start + chunk]), y[start:start + chunk]
         out = model(xb)
-        total_loss += loss(out, yb).item() * xb.shape[0]
+        value = loss(out, yb).item()
+        total_loss += value if summed else value * xb.shape[0]
         if not regression:
             correct += (out.argmax(1) == yb).sum().item()
     model.train(was_training)
     n = x.shape[0]
-    return total_loss / n, (math.nan if regression else correct / n)
+    return (total_loss if summed else total_loss / n), (math.nan if regression else correct / n)
 
 
 # ----------------------------------------------------------------------------------------------
-# outputs
+# losses and accuracies: deferred read-back, windows, divergence
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+class Window:
+    """A running mean of (loss, accuracy) over the steps since it was last taken."""
+
+    def __init__(self, state: dict | None = None):
+        self.loss, self.accuracy, self.count = (state or {}).get("sums", (0.0, 0.0, 0))
+
+    def add(self, loss: float, accuracy: float) -> None:
+        self.loss, self.accuracy, self.count = self.loss + loss, self.accuracy + accuracy, self.count + 1
+
+    def take(self) -> tuple[float, float]:
+        mean = (self.loss / self.count, self.accuracy / self.count) if self.count else (math.nan, math.nan)
+        self.loss, self.accuracy, self.count = 0.0, 0.0, 0
+        return mean
+
+    def state(self) -> dict:
+        return {"sums": (self.loss, self.accuracy, self.count)}
 
 
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    lines = [",".join(columns)]
-    for row in rows:
-        lines.append(",".join(_fmt(row.get(c, math.nan)) for c in columns))
-    _atomic_write_text(Path(path), "\n".join(lines) + "\n")
+class Readback:
+    """Per-step training-mode losses and accuracies, read back to the host in batches.
 
+    On CUDA a `.item()` per step stalls the host every step (measured on an H200: the VGG-11 x0.25
+    loop at 0.75x its compute ceiling). Values stay on the device and are read back in one sync
+    every `every` steps (every step on the CPU, where it is free) and before anything that must not
+    see a diverged step: a checkpoint, an evaluation, layer statistics, a progress line, the end.
+    A non-finite loss found late still ends the run at its own step; steps taken after it on the
+    device are never saved. Read values go into two windows: `train` (a train.csv row every
+    `log.train_every` steps) and `since_eval` (the train_batches row of the next evaluation).
+    """
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else
-                                                          ("inf" if value > 0 else "-inf"))
-    return str(value)
+    def __init__(self, every: int, train_every: int, state: dict | None = None):
+        self.every, self.train_every = every, train_every
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+        state = state or {}
+        self.train = Window(state.get("train"))
+        self.since_eval = Window(state.get("since_eval"))
+        self.last_loss = math.nan
 
+    def state(self) -> dict:
+        return {"train": self.train.state(), "since_eval": self.since_eval.state()}
 
-def write_json(path: Path, obj: dict) -> None:
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    def add(self, step: int, loss: torch.Tensor, accuracy: torch.Tensor | None) -> None:
+        self.pending.append((step, loss.detach(), None if accuracy is None else accuracy.detach()))
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.every
+
+    def flush(self, rows: list[dict], log_metrics, log) -> int | None:
+        """Move pending values into train.csv rows; return the step of the first non-finite loss."""
+        if not self.pending:
+            return None
+        losses = [loss.float() for _, loss, _ in self.pending]
+        accuracies = [acc for _, _, acc in self.pending if acc is not None]
+        values = torch.stack(losses + accuracies).tolist()  # one host sync for all of them
+        read_acc = iter(values[len(losses):])
+        read = [(step, value, next(read_acc) if acc is not None else math.nan)
+                for (step, _, acc), value in zip(self.pending, values)]
+        self.pending.clear()
+        for step, loss, accuracy in read:
+            if not math.isfinite(loss):
+                rows.append({"step": step, "loss": loss, "accuracy": math.nan})
+                log(f"step {step}: loss is {loss}; the run diverged and ends here")
+                return step
+            self.last_loss = loss
+            self.train.add(loss, accuracy)
+            self.since_eval.add(loss, accuracy)
+            if (step + 1) % self.train_every == 0:
+                mean_loss, mean_accuracy = self.train.take()
+                rows.append({"step": step, "loss": mean_loss, "accuracy": mean_accuracy})
+                log_metrics({"train_loss": mean_loss,
+                             **({} if math.isnan(mean_accuracy) else {"train_accuracy": mean_accuracy})}, step)
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
-# the loop
+# the run
 
 
 class NullTracker:
@@ -227,164 +299,190 @@ class NullTracker:
         pass
 
 
+class Run:
+    """One training run's state: data, model, optimizer, metric rows; and its named steps."""
+
+    def __init__(self, spec: dict, run_dir: Path, threads: int = 0, log=None):
+        self.spec, self.run_dir = spec, Path(run_dir)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        runtime = spec["runtime"]
+        set_threads(runtime, threads)
+        self.device = resolve_device(runtime)
+        self.precision = runtime["precision"]
+        optim, self.every = spec["optim"], spec["log"]
+        self.steps, self.seed = optim["steps"], spec["seed"]
+
+        data = load_prepared(spec["dataset"]["path"])
+        _check_data(spec, data.meta)
+        self.data = data.to(self.device)
+        self.regression = data.task == "regression"
+        self.model, channels_last = place_model(spec, self.device)
+        self.transform = InputTransform(data.meta, self.device, channels_last)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
+                                   weight_decay=optim["weight_decay"])
+        self.loss = loss_fn(spec)
+        self.summed = optim.get("loss_reduction") == "sum"
+        self.sampler = BatchSampler(self.data.train_x.shape[0], optim["batch_size"], self.seed, self.device)
+        n = self.every["eval_samples"]
+        self.eval_sets = {"train": (self.data.train_x[:n], self.data.train_y[:n])}
+        if self.data.test_x.shape[0]:
+            self.eval_sets["test"] = (self.data.test_x[:n], self.data.test_y[:n])
+        self.random_modules = any(hasattr(m, "generator") for m in self.model.modules())  # noise, dropout
+        self.augmenting = bool(spec["augment"]["crop"] or spec["augment"]["flip"])
+
+        self.metrics: dict[str, list[dict]] = {name: [] for name in RUN_TABLES}
+        self.recorder = LayerRecorder(self.model, self.every["units"])
+        self.readback = Readback(READBACK_EVERY.get(self.device.type, 32), self.every["train_every"])
+        self.start, self.elapsed, self.previous_mlflow = 0, 0.0, None
+        self.tracker = NullTracker()
+        self.t0 = time.perf_counter()
+
+    # -- resume --------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Load the newest good checkpoint, if any (a corrupt one is named and skipped)."""
+        state = latest_good_checkpoint(self.run_dir, warn=self.log)
+        if state is None:
+            return
+        theirs = state["spec"]
+        if theirs.get("run") != self.spec["run"]:
+            raise RuntimeError(f"{self.run_dir}/checkpoints belong to run {theirs.get('run')}, "
+                               f"not {self.spec['run']}: move them away")
+        their_precision = (theirs.get("runtime") or {}).get("precision", "fp32")
+        if their_precision != self.precision:
+            raise RuntimeError(f"{self.run_dir}/checkpoints were trained with runtime.precision="
+                               f"{their_precision}, this job asks for {self.precision}: precision changes "
+                               f"the numbers, so a run cannot switch it; move the checkpoints away")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.start, self.metrics = state["step"], {name: [] for name in RUN_TABLES} | state["metrics"]
+        self.previous_mlflow, self.elapsed = state.get("mlflow_run_id"), state.get("wall_seconds", 0.0)
+        loop = state.get("loop") or {}
+        self.readback = Readback(self.readback.every, self.readback.train_every, loop.get("readback"))
+        self.recorder.load(loop.get("recorder"), self.device)
+        self.log(f"resuming {self.spec['run']} from step {self.start}")
+
+    # -- named steps ---------------------------------------------------------------------------
+
+    def checkpoint(self, done: int) -> None:
+        save_checkpoint(checkpoint_path(self.run_dir, done), {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": done,
+            "spec": self.spec,
+            "rng": {"scheme": "per-step generators seeded from (seed, step, stream)", "seed": self.seed},
+            "metrics": self.metrics, "mlflow_run_id": self.tracker.run_id,
+            "loop": {"readback": self.readback.state(), "recorder": self.recorder.state()},
+            "wall_seconds": self.wall()})
+
+    def evaluate(self, done: int) -> None:
+        """Eval-mode loss/accuracy on the fixed train and test samples, and the training-mode
+        mean over the batches trained on since the last evaluation (split train_batches)."""
+        logged = {}
+        for split, (x, y) in self.eval_sets.items():
+            loss, accuracy = evaluate(self.model, x, y, self.transform, self.loss, self.regression, self.summed)
+            self.metrics["eval"].append({"step": done, "split": split, "loss": loss, "accuracy": accuracy})
+            logged.update({f"{split}_eval_loss": loss, f"{split}_eval_accuracy": accuracy})
+        if self.readback.since_eval.count:
+            loss, accuracy = self.readback.since_eval.take()
+            self.metrics["eval"].append({"step": done, "split": "train_batches", "loss": loss,
+                                         "accuracy": accuracy})
+            logged.update({"train_batches_loss": loss, "train_batches_accuracy": accuracy})
+        self.tracker.log_metrics({k: v for k, v in logged.items() if math.isfinite(v)}, done)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `step`: a pure function of (seed, step), augmented and with the step's generators."""
+        idx = self.sampler.indices(step)
+        x, y = self.transform(self.data.train_x[idx]), self.data.train_y[idx]
+        if self.augmenting:
+            x = augment(x, self.spec["augment"]["crop"], self.spec["augment"]["flip"],
+                        step_generator(self.seed, step, 1, self.device))
+        if self.random_modules:
+            set_generator(self.model, step_generator(self.seed, step, 2, self.device))
+        return x, y
+
+    def recording(self, step: int) -> tuple[bool, bool]:
+        """(full statistics, per-unit moments only) for this step: full every `layers_every` steps,
+        moments on the step after (Fig. 8 compares successive steps)."""
+        full = step % self.every["layers_every"] == 0
+        return full, full or self.recorder.moments_step == step - 1
+
+    def forward_backward(self, step: int, autocast, full: bool, moments: bool):
+        """Loss, training-mode accuracy and gradients of batch `step` (statistics hooks on)."""
+        x, y = self.batch(step)
+        with self.recorder.watch(full, moments):
+            with autocast:
+                out = self.model(x)
+                value = self.loss(out.float(), y)
+            self.opt.zero_grad(set_to_none=True)
+            value.backward()
+        accuracy = None if self.regression else (out.argmax(1) == y).float().mean()
+        return value, accuracy
+
+    def read_back(self) -> int | None:
+        return self.readback.flush(self.metrics["train"], self.tracker.log_metrics, self.log)
+
+    def progress(self, done: int, images: int) -> None:
+        now = time.perf_counter()
+        rate = images / max(now - self.t0, 1e-9)
+        eta = (self.steps - done) * (now - self.t0) / max(done - self.start, 1)
+        self.log(f"[{self.spec['run']}] step {done}/{self.steps} loss {self.readback.last_loss:.4f} "
+                 f"{rate:,.0f} img/s eta {eta:,.0f}s")
+
+    def wall(self) -> float:
+        return self.elapsed + time.perf_counter() - self.t0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(self) -> tuple[str, int | None]:
+        """Steps start..steps; returns (status, diverged step)."""
+        schedule, every = set(self.spec["checkpoints"]), self.every
+        autocast = autocast_context(self.device, self.precision)
+        self.model.train()
+        images, last_report = 0, time.perf_counter()
+        with conv_precision(self.device, self.precision):
+            if self.start == 0:
+                self.evaluate(0)
+                if 0 in schedule:
+                    self.checkpoint(0)
+            for step in range(self.start, self.steps):
+                full, moments = self.recording(step)
+                value, accuracy = self.forward_backward(step, autocast, full, moments)
+                self.readback.add(step, value, accuracy)
+                done = step + 1
+                report = time.perf_counter() - last_report > 10 or done in (self.steps, self.start + 1)
+                evaluating = done % every["eval_every"] == 0 or done == self.steps
+                must_read = moments or report or evaluating or done in schedule or self.readback.due()
+                if must_read and (diverged := self.read_back()) is not None:
+                    return "diverged", diverged  # nothing of the diverged step is recorded
+                if moments:
+                    self.recorder.collect(step, full, self.metrics["layers"], self.metrics["units"])
+                self.opt.step()
+                images += self.sampler.batch_size
+                if evaluating:
+                    self.evaluate(done)
+                if done in schedule:
+                    self.checkpoint(done)
+                if report:
+                    self.progress(done, images)
+                    last_report = time.perf_counter()
+        diverged = self.read_back()
+        return ("diverged", diverged) if diverged is not None else ("completed", None)
+
+
 def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int = 0) -> dict:
     """Train the run described by `spec` into `run_dir`, resuming from its last good checkpoint.
 
     `open_tracker(previous_run_id) -> tracker` is called once the checkpoint (if any) is loaded,
     so a resumed run continues the same MLflow run. Returns the summary written to summary.json.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    run_dir = Path(run_dir)
-    runtime = spec["runtime"]
-    if threads or runtime["threads"]:
-        torch.set_num_threads(runtime["threads"] or threads)
-    device = resolve_device(runtime)
-    optim = spec["optim"]
-    steps, seed = optim["steps"], spec["seed"]
-
-    data = load_prepared(spec["dataset"]["path"])
-    _check_data(spec, data.meta)
-    data = data.to(device)
-    regression = data.task == "regression"
-    model, channels_last = place_model(spec, device)
-    transform = InputTransform(data.meta, device, channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
-                          weight_decay=optim["weight_decay"])
-    loss = loss_fn(spec)
-    sampler = BatchSampler(data.train_x.shape[0], optim["batch_size"], seed, device)
-    eval_n = spec["log"]["eval_samples"]
-    eval_sets = {"test": (data.test_x[:eval_n], data.test_y[:eval_n]),
-                 "train": (data.train_x[:eval_n], data.train_y[:eval_n])}
-    if data.test_x.shape[0] == 0:
-        del eval_sets["test"]
-
-    metrics = {"train": [], "eval": [], "layers": []}
-    start, previous_mlflow, elapsed = 0, None, 0.0
-    state = latest_good_checkpoint(run_dir, warn=log)
-    if state is not None:
-        if state["spec"].get("run") != spec["run"]:
-            raise RuntimeError(f"{run_dir}/checkpoints belong to run {state['spec'].get('run')}, "
-                               f"not {spec['run']}: move them away")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, metrics = state["step"], state["metrics"]
-        previous_mlflow, elapsed = state.get("mlflow_run_id"), state.get("wall_seconds", 0.0)
-        log(f"resuming {spec['run']} from step {start}")
-    tracker = open_tracker(previous_mlflow) if open_tracker else NullTracker()
-
-    schedule = set(spec["checkpoints"])
-    every = spec["log"]
-    autocast = autocast_context(device, runtime["precision"])
-    status, diverged_step = "completed", None
-    model.train()
-    t0, last_report, images = time.perf_counter(), time.perf_counter(), 0
-
-    def checkpoint(done: int) -> None:
-        save_checkpoint(checkpoint_path(run_dir, done), {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": done, "spec": spec,
-            "rng": {"scheme": "per-step generators seeded from (seed, step, stream)", "seed": seed},
-            "metrics": metrics, "mlflow_run_id": tracker.run_id,
-            "wall_seconds": elapsed + time.perf_counter() - t0})
-
-    def run_eval(done: int) -> None:
-        logged = {}
-        for split, (x, y) in eval_sets.items():
-            l, a = evaluate(model, x, y, transform, loss, regression)
-            metrics["eval"].append({"step": done, "split": split, "loss": l, "accuracy": a})
-            logged.update({f"{split}_eval_loss": l, f"{split}_eval_accuracy": a})
-        tracker.log_metrics({k: v for k, v in logged.items() if math.isfinite(v)}, done)
-
-    # Loss and accuracy stay on the device until read back in one go: on CUDA a `.item()` per step
-    # stalls the host every step (measured on an H200: the VGG-11 x0.25 loop at 0.75x its compute
-    # ceiling). They are read back every step on the CPU (free there), else every 32 steps
-    # and before anything that must not see a diverged step: a checkpoint, an evaluation, layer
-    # statistics, a progress line, the end. A NaN found late still ends the run at its own step;
-    # the steps taken after it on the device are never saved.
-    readback = READBACK_EVERY.get(device.type, 32)
-    pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
-    last = {"loss": math.nan, "accuracy": math.nan}
-
-    def read_back() -> int | None:
-        """Move pending losses into the metrics; the step of the first non-finite one, if any."""
-        if not pending:
-            return None
-        losses = [l.float() for _, l, _ in pending]
-        accuracies = [a for _, _, a in pending if a is not None]
-        values = torch.stack(losses + accuracies).tolist()  # one host sync for all of them
-        read_acc = iter(values[len(losses):])
-        done_ = [(step_, loss_value, next(read_acc) if a is not None else math.nan)
-                 for (step_, _, a), loss_value in zip(pending, values)]
-        pending.clear()
-        for step_, loss_value, acc in done_:
-            if not math.isfinite(loss_value):
-                metrics["train"].append({"step": step_, "loss": loss_value, "accuracy": math.nan})
-                log(f"step {step_}: loss is {loss_value}; the run diverged and ends here")
-                return step_
-            last["loss"] = loss_value
-            if step_ % every["train_every"] == 0:
-                last["accuracy"] = acc
-                metrics["train"].append({"step": step_, "loss": loss_value, "accuracy": acc})
-                tracker.log_metrics({"train_loss": loss_value,
-                                     **({} if regression else {"train_accuracy": acc})}, step_)
-        return None
-
-    random_modules = any(hasattr(m, "generator") for m in model.modules())  # noise, dropout
-    with conv_precision(device, runtime["precision"]):
-        if start == 0:
-            run_eval(0)
-            if 0 in schedule:
-                checkpoint(0)
-        for step in range(start, steps):
-            record = step % every["layers_every"] == 0
-            if record and (diverged_step := read_back()) is not None:
-                status = "diverged"
-                break
-            idx = sampler.indices(step)
-            x, y = transform(data.train_x[idx]), data.train_y[idx]
-            if spec["augment"]["crop"] or spec["augment"]["flip"]:
-                x = augment(x, spec["augment"]["crop"], spec["augment"]["flip"],
-                            step_generator(seed, step, 1, device))
-            if random_modules:
-                set_generator(model, step_generator(seed, step, 2, device))
-            recorder = LayerRecorder(model) if record else contextlib.nullcontext()
-            with recorder:
-                with autocast:
-                    out = model(x)
-                    value = loss(out.float(), y)
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-            logged = step % every["train_every"] == 0 and not regression
-            pending.append((step, value.detach(), (out.argmax(1) == y).float().mean() if logged else None))
-            done = step + 1
-            now = time.perf_counter()
-            report = now - last_report > 10 or done == steps or done == start + 1
-            must_read = (record or report or len(pending) >= readback or done in schedule
-                         or done % every["eval_every"] == 0 or done == steps)
-            if must_read and (diverged_step := read_back()) is not None:
-                status = "diverged"
-                break
-            if record:
-                metrics["layers"].extend(recorder.rows(step))
-            opt.step()
-            images += x.shape[0]
-            if done % every["eval_every"] == 0 or done == steps:
-                run_eval(done)
-            if done in schedule:
-                checkpoint(done)
-            if report:
-                rate = images / (now - t0)
-                eta = (steps - done) * (now - t0) / max(done - start, 1)
-                acc_text = "" if regression else f" acc {last['accuracy']:.3f}"
-                log(f"[{spec['run']}] step {done}/{steps} loss {last['loss']:.4f}{acc_text} "
-                    f"{rate:,.0f} img/s eta {eta:,.0f}s")
-                last_report = now
-        else:
-            if (diverged_step := read_back()) is not None:
-                status = "diverged"
-
-    summary = finalise(spec, run_dir, metrics, status, diverged_step, str(device),
-                       elapsed + time.perf_counter() - t0, tracker.run_id)
-    tracker.finish(status, summary)
+    run = Run(spec, run_dir, threads=threads, log=log)
+    run.resume()
+    if open_tracker:
+        run.tracker = open_tracker(run.previous_mlflow) or NullTracker()
+    status, diverged_step = run.train()
+    summary = make_summary(spec, run.run_dir, run.metrics, status, diverged_step, str(run.device),
+                           run.wall(), run.tracker.run_id)
+    run.tracker.finish(status, summary)
+    write_outputs(spec, run.run_dir, run.metrics, summary)
     return summary
 
 
@@ -399,27 +497,29 @@ def _check_data(spec: dict, meta: dict) -> None:
                            f"datasets.{want['name']}.image_size/channels/classes to match")
 
 
-def finalise(spec: dict, run_dir: Path, metrics: dict, status: str, diverged_step: int | None,
-             device: str, wall: float, mlflow_run_id: str | None) -> dict:
-    """Write the per-run tables, then summary.json last (it marks the run as done)."""
-    write_json(run_dir / "spec.json", spec)
-    write_csv(run_dir / "train.csv", metrics["train"], ["step", "loss", "accuracy"])
-    write_csv(run_dir / "eval.csv", metrics["eval"], ["step", "split", "loss", "accuracy"])
-    write_csv(run_dir / "layers.csv", metrics["layers"], LAYER_COLUMNS)
-    last = {}
-    for row in metrics["eval"]:
-        last[row["split"]] = row
-    nan = math.nan
-    final = {f"{split}_{k}": (last[split][k] if split in last and status == "completed" else nan)
-             for split in ("train", "test") for k in ("loss", "accuracy")}
-    summary = {
+def make_summary(spec: dict, run_dir: Path, metrics: dict, status: str, diverged_step: int | None,
+                 device: str, wall: float, mlflow_run_id: str | None) -> dict:
+    """summary.json: status, final metrics (the last evaluation of each split), checkpoints."""
+    last = {row["split"]: row for row in metrics["eval"]}
+    final = {}
+    for split in ("train", "test", "train_batches"):
+        for key in ("loss", "accuracy"):
+            value = last[split][key] if split in last and status == "completed" else math.nan
+            final[f"{split}_{key}"] = value if isinstance(value, float) and math.isfinite(value) else None
+    return {
         "run": spec["run"], "status": status,
         "steps_done": diverged_step if status == "diverged" else spec["optim"]["steps"],
         "diverged_step": diverged_step,
-        "final": {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in final.items()},
+        "final": final,
         "checkpoints": [{"step": s, "path": str(p)} for s, p in list_checkpoints(run_dir)],
         "labels": {"variant": spec["norm"]["variant"], "lr": spec["optim"]["lr"], "seed": spec["seed"]},
         "wall_seconds": wall, "device": device, "mlflow_run_id": mlflow_run_id,
     }
+
+
+def write_outputs(spec: dict, run_dir: Path, metrics: dict, summary: dict) -> None:
+    """Write the per-run tables, then summary.json last (it marks the run as done)."""
+    write_json(run_dir / "spec.json", spec)
+    for name, columns in RUN_TABLES.items():
+        write_csv(run_dir / f"{name}.csv", metrics[name], columns)
     write_json(run_dir / "summary.json", summary)
-    return summary

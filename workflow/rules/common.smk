@@ -1,5 +1,7 @@
-# Helpers shared by the rules: the validated config, the run plan, and the functions that turn
-# them into rule inputs and params. Logic about *what* to run lives in bnstudy.config.plan.
+# Helpers shared by the rules: the validated config, the plan, and the functions that turn them
+# into rule inputs and params. What to run is decided in bnstudy.config.plan; the figure and
+# claim kinds (and the tables each reads) in bnstudy.catalog. Nothing here imports torch or
+# matplotlib: parsing the DAG stays fast.
 import json
 import os
 import sys
@@ -8,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works without `pip install -e .` too
 
-from bnstudy.config import ConfigError, load_config, plan
-from bnstudy.figures import FIGURES
+from bnstudy.catalog import FIGURE_KINDS, claim_tables, figure_tables
+from bnstudy.config import ANALYSES, ConfigError, load_config, plan
 from bnstudy.tracking import EXECUTION_ENV
 
 try:
@@ -21,34 +23,44 @@ config.update(_validated)
 
 PLAN = plan(config)
 RESULTS = config["results"]
+STUDIES = {name: cfg for name, cfg in config["studies"].items() if name in PLAN.study_runs}
 # one id per pipeline execution, inherited by every job (locally and through sbatch's
 # environment export), so MLflow can group one execution's runs
+
 os.environ.setdefault(EXECUTION_ENV, uuid.uuid4().hex[:12])
 # Jobs import the package from this checkout (also in conda envs and on cluster nodes), and run
 # `python` = the interpreter that runs Snakemake (a venv works without being activated), unless a
 # conda env (--sdm conda) puts its own interpreter first on PATH.
-_src = str(Path(workflow.basedir) / "src")
-os.environ.update(PYTHONPATH=_src)
+os.environ.update(PYTHONPATH=str(Path(workflow.basedir) / "src"))
 if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method):
     os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 TRACKING = {**config["tracking"], "results": RESULTS}
+CAPTIONS = Path(workflow.basedir) / "workflow" / "report" / "figures"
 
 
 wildcard_constraints:
     run="[A-Za-z0-9_.+-]+",
-    study="[a-z0-9_]+",
+    study="[a-z][a-z0-9_]*",
     dataset="[A-Za-z0-9_-]+",
-    analysis="ics|landscape|curvature",
-    figure="[a-z0-9_]+",
+    analysis="|".join(ANALYSES),
+    digest="[0-9a-f]{8}",
+    kind="|".join(FIGURE_KINDS),
 
 
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+# -- data and training
+
+
 def dataset_config(wildcards):
     return as_json(config["datasets"][wildcards.dataset])
+
+
+def run_folder(wildcards):
+    return f"{RESULTS}/runs/{wildcards.run}"
 
 
 def run_spec(wildcards):
@@ -67,55 +79,77 @@ def tracking_marker(wildcards=None):
     return [f"{RESULTS}/tracking/ready.json"] if TRACKING["enabled"] else []
 
 
+# -- analyses: one table per (run, analysis, settings hash), shared by every study that asks
+
+
 def analysis_settings(wildcards):
-    return as_json(PLAN.study_analyses[wildcards.study][wildcards.analysis])
+    return as_json(PLAN.analysis_settings[wildcards.digest])
+
+
+def analysis_table(run, analysis, digest):
+    return f"{RESULTS}/analysis/{run}/{analysis}-{digest}.csv"
+
+
+# -- study tables
 
 
 def study_config(wildcards):
-    return as_json(config["studies"][wildcards.study])
+    return as_json(STUDIES[wildcards.study])
 
 
 def study_summaries(wildcards):
     return [f"{RESULTS}/runs/{run}/summary.json" for run in PLAN.study_runs[wildcards.study]]
 
 
+def study_run_tables(wildcards):
+    """The per-run files aggregation reads besides summary.json."""
+    names = ("spec.json", "train.csv", "eval.csv", "layers.csv", "units.csv")
+    return [f"{RESULTS}/runs/{run}/{name}" for run in PLAN.study_runs[wildcards.study] for name in names]
+
+
 def study_analysis_tables(wildcards):
-    return [
-        f"{RESULTS}/analysis/{wildcards.study}/{analysis}/{run}.csv"
-        for analysis in PLAN.study_analyses[wildcards.study]
-        for run in PLAN.study_runs[wildcards.study]
-    ]
+    """The study's runs' tables of one analysis, in the order of study_summaries."""
+    digest = PLAN.study_analyses[wildcards.study][wildcards.analysis]
+    return [analysis_table(run, wildcards.analysis, digest) for run in PLAN.study_runs[wildcards.study]]
 
 
-def tables_root(wildcards, input):
-    """results/tables, from a study's runs.csv (results/tables/<study>/runs.csv)."""
-    return str(Path(input[0]).parent.parent)
+def study_table(study, name):
+    return f"{RESULTS}/tables/{study}/{name}.csv"
+
+
+# -- figures and claims: each declares exactly the tables it reads
+
+
+def figure_inputs(wildcards):
+    return {name: study_table(wildcards.study, name) for name in figure_tables(wildcards.kind)}
+
+
+def figure_table_args(wildcards):
+    return " ".join(f"{name}={path}" for name, path in figure_inputs(wildcards).items())
 
 
 def figure_caption(wildcards):
-    return FIGURES[wildcards.study][wildcards.figure]
+    """The study's description, then what the figure kind plots (workflow/report/figures/<kind>.rst)."""
+    text = (CAPTIONS / f"{wildcards.kind}.rst").read_text().strip()
+    description = STUDIES[wildcards.study]["description"].strip()
+    return f"{description}\n\n{text}" if description else text
+
+
+def claim_inputs():
+    return {f"{study}:{name}": study_table(study, name)
+            for study, cfg in STUDIES.items() for kind in cfg["claims"] for name in claim_tables(kind)}
+
+
+def claim_table_args():
+    return " ".join(f"{key}={path}" for key, path in claim_inputs().items())
 
 
 def figure_files():
-    return [
-        f"{RESULTS}/figures/{study}/{figure}.png"
-        for study in PLAN.study_runs
-        for figure in FIGURES.get(study, {})
-    ]
+    return [f"{RESULTS}/figures/{study}/{kind}.png" for study, cfg in STUDIES.items() for kind in cfg["figures"]]
 
 
 def all_outputs():
-    return figure_files() + [
-        f"{RESULTS}/claims.csv",
-        f"{RESULTS}/claims.md",
-        f"{RESULTS}/tracking/figures.json",
-    ]
-
-
-def parent_of_input(wildcards, input):
-    """The folder of a rule's first input (a run folder, a study's tables folder)."""
-    return str(Path(input[0]).parent)
-
-
-def parent_of_output(wildcards, output):
-    return str(Path(output[0]).parent)
+    outputs = figure_files() + [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md"]
+    if TRACKING["enabled"]:
+        outputs.append(f"{RESULTS}/tracking/figures.json")
+    return outputs

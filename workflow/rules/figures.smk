@@ -1,39 +1,39 @@
 rule figure:
-    """One figure of one study, drawn from the study's tables (PNG for the report, PDF beside it)."""
+    """One figure kind of one study, drawn from exactly the study tables it reads (PNG + PDF)."""
     input:
-        runs=f"{RESULTS}/tables/{{study}}/runs.csv",
+        unpack(figure_inputs),
     output:
         png=report(
-            f"{RESULTS}/figures/{{study}}/{{figure}}.png",
+            f"{RESULTS}/figures/{{study}}/{{kind}}.png",
             caption="../report/figure.rst",
             category="{study}",
         ),
-        pdf=f"{RESULTS}/figures/{{study}}/{{figure}}.pdf",
+        pdf=f"{RESULTS}/figures/{{study}}/{{kind}}.pdf",
     params:
         caption=figure_caption,
         study=study_config,
-        tables=parent_of_input,
+        tables=figure_table_args,
     log:
-        f"{RESULTS}/logs/figure/{{study}}/{{figure}}.log",
+        f"{RESULTS}/logs/figure/{{study}}/{{kind}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/figure/{{study}}/{{figure}}.tsv"
+        f"{RESULTS}/benchmarks/figure/{{study}}/{{kind}}.tsv"
     conda:
         "../../envs/figures.yaml"
     shell:
-        "python -m bnstudy figure --study {wildcards.study} --figure {wildcards.figure} "
-        "--tables {params.tables} --study-config {params.study:q} --out {output.png} > {log} 2>&1"
+        "python -m bnstudy figure --kind {wildcards.kind} --study {wildcards.study} "
+        "--study-config {params.study:q} --table {params.tables} --out {output.png} > {log} 2>&1"
 
 
 rule claims:
-    """The claims verdict table: each claim of both papers against the measured effect."""
+    """The claims verdict table: each claim a study lists, against its measured effect."""
     input:
-        expand(f"{RESULTS}/tables/{{study}}/runs.csv", study=list(PLAN.study_runs)),
+        **claim_inputs(),
     output:
         csv=report(f"{RESULTS}/claims.csv", caption="../report/claims.rst", category="claims"),
         md=f"{RESULTS}/claims.md",
     params:
-        studies=as_json({s: config["studies"][s] for s in PLAN.study_runs}),
-        tables=tables_root,
+        studies=as_json(STUDIES),
+        tables=claim_table_args(),
     log:
         f"{RESULTS}/logs/claims.log",
     benchmark:
@@ -41,7 +41,7 @@ rule claims:
     conda:
         "../../envs/figures.yaml"
     shell:
-        "python -m bnstudy claims --tables-root {params.tables} --studies-config {params.studies:q} "
+        "python -m bnstudy claims --studies-config {params.studies:q} --table {params.tables} "
         "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 

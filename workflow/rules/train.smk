@@ -2,7 +2,8 @@ rule train:
     """Train one run (variant x lr x seed x setup); resumes from its last checkpoint.
 
     Checkpoints (results/runs/{run}/checkpoints/) are deliberately not outputs: Snakemake deletes
-    a failed job's outputs, and the checkpoints must survive to resume from.
+    a failed job's outputs, and the checkpoints must survive to resume from. summary.json, written
+    last, lists them; the analyses read them through it.
     """
     input:
         data=run_dataset,
@@ -13,11 +14,12 @@ rule train:
         train=f"{RESULTS}/runs/{{run}}/train.csv",
         eval=f"{RESULTS}/runs/{{run}}/eval.csv",
         layers=f"{RESULTS}/runs/{{run}}/layers.csv",
+        units=f"{RESULTS}/runs/{{run}}/units.csv",
     params:
         spec=run_spec,
         studies=run_studies,
         tracking=as_json(TRACKING),
-        run_dir=parent_of_output,
+        run_dir=run_folder,
     threads: max(1, config["runtime"]["threads"])
     resources:
         mem_mb=4000,

@@ -1,11 +1,14 @@
-"""Curvature of the loss at a checkpoint, Santurkar et al. 2018 section 4 (PAPER.md, "Theory").
+"""Curvature of the loss at a checkpoint, Santurkar et al. 2018 section 4 (Theorem 4.2 and the
+Hessian spectrum).
 
 - grad_quadratic = g^T H g / ||g||^2, the curvature along the gradient (Theorem 4.2's quadratic
   form), with g and H the gradient and Hessian of L over all parameters.
 - top_eigenvalue: the Hessian eigenvalue of largest magnitude (sign kept), by power iteration
   from a seeded random start. Near a trained network's weights the largest positive eigenvalue
   dominates, which is what "top eigenvalue" means in practice; a dominant negative one would show
-  up as a negative value rather than be mistaken for a positive one.
+  up as a negative value rather than be mistaken for a positive one. The table records the
+  iterations used and whether the Rayleigh quotient converged (changed by at most tol * |value|):
+  an unconverged value is an estimate, and the figures flag it.
 
 Hessian-vector products use double backward: one forward and backward with create_graph builds
 g as a differentiable function of the weights, then each H v is one more backward through that
@@ -34,7 +37,7 @@ def _gradient_graph(objective: Objective, params: Params) -> tuple[list[torch.Te
 
 
 def curvature(objective: Objective, params: Params, settings: dict) -> dict:
-    """{grad_quadratic, top_eigenvalue} at `params`.
+    """{grad_quadratic, top_eigenvalue, power_iters, converged} at `params`.
 
     settings: power_iters (max Hessian-vector products of the power iteration), tol (stop when
     the Rayleigh quotient changes by at most tol * |value| between iterations), seed (start
@@ -58,14 +61,16 @@ def curvature(objective: Objective, params: Params, settings: dict) -> dict:
          for p in params.values()]
     v_norm = norm(as_dict(v))
     v = [t / v_norm for t in v]
-    eig = float("nan")
-    for _ in range(settings["power_iters"]):
+    eig, iters, converged = float("nan"), 0, False
+    for iters in range(1, settings["power_iters"] + 1):
         hv = hvp(v)
         new = dot(as_dict(v), as_dict(hv))  # Rayleigh quotient, ||v|| = 1
         hv_norm = norm(as_dict(hv))
         converged = math.isfinite(eig) and abs(new - eig) <= settings["tol"] * abs(new)
         eig = new
+        if hv_norm == 0:  # v is in the null space: the top eigenvalue along it is exactly 0
+            converged = True
         if converged or hv_norm == 0 or not math.isfinite(hv_norm):
             break
         v = [t / hv_norm for t in hv]
-    return {"grad_quadratic": quad, "top_eigenvalue": eig}
+    return {"grad_quadratic": quad, "top_eigenvalue": eig, "power_iters": iters, "converged": converged}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call
 
 Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -174,49 +174,6 @@ class Objective:
             grads = g if grads is None else [a + c for a, c in zip(grads, g)]
             losses.append(float(loss.detach()))
         return math.fsum(losses) / n, dict(zip(names, grads))
-
-    def values_and_grads(self, points: list[Params], chunk: int = 1) -> list[tuple[float, Params]]:
-        """value_and_grad at several points.
-
-        chunk = 1 evaluates them one after the other. chunk > 1 evaluates up to `chunk` points in
-        one `torch.func.vmap` call (each with its own batch statistics and its own copy of the
-        buffers, so it is exact with BatchNorm). Measured on a 2-core CPU with a width-0.25 VGG-11
-        at batch 128 (benchmarks/landscape_probe.py), vmap is 1.5-3x *slower* than the loop: the
-        work is compute-bound and vmap's batch-norm decomposition adds elementwise passes. It may
-        pay on a GPU for small models (launch-bound; not measured); hence an option, default off.
-        Its grouped kernels round differently, so in float32 it agrees with the loop to ~1e-4,
-        not bit for bit. Never used with active random modules (vmap forbids their draws).
-        """
-        if chunk <= 1 or self._random_modules or len(points) == 1:
-            return [self.value_and_grad(p) for p in points]
-        out = []
-        for start in range(0, len(points), chunk):
-            out.extend(self._vmapped(points[start:start + chunk]))
-        return out
-
-    def _vmapped(self, points: list[Params]) -> list[tuple[float, Params]]:
-        k = len(points)
-        stacked = {name: torch.stack([p[name] for p in points]) for name in points[0]}
-        n = len(self.batches)
-
-        def loss(params, buffers, x, y):
-            raw = self.loss_fn(functional_call(self.model, (params, buffers), (x,)), y)
-            return raw / n, raw.detach()
-
-        losses: list[list[float]] = [[] for _ in range(k)]
-        grads = None
-        for x, y in self.batches:
-            # A per-point copy of the buffers: BatchNorm writes running stats into them in place,
-            # which vmap only allows into batched tensors.
-            buffers = {name: b.unsqueeze(0).expand(k, *b.shape).clone()
-                       for name, b in self.buffers.items()}
-            g, (_, raw) = vmap(grad_and_value(loss, has_aux=True),
-                               in_dims=(0, 0, None, None))(stacked, buffers, x, y)
-            grads = g if grads is None else {name: grads[name] + g[name] for name in g}
-            for i, r in enumerate(raw.tolist()):
-                losses[i].append(r)
-        return [(math.fsum(losses[i]) / n, {name: grads[name][i] for name in grads})
-                for i in range(k)]
 
 
 # ---------------------------------------------------------------------------------------------

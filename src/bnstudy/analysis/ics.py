@@ -1,4 +1,4 @@
-"""Internal covariate shift, Santurkar et al. 2018, Definition 2.1 (PAPER.md, "Measurements").
+"""Internal covariate shift, Santurkar et al. 2018, Definition 2.1 (Fig. 3).
 
 For layer i at step t: G = dL/dW_i at (W_1..W_k) on batch (x, y); G' = the same gradient on the same
 batch after every earlier layer W_1..W_{i-1} has taken its step-t update. ICS is reported as

@@ -1,7 +1,7 @@
 """CLI glue for the analyses: a run's checkpoints -> one per-run table (docs/architecture.md).
 
-`analyze("ics" | "landscape" | "curvature", run_dir, settings, out)` loads each selected
-checkpoint (never retrains), evaluates the analysis on fixed, seeded analysis batches and writes
+`analyze(settings, run_dir, out)` (settings["analysis"]: ics, landscape or curvature) loads each
+selected checkpoint (never retrains), evaluates the analysis on fixed, seeded analysis batches and writes
 `out` (CSV) atomically. Everything is in training mode (batch statistics, as the loss that
 training optimises); noisy variants' noise and dropout are off unless settings["noise"].
 
@@ -22,8 +22,6 @@ Choices:
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import sys
 import time
@@ -31,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write
 from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from ..data import analysis_batches, load_prepared
 from ..models import build_model, loss_fn, uses_channels_last
+from ..runtime import exact_numerics
+from ..tables import ANALYSIS_TABLES, write_csv
 from .curvature import curvature
 from .functional import Objective, all_finite, origin_state
 from .ics import ics
@@ -46,13 +45,6 @@ SETTINGS = {
     "landscape": COMMON + ("eta_min", "eta_max", "points", "relative", "random_directions"),
     "curvature": COMMON + ("power_iters", "tol"),
 }
-COLUMNS = {
-    "ics": ["step", "layer", "l2_diff", "cosine", "grad_norm"],
-    "landscape": ["step", "direction", "eta", "eta_rel", "loss", "grad_diff", "beta"],
-    "curvature": ["step", "grad_quadratic", "top_eigenvalue"],
-}
-
-
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -116,15 +108,6 @@ def prepare_model(spec: dict, state: dict, noise: bool, device: str,
     return model
 
 
-def exact_numerics(device: str):
-    """On CUDA: IEEE float32 convolutions (no TF32) and deterministic cuDNN algorithms, so that
-    differences between probe points are differences of the loss surface, not of rounding or
-    of the algorithm cuDNN picked. A no-op elsewhere."""
-    if torch.device(device).type != "cuda":
-        return contextlib.nullcontext()
-    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
-
-
 def analysis_layout(x: torch.Tensor, spec: dict, device: str) -> torch.Tensor:
     """An input batch in the memory format of `prepare_model`'s network."""
     return x.contiguous(memory_format=torch.channels_last) if uses_channels_last(spec, device) else x
@@ -145,24 +128,16 @@ def run_analysis(analysis: str, objective: Objective, params: dict, model, ckpt:
     raise ValueError(f"unknown analysis {analysis!r}; known: {', '.join(SETTINGS)}")
 
 
-def write_csv(rows: list[dict], columns: list[str], out: Path) -> None:
-    """Write atomically (bnstudy.atomic): header always, one line per row."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+def analyze(settings: dict, run_dir: Path, out: Path, device: str = "cpu") -> Path:
+    """Run the analysis `settings["analysis"]` on the selected checkpoints of `run_dir` and write
+    the table to `out`.
 
-    atomic_write(out, write)
-
-
-def analyze(analysis: str, run_dir: Path, settings: dict, out: Path, device: str = "cpu") -> Path:
-    """Run `analysis` on the selected checkpoints of `run_dir` and write the table to `out`.
-
-    settings (all keys required, defaults applied by the config): common steps, batch_size,
-    batches, seed, noise; landscape also eta_min, eta_max, points, relative, random_directions;
-    curvature also power_iters, tol. Optional: dtype (see the module docstring). Returns `out`.
+    settings (all keys required, defaults applied by the config): analysis, and the common steps,
+    batch_size, batches, seed, noise; landscape also eta_min, eta_max, points, relative,
+    random_directions; curvature also power_iters, tol. Optional: dtype (see the module
+    docstring). Returns `out`.
     """
+    analysis = settings.get("analysis")
     if analysis not in SETTINGS:
         raise ValueError(f"unknown analysis {analysis!r}; known: {', '.join(SETTINGS)}")
     missing = [k for k in SETTINGS[analysis] if k not in settings]
@@ -199,5 +174,5 @@ def analyze(analysis: str, run_dir: Path, settings: dict, out: Path, device: str
                 rows.append({"step": step, **row})
         _log(f"{analysis} {run_dir.name}: step {step} ({k}/{len(selected)}) "
              f"{time.perf_counter() - start:.1f}s")
-    write_csv(rows, COLUMNS[analysis], out)
+    write_csv(out, rows, ANALYSIS_TABLES[analysis])
     return out

@@ -1,0 +1,180 @@
+"""The table layer: every CSV/JSON the stages exchange, its columns, and how it is read and written.
+
+One place for the file contracts of docs/architecture.md, so training, analyses, aggregation,
+figures and claims agree on them. No torch here (figures and claims import this module) and no
+pandas at import time (training jobs write their tables through it without paying for pandas).
+
+Writes are atomic (`bnstudy.atomic`): a killed job leaves the old file or the new one. Reads name
+the file and what is wrong with it (`TableError`), because a silently dropped run would bias every
+mean downstream.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .atomic import atomic_write
+
+# ---------------------------------------------------------------------------------------------
+# contracts
+
+# per-run tables, written by training (results/runs/{run}/)
+RUN_TABLES: dict[str, list[str]] = {
+    # training mode, the network that is trained: mean over the `log.train_every` batches ending at `step`
+    "train": ["step", "loss", "accuracy"],
+    # split train/test: eval mode (running statistics, noise and dropout off) on `log.eval_samples`
+    # samples; split train_batches: training mode on the batches trained on since the last evaluation
+    "eval": ["step", "split", "loss", "accuracy"],
+    # one row per (step, normalised layer): gradient norms wrt the layer's weight and output, mean
+    # |gamma_j| / sigma_j (BatchNorm layers), and the change of each unit's mean and variance of the
+    # non-linearity's input between steps t and t+1, averaged over the layer's units
+    "layers": ["step", "layer", "weight_grad_norm", "output_grad_norm", "gamma_over_sigma",
+               "unit_mean_change", "unit_var_change"],
+    # one row per (step, layer, unit) for `log.units` fixed units: one unit's activations over the
+    # batch (and spatial positions)
+    "units": ["step", "layer", "unit", "mean", "var", "p05", "p15", "p50", "p85", "p95"],
+}
+EVAL_SPLITS = ("train", "test", "train_batches")
+
+# checkpoint analyses (results/analysis/{run}/{analysis}-{settings hash}.csv)
+ANALYSIS_TABLES: dict[str, list[str]] = {
+    "ics": ["step", "layer", "l2_diff", "cosine", "grad_norm"],
+    "landscape": ["step", "direction", "eta", "eta_rel", "loss", "grad_diff", "beta"],
+    "curvature": ["step", "grad_quadratic", "top_eigenvalue", "power_iters", "converged"],
+}
+
+# study tables (results/tables/{study}/): every row labelled with these, then the study's grid columns
+LABEL_COLUMNS = ["run", "variant", "lr", "seed", "status"]
+FINAL_METRICS = [f"{split}_{metric}" for split in EVAL_SPLITS for metric in ("loss", "accuracy")]
+RUNS_COLUMNS = (["setup", "task"] + [f"final_{name}" for name in FINAL_METRICS]
+                + ["steps", "steps_done", "diverged_step", "wall_seconds"])
+STUDY_TABLES: dict[str, list[str]] = {"runs": RUNS_COLUMNS, **RUN_TABLES, **ANALYSIS_TABLES}
+
+
+class TableError(ValueError):
+    """An input file is missing or does not follow the contract; the message names the file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if value is None:
+        return ""
+    return str(value)
+
+
+def write_csv(path: Path, table, columns: list[str] | None = None) -> Path:
+    """Write `table` (a pandas DataFrame, or a list of dict rows) as CSV, atomically.
+
+    Rows are written in `columns` order (default: the frame's columns / the first row's keys);
+    a missing cell is NaN. The header is written even when there are no rows.
+    """
+    if hasattr(table, "to_csv"):
+        frame = table if columns is None else table.reindex(columns=columns)
+        return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    rows = list(table)
+    columns = columns or (list(rows[0]) if rows else [])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(columns)
+            out.writerows([_cell(row.get(c, math.nan)) for c in columns] for row in rows)
+
+    return atomic_write(path, write)
+
+
+def write_json(path: Path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON object; missing or malformed files raise TableError naming the file."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise TableError(f"{path}: file is missing") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TableError(f"{path}: malformed JSON ({error})") from error
+    if not isinstance(content, dict):
+        raise TableError(f"{path}: expected a JSON object, got {type(content).__name__}")
+    return content
+
+
+def read_table(path: Path, required_columns: Iterable[str] = ()):
+    """Read a CSV (pandas) and check its columns; a header-only file is a valid empty table."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file is missing")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise TableError(f"{path}: malformed CSV ({error})") from error
+    missing = [column for column in required_columns if column not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: missing columns {missing}")
+    return frame
+
+
+def grid_columns(study_cfg: Mapping) -> dict[str, str]:
+    """Dotted config key -> table column name (its last component), e.g. model.init_scale -> init_scale."""
+    columns = {dotted: dotted.split(".")[-1] for dotted in (study_cfg.get("grid") or {})}
+    clashes = sorted(set(columns.values()) & set(LABEL_COLUMNS))
+    if clashes or len(set(columns.values())) != len(columns):
+        raise ValueError(f"grid keys {list(columns)} give clashing column names {clashes or columns}")
+    return columns
+
+
+class StudyTables:
+    """A study's tables, each read once and checked against its contract on first use.
+
+    `paths` maps a table name (runs, train, eval, layers, units, ics, landscape, curvature) to the
+    file the rule declared: figures and claims read exactly the files Snakemake gave them.
+    Infinite values (a diverging run's last loss) are read as NaN.
+    """
+
+    def __init__(self, paths: Mapping[str, Path], study_cfg: Mapping):
+        self.paths = {name: Path(path) for name, path in paths.items()}
+        self.study_cfg = study_cfg
+        self.grid = list(grid_columns(study_cfg).values())
+        self._cache: dict = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.paths
+
+    def __getitem__(self, name: str):
+        if name not in self._cache:
+            if name not in self.paths:
+                raise TableError(f"table {name!r} was not given (have: {', '.join(self.paths) or 'none'})")
+            if name not in STUDY_TABLES:
+                raise TableError(f"{self.paths[name]}: unknown table {name!r}")
+            import numpy as np
+
+            frame = read_table(self.paths[name], LABEL_COLUMNS + STUDY_TABLES[name])
+            self._cache[name] = frame.replace([np.inf, -np.inf], np.nan)
+        return self._cache[name].copy()
+
+    @property
+    def runs(self):
+        return self["runs"]

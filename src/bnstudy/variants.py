@@ -1,0 +1,35 @@
+"""The normalisation variants of both papers, as a table (no torch: the config schema and the
+Snakemake process read it without importing the training stack).
+
+A variant is a row: which normaliser follows each conv/linear layer, and whether Algorithm 1's
+distributional noise (Santurkar et al. 2018, section 2) follows the normaliser. Adding a variant
+is one row here, plus a normaliser class in `bnstudy.norms` if it needs a new one.
+
+    standard         no normalisation
+    batchnorm        BatchNorm (Ioffe & Szegedy 2015)
+    noisy_batchnorm  BatchNorm, then Algorithm 1's noise (Santurkar et al. 2018, Fig. 2)
+    standard_noise   the same noise on the un-normalised network
+    l1, l2, linf     lp normalisation (Santurkar et al. 2018, section 3.3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variant:
+    norm: str | None  # "batch", "lp" or None
+    p: float | None = None  # for lp normalisation
+    noise: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    "standard": Variant(None),
+    "batchnorm": Variant("batch"),
+    "noisy_batchnorm": Variant("batch", noise=True),
+    "standard_noise": Variant(None, noise=True),
+    "l1": Variant("lp", p=1.0),
+    "l2": Variant("lp", p=2.0),
+    "linf": Variant("lp", p=float("inf")),
+}
