@@ -360,5 +360,5 @@ def test_profile_requests(tmp_path):
             assert f"threads: {profile['set-threads'][rule]}" in body, (rule, body)
         else:
             assert "gpu" not in res, (rule, res)
-    assert seen >= GPU_RULES | {"prepare_data", "init_tracking", "aggregate", "figure", "claims",
-                                "track_figures"}, seen
+    assert seen >= GPU_RULES | {"prepare_data", "init_tracking", "aggregate", "aggregate_analysis",
+                                "figure", "claims", "track_figures"}, seen

@@ -214,3 +214,37 @@ def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
     other = {**spec, "runtime": {**spec["runtime"], "precision": "bf16"}}
     with pytest.raises(RuntimeError, match="precision=fp32.*bf16"):
         train(other, tmp_path / "run", log=quiet)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-4), (0.0, 1e-3)])
+def test_plain_sgd_is_torch_sgd_bit_for_bit(momentum, weight_decay):
+    """bnstudy.sgd.SGD avoids torch.optim's start-up cost, not its arithmetic: same parameters,
+    same momentum buffers, same state dict, and each loads the other's state."""
+    from bnstudy.sgd import SGD
+
+    gen = torch.Generator().manual_seed(0)
+    make = lambda: [torch.randn(5, 3, generator=torch.Generator().manual_seed(1)).requires_grad_(),  # noqa: E731
+                    torch.randn(3, generator=torch.Generator().manual_seed(2)).requires_grad_()]
+    ours, theirs = make(), make()
+    opt_ours = SGD(ours, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    opt_theirs = torch.optim.SGD(theirs, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        if step == 2:  # a parameter without a gradient is skipped, as torch does
+            ours[1].grad = theirs[1].grad = None
+        opt_ours.step()
+        opt_theirs.step()
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q)
+    a, b = opt_ours.state_dict(), opt_theirs.state_dict()
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert torch.equal(a["state"][i]["momentum_buffer"], b["state"][i]["momentum_buffer"])
+    assert {k: v for k, v in a["param_groups"][0].items() if k in b["param_groups"][0]} == \
+        {k: b["param_groups"][0][k] for k in a["param_groups"][0]}
+    fresh = SGD(make(), lr=1.0)
+    fresh.load_state_dict(b)
+    assert fresh.lr == 0.1 and fresh.momentum == momentum
+    torch.optim.SGD(make(), lr=1.0).load_state_dict(a)  # and the other way round

@@ -13,13 +13,10 @@ from pathlib import Path
 import torch
 
 from .data import atomic_torch_save
+from .errors import CheckpointError  # noqa: F401  (raised here; defined without torch)
 
 REQUIRED_KEYS = ("model", "optimizer", "step", "spec")
 NAME = re.compile(r"step_(\d{7})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file."""
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -8,10 +8,25 @@ Users can run the same commands by hand; `bnstudy plan` shows what a config expa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
+import time
 from pathlib import Path
+
+WORK_SECONDS = [0.0]  # time spent in the stage's own work, not in start-up and imports
+
+
+@contextlib.contextmanager
+def work():
+    """Time the stage's work: the last log line of every job reports it (benchmarks/dag_overhead.py
+    compares it with the job's wall time to find what start-up costs)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        WORK_SECONDS[0] += time.perf_counter() - start
 
 
 def _json(text: str):
@@ -43,7 +58,8 @@ def _terminate_as_exception() -> None:
 def cmd_prepare_data(args) -> None:
     from .data import prepare
 
-    meta = prepare(_json(args.config), args.name, Path(args.out))
+    with work():
+        meta = prepare(_json(args.config), args.name, Path(args.out))
     print(f"prepared {args.name}: {meta['n_train']} train / {meta['n_test']} test samples, "
           f"sha256 {meta['sha256'][:12]}", file=sys.stderr)
 
@@ -106,7 +122,8 @@ def cmd_analyze(args) -> None:
     spec = json.loads((run_dir / "spec.json").read_text())
     set_threads(spec["runtime"], args.threads)
     device = resolve_device(spec["runtime"])
-    out = analyze(_json(args.settings), run_dir, Path(args.out), str(device))
+    with work():
+        out = analyze(_json(args.settings), run_dir, Path(args.out), str(device))
     tracking = _tracking(args.tracking)
     summary = json.loads((run_dir / "summary.json").read_text())
     if tracking["enabled"] and summary.get("mlflow_run_id"):
@@ -118,8 +135,9 @@ def cmd_analyze(args) -> None:
 def cmd_aggregate(args) -> None:
     from .aggregate import aggregate
 
-    aggregate(args.study, _json(args.study_config), [Path(p).parent for p in args.summaries],
-              _pairs(args.out, "--out"))
+    with work():
+        aggregate(args.study, _json(args.study_config), [Path(p).parent for p in args.summaries],
+                  _pairs(args.out, "--out"))
 
 
 def cmd_aggregate_analysis(args) -> None:
@@ -128,13 +146,15 @@ def cmd_aggregate_analysis(args) -> None:
     if len(args.summaries) != len(args.tables):
         raise SystemExit("bnstudy aggregate-analysis: give one --tables entry per --summaries entry")
     run_tables = {Path(s).parent: Path(t) for s, t in zip(args.summaries, args.tables)}
-    aggregate_analysis(args.study, _json(args.study_config), args.analysis, run_tables, Path(args.out))
+    with work():
+        aggregate_analysis(args.study, _json(args.study_config), args.analysis, run_tables, Path(args.out))
 
 
 def cmd_figure(args) -> None:
     from .figures import draw
 
-    draw(args.kind, args.study, _json(args.study_config), _pairs(args.table, "--table"), Path(args.out))
+    with work():
+        draw(args.kind, args.study, _json(args.study_config), _pairs(args.table, "--table"), Path(args.out))
 
 
 def cmd_claims(args) -> None:
@@ -144,7 +164,8 @@ def cmd_claims(args) -> None:
     for key, path in _pairs(args.table, "--table").items():
         study, _, name = key.partition(":")
         tables.setdefault(study, {})[name] = path
-    claims(_json(args.studies_config), tables, Path(args.out_csv), Path(args.out_md))
+    with work():
+        claims(_json(args.studies_config), tables, Path(args.out_csv), Path(args.out_md))
 
 
 def cmd_track_figures(args) -> None:
@@ -250,15 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .config import ConfigError
-    from .checkpoint import CheckpointError
-    from .data import DataError
+    from .errors import USER_ERRORS
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except USER_ERRORS as err:
         raise SystemExit(f"bnstudy {args.command}: {err}") from None
+    print(f"[bnstudy] {args.command} work_s={WORK_SECONDS[0]:.3f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import yaml
 from .architectures import VGG_CONFIGS, VGG_POOLS, normalised_layers
 from .catalog import CLAIM_KINDS, FIGURE_KINDS, claim_design_problem, claim_tables, figure_tables
 from .variants import VARIANTS
+from .errors import ConfigError  # noqa: F401  (raised here; defined without torch)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 ANALYSES = ("ics", "landscape", "curvature")
@@ -37,10 +38,6 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "m
 # the training-set sizes of the torchvision sources (imagefolder: counted on disk)
 SOURCE_SIZES = {"cifar10": (50000, 10000, 32, 3), "mnist": (60000, 10000, 28, 1)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class ConfigError(ValueError):
-    """Invalid config; the message names the key, what was wrong and what is allowed."""
 
 
 def load_schema() -> dict:

@@ -17,12 +17,9 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
+from .errors import DataError  # noqa: F401  (raised here; defined without torch)
 
 FORMAT_VERSION = 1
-
-
-class DataError(RuntimeError):
-    """Bad or missing dataset: the message names the file or config key and how to fix it."""
 
 
 @dataclass

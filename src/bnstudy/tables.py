@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .atomic import atomic_write
+from .errors import TableError  # noqa: F401  (raised here; defined without torch)
 
 # ---------------------------------------------------------------------------------------------
 # contracts
@@ -53,10 +54,6 @@ FINAL_METRICS = [f"{split}_{metric}" for split in EVAL_SPLITS for metric in ("lo
 RUNS_COLUMNS = (["setup", "task"] + [f"final_{name}" for name in FINAL_METRICS]
                 + ["steps", "steps_done", "diverged_step", "wall_seconds"])
 STUDY_TABLES: dict[str, list[str]] = {"runs": RUNS_COLUMNS, **RUN_TABLES, **ANALYSIS_TABLES}
-
-
-class TableError(ValueError):
-    """An input file is missing or does not follow the contract; the message names the file."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,12 +32,13 @@ import torch
 from .checkpoint import checkpoint_path, latest_good_checkpoint, list_checkpoints, save_checkpoint
 from .data import BatchSampler, InputTransform, augment, load_prepared, step_generator
 from .models import build_model, loss_fn, set_generator, uses_channels_last
+from .sgd import SGD
 from .runtime import autocast_context, conv_precision, resolve_device, set_threads
 from .tables import RUN_TABLES, write_csv, write_json
 
 PERCENTILES = (5, 15, 50, 85, 95)
 READBACK_EVERY = {"cpu": 1}  # steps between reading losses back to the host; 32 elsewhere (see Readback)
-MAX_STAT_SAMPLES = 1 << 16  # activations subsampled (deterministic stride) for percentiles
+MAX_STAT_SAMPLES = 1 << 14  # values per unit (deterministic stride) for its percentiles
 
 
 def place_model(spec: dict, device: torch.device) -> tuple[torch.nn.Module, bool]:
@@ -53,12 +54,15 @@ def place_model(spec: dict, device: torch.device) -> tuple[torch.nn.Module, bool
 # activation statistics
 
 
-def _percentiles(values: torch.Tensor) -> list[float]:
-    flat = values.reshape(-1).float()
-    if flat.numel() > MAX_STAT_SAMPLES:
-        flat = flat[:: flat.numel() // MAX_STAT_SAMPLES + 1]
-    q = torch.tensor([p / 100 for p in PERCENTILES], device=flat.device)
-    return torch.quantile(flat, q).tolist()
+def unit_percentiles(units: torch.Tensor) -> torch.Tensor:
+    """PERCENTILES of each row of `units` (units x values): (units, len(PERCENTILES)).
+
+    Rows longer than MAX_STAT_SAMPLES are subsampled with a fixed stride (deterministic): a
+    percentile from 16k values is within ~0.3 percentile points of the full batch's."""
+    if units.shape[1] > MAX_STAT_SAMPLES:
+        units = units[:, :: units.shape[1] // MAX_STAT_SAMPLES + 1]
+    q = torch.tensor([p / 100 for p in PERCENTILES], device=units.device)
+    return torch.quantile(units, q, dim=1).T
 
 
 def recorded_units(width: int, count: int) -> list[int]:
@@ -122,23 +126,24 @@ class LayerRecorder:
             z = args[0]
             d = z.detach().float()
             dims = (0,) if d.ndim == 2 else (0, *range(2, d.ndim))
-            self._new_moments[layer] = (d.mean(dims), d.var(dims, unbiased=False))
+            mean, var = d.mean(dims), d.var(dims, unbiased=False)
+            self._new_moments[layer] = (mean, var)
             if not full:
                 return
-            stats = self._stats.setdefault(layer, {"units": []})
-            for unit in recorded_units(d.shape[1], self.units):
-                values = d[:, unit]
-                stats["units"].append({"unit": unit, "mean": values.mean().item(),
-                                       "var": values.var(unbiased=False).item(),
-                                       **dict(zip((f"p{p:02d}" for p in PERCENTILES), _percentiles(values)))})
+            stats = self._stats.setdefault(layer, {})
+            units = recorded_units(d.shape[1], self.units)
+            # one (units x values) matrix, one quantile call; read back once in `collect`
+            values = d[:, units].transpose(0, 1).reshape(len(units), -1)
+            stats["units"] = (units, torch.cat([mean[units, None], var[units, None],
+                                                unit_percentiles(values)], dim=1))
             if z.requires_grad:
-                z.register_hook(lambda g: stats.__setitem__("output_grad_norm", g.norm().item()))
+                z.register_hook(lambda g: stats.__setitem__("output_grad_norm", g.norm()))
         return hook
 
     def _norm_hook(self, layer: int):
         def hook(module, args):
             norm = module[0] if isinstance(module, torch.nn.Sequential) else module
-            stats = self._stats.setdefault(layer, {"units": []})
+            stats = self._stats.setdefault(layer, {})
             weight = getattr(norm, "weight", None)
             if weight is None or not isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
                 stats["gamma_over_sigma"] = math.nan
@@ -146,7 +151,7 @@ class LayerRecorder:
             x = args[0].detach().float()
             dims = (0,) if x.ndim == 2 else (0, *range(2, x.ndim))
             sigma = (x.var(dims, unbiased=False) + norm.eps).sqrt()
-            stats["gamma_over_sigma"] = (weight.detach().abs() / sigma).mean().item()
+            stats["gamma_over_sigma"] = (weight.detach().abs() / sigma).mean()
         return hook
 
     # -- rows ----------------------------------------------------------------------------------------
@@ -166,16 +171,23 @@ class LayerRecorder:
             self.moments, self.moments_step = {}, None
             return
         self.moments, self.moments_step = new, step
+        scalar = lambda v: torch.as_tensor(v, dtype=torch.float32).cpu()  # noqa: E731
+        scalars, unit_stats = [], []
         for i, block in enumerate(self.model.blocks, start=1):
-            stats = self._stats.get(i, {"units": []})
+            stats = self._stats.get(i, {})
             grad = block.layer.weight.grad
-            layer_rows.append({
-                "step": step, "layer": i,
-                "weight_grad_norm": grad.norm().item() if grad is not None else math.nan,
-                "output_grad_norm": stats.get("output_grad_norm", math.nan),
-                "gamma_over_sigma": stats.get("gamma_over_sigma", math.nan),
-                "unit_mean_change": math.nan, "unit_var_change": math.nan})
-            unit_rows.extend({"step": step, "layer": i, **unit} for unit in stats["units"])
+            scalars.append(torch.stack([scalar(grad.norm() if grad is not None else math.nan),
+                                        scalar(stats.get("output_grad_norm", math.nan)),
+                                        scalar(stats.get("gamma_over_sigma", math.nan))]))
+            unit_stats.append(stats.get("units", ([], torch.empty(0, 2 + len(PERCENTILES)))))
+        values = torch.stack(scalars).tolist()  # one read-back for every layer's scalars
+        for i, ((weight_norm, output_norm, gamma), (units, table)) in enumerate(zip(values, unit_stats), start=1):
+            layer_rows.append({"step": step, "layer": i, "weight_grad_norm": weight_norm,
+                               "output_grad_norm": output_norm, "gamma_over_sigma": gamma,
+                               "unit_mean_change": math.nan, "unit_var_change": math.nan})
+            names = ["mean", "var", *(f"p{p:02d}" for p in PERCENTILES)]
+            for unit, row in zip(units, table.tolist()):
+                unit_rows.append({"step": step, "layer": i, "unit": unit, **dict(zip(names, row))})
         self._stats.clear()
 
 
@@ -318,8 +330,8 @@ class Run:
         self.regression = data.task == "regression"
         self.model, channels_last = place_model(spec, self.device)
         self.transform = InputTransform(data.meta, self.device, channels_last)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
-                                   weight_decay=optim["weight_decay"])
+        self.opt = SGD(self.model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
+                       weight_decay=optim["weight_decay"])
         self.loss = loss_fn(spec)
         self.summed = optim.get("loss_reduction") == "sum"
         self.sampler = BatchSampler(self.data.train_x.shape[0], optim["batch_size"], self.seed, self.device)
