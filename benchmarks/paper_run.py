@@ -8,7 +8,11 @@ torchvision's download. First a short run measures the rate; the full run follow
 estimate fits in --budget seconds, else the full-run time is extrapolated (and said so).
 
     python benchmarks/paper_run.py --images CIFAR10_JPEG_DIR_OR_TAR [--device cuda]
-                                   [--precision fp32|bf16] [--budget 300] [--json OUT.json]
+                                   [--precision fp32|tf32|bf16] [--compile on|off]
+                                   [--budget 300] [--json OUT.json]
+
+--compile on is the graphed step (runtime.compile: torch.compile, on CUDA with CUDA graphs); its
+compilation is timed in the probe; the full run compiles again from inductor's cache.
 
 Last line: paper_run_seconds=<s> measured=<true|false> steps_per_second=<r> test_accuracy=<a>
 """
@@ -45,11 +49,11 @@ def images_root(images: Path, scratch: Path) -> Path:
     return hits[0]
 
 
-def paper_config(root: Path, results: Path, device: str, precision: str) -> dict:
+def paper_config(root: Path, results: Path, device: str, precision: str, compile: str = "off") -> dict:
     raw = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     raw["results"] = str(results)
     raw["tracking"]["enabled"] = False
-    raw["runtime"].update(device=device, precision=precision, threads=0)
+    raw["runtime"].update(device=device, precision=precision, threads=0, compile=compile)
     raw["datasets"]["cifar10"] = {"source": "imagefolder", "root": str(root), "image_size": 32,
                                   "channels": 3, "classes": 10}
     return raw
@@ -60,6 +64,7 @@ def main() -> None:
     ap.add_argument("--images", type=Path, required=True)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    ap.add_argument("--compile", default="off", choices=["off", "on"])
     ap.add_argument("--budget", type=float, default=300, help="run the full 15k steps if the "
                     "estimate fits in this many seconds, else extrapolate")
     ap.add_argument("--probe-steps", type=int, default=600)
@@ -69,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         root = images_root(args.images, scratch)
-        raw = paper_config(root, scratch / "results", args.device, args.precision)
+        raw = paper_config(root, scratch / "results", args.device, args.precision, args.compile)
         full_plan = plan(load_config(copy.deepcopy(raw)))
         raw["studies"] = {"performance": dict(raw["studies"]["performance"], variants=["batchnorm"],
                                               lrs=[0.1], seeds=[0])}
@@ -88,7 +93,7 @@ def main() -> None:
         estimate = steps / rate
         print(f"# paper run: VGG-16 BatchNorm lr 0.1 seed 0, {steps} steps, batch 128, device "
               f"{probe_summary['device']} ({torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}), "
-              f"precision {args.precision}; CIFAR-10 prepared from JPEGs in {prep_s:.0f} s")
+              f"precision {args.precision}, compile {args.compile}; CIFAR-10 prepared from JPEGs in {prep_s:.0f} s")
         print(f"probe: {args.probe_steps} steps in {probe_summary['wall_seconds']:.1f} s "
               f"({rate:.1f} steps/s incl. checkpoints, eval, layer statistics); full-run estimate {estimate:.0f} s")
         measured, accuracy = False, float("nan")
@@ -115,7 +120,7 @@ def main() -> None:
               f"at this rate (DLN and MLP runs are small)")
         result = {"paper_run_seconds": wall, "measured": measured, "steps_per_second": steps / wall,
                   "test_accuracy": accuracy, "device": probe_summary["device"],
-                  "precision": args.precision, "vgg_runs": len(vgg_runs),
+                  "precision": args.precision, "compile": args.compile, "vgg_runs": len(vgg_runs),
                   "vgg_hours": vgg_steps * wall / steps / 3600}
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -248,3 +248,27 @@ def test_plain_sgd_is_torch_sgd_bit_for_bit(momentum, weight_decay):
     fresh.load_state_dict(b)
     assert fresh.lr == 0.1 and fresh.momentum == momentum
     torch.optim.SGD(make(), lr=1.0).load_state_dict(a)  # and the other way round
+
+
+def test_compiled_step_trains_like_the_eager_one(tmp_path):
+    """runtime.compile: on (the GPU path's torch.compile, here with inductor on the CPU) gives the
+    eager run's numbers up to kernel rounding, is a different run id, and noisy variants stay eager."""
+    from helpers import smoke_config
+    from bnstudy.config import load_config, plan
+
+    cfg = smoke_config(tmp_path)
+    cfg["runtime"]["compile"] = "on"
+    compiled_ids = set(plan(load_config(cfg)).runs)
+    eager = prepared_spec(tmp_path, "mlp-batchnorm", steps=8)
+    assert eager["run"] not in compiled_ids
+    spec = {**eager, "runtime": {**eager["runtime"], "compile": "on"}}
+    a = train(eager, tmp_path / "eager", log=quiet)
+    b = train(spec, tmp_path / "compiled", log=quiet)
+    ta, tb = tables(tmp_path / "eager"), tables(tmp_path / "compiled")
+    assert b["status"] == "completed"
+    assert tb["train"]["loss"].to_numpy() == pytest.approx(ta["train"]["loss"].to_numpy(), rel=1e-4)
+    assert b["final"]["test_accuracy"] == pytest.approx(a["final"]["test_accuracy"], abs=0.02)
+    messages = []
+    noisy = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=2)
+    train({**noisy, "runtime": {**noisy["runtime"], "compile": "on"}}, tmp_path / "noisy", log=messages.append)
+    assert any("training eagerly" in m for m in messages)

@@ -382,7 +382,10 @@ def run_spec(config: dict, setup_name: str, setup: dict, variant: str, lr: float
     }
     # Precision changes the numbers, so it is part of what a run is (a tf32 checkpoint is never
     # resumed as fp32); where a run trains (device, threads, layout) is not.
-    digest = short_hash({**spec, "precision": config["runtime"]["precision"]})
+    numerics = {"precision": config["runtime"]["precision"]}
+    if config["runtime"]["compile"] == "on":  # compiled kernels round differently
+        numerics["compile"] = "on"
+    digest = short_hash({**spec, **numerics})
     spec["run"] = f"{setup_name}-{variant}-lr{lr:g}-s{seed}-{digest}"
     spec["runtime"] = config["runtime"]
     return spec

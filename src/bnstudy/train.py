@@ -340,6 +340,7 @@ class Run:
         if self.data.test_x.shape[0]:
             self.eval_sets["test"] = (self.data.test_x[:n], self.data.test_y[:n])
         self.random_modules = any(hasattr(m, "generator") for m in self.model.modules())  # noise, dropout
+        self.step_model = self.compiled(runtime.get("compile", "off"))
         self.augmenting = bool(spec["augment"]["crop"] or spec["augment"]["flip"])
 
         self.metrics: dict[str, list[dict]] = {name: [] for name in RUN_TABLES}
@@ -348,6 +349,20 @@ class Run:
         self.start, self.elapsed, self.previous_mlflow = 0, 0.0, None
         self.tracker = NullTracker()
         self.t0 = time.perf_counter()
+
+    def compiled(self, want: str):
+        """The module the training steps call: the model itself, or (runtime.compile: on) the
+        model through torch.compile (CUDA: mode reduce-overhead, CUDA graphs). Recording steps
+        and evaluations call the eager model, whose hooks would otherwise recompile the graph;
+        variants that draw from a per-step generator stay eager for the same reason."""
+        if want != "on":
+            return self.model
+        if self.random_modules:
+            self.log("runtime.compile: on, but this variant draws noise or dropout from a per-step "
+                     "generator (a new guard every step): training eagerly")
+            return self.model
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        return torch.compile(self.model, mode=mode)
 
     # -- resume --------------------------------------------------------------------------------
 
@@ -420,9 +435,12 @@ class Run:
     def forward_backward(self, step: int, autocast, full: bool, moments: bool):
         """Loss, training-mode accuracy and gradients of batch `step` (statistics hooks on)."""
         x, y = self.batch(step)
+        model = self.model if (full or moments) else self.step_model
+        if model is not self.model and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: earlier outputs may be reused
         with self.recorder.watch(full, moments):
             with autocast:
-                out = self.model(x)
+                out = model(x)
                 value = self.loss(out.float(), y)
             self.opt.zero_grad(set_to_none=True)
             value.backward()
