@@ -226,6 +226,9 @@ class NullTracker:
     def finish(self, status: str, summary: dict) -> None:
         pass
 
+    def state(self) -> dict:
+        return {"enabled": False}
+
 
 def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int = 0) -> dict:
     """Train the run described by `spec` into `run_dir`, resuming from its last good checkpoint.
@@ -384,7 +387,11 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
 
     summary = finalise(spec, run_dir, metrics, status, diverged_step, str(device),
                        elapsed + time.perf_counter() - t0, tracker.run_id)
+    # the tables are on disk before tracking is waited for (bounded); summary.json then records
+    # whether tracking is complete (`bnstudy track` re-sends what is not)
     tracker.finish(status, summary)
+    summary.update(mlflow_run_id=tracker.run_id, tracking=tracker.state())
+    write_json(run_dir / "summary.json", summary)
     return summary
 
 
