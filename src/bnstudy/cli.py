@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -64,15 +65,29 @@ def cmd_prepare_data(args) -> None:
           f"sha256 {meta['sha256'][:12]}", file=sys.stderr)
 
 
+def _marker(tracking: dict) -> Path:
+    """results/tracking/ready.json: rule init_tracking's output (jobs read it, never write it)."""
+    return Path(tracking.get("results", "results")) / "tracking" / "ready.json"
+
+
 def cmd_init_tracking(args) -> None:
-    from .tracking import init_store
+    """Create the store and experiment once per execution. A tracking outage here does not stop
+    the DAG: the marker records the error and the jobs try (and degrade) on their own."""
+    from .tracking import describe, incomplete_line, init_store
 
     tracking = _tracking(args.tracking)
-    exp = init_store(tracking["uri"], tracking["experiment"], Path(args.artifacts)) \
-        if tracking["enabled"] else None
+    exp, error = None, None
+    if tracking["enabled"]:
+        try:
+            exp = init_store(tracking["uri"], tracking["experiment"], Path(args.artifacts))
+        except Exception as err:
+            error = describe(err)
+            print(incomplete_line(f"could not initialise the MLflow store ({error})"), file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"uri": tracking.get("uri"), "experiment_id": exp,
-                                          "experiment": tracking["experiment"]}) + "\n")
+                                          "experiment": tracking["experiment"],
+                                          "artifacts": str(Path(args.artifacts).resolve()),
+                                          "error": error}) + "\n")
 
 
 def cmd_train(args) -> None:
@@ -85,10 +100,19 @@ def cmd_train(args) -> None:
     def open_tracker(previous):
         if not tracking["enabled"]:
             return None
-        from .tracking import MlflowTracker
+        from .tracking import MlflowTracker, default_artifact_root, read_marker
 
-        holder["t"] = MlflowTracker(tracking["uri"], tracking["experiment"], spec, run_dir,
-                                    previous, studies=args.studies.split(",") if args.studies else [])
+        # the experiment id that init_tracking resolved, if it is for this store (no lookup per
+        # job); the tracker falls back to the name if the store was recreated since
+        marker = read_marker(_marker(tracking))
+        same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
+        holder["t"] = MlflowTracker(
+            tracking["uri"], tracking["experiment"], spec, run_dir, previous,
+            studies=args.studies.split(",") if args.studies else [],
+            experiment_id=marker.get("experiment_id") if same else None,
+            artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
+            else default_artifact_root(tracking.get("results", "results")),
+            resuming=previous is not None or any(run_dir.glob("checkpoints/step_*.pt")))
         return holder["t"]
 
     _terminate_as_exception()
@@ -96,11 +120,16 @@ def cmd_train(args) -> None:
         summary = train(spec, run_dir, open_tracker=open_tracker if tracking["enabled"] else None,
                         threads=args.threads)
     except BaseException as err:
-        if "t" in holder:
+        if "t" in holder:  # bounded: a dead store cannot hold a SIGTERM'd job
             holder["t"].fail(f"{type(err).__name__}: {err}")
         raise
     print(f"{spec['run']}: {summary['status']} after {summary['steps_done']} steps "
           f"in {summary['wall_seconds']:.1f}s", file=sys.stderr)
+    # the interpreter's final garbage collections over torch's and mlflow's objects cost ~1 s
+    # per job here; the OS frees them anyway (atexit handlers and stream flushes still run)
+    import gc
+
+    gc.freeze()
 
 
 def _pairs(items: list[str], option: str) -> dict[str, Path]:
@@ -127,9 +156,11 @@ def cmd_analyze(args) -> None:
     tracking = _tracking(args.tracking)
     summary = json.loads((run_dir / "summary.json").read_text())
     if tracking["enabled"] and summary.get("mlflow_run_id"):
-        from .tracking import log_analysis
+        from .tracking import default_artifact_root, log_analysis
 
-        log_analysis(tracking["uri"], summary["mlflow_run_id"], out)
+        # bounded; a failure is one line on stderr (`bnstudy track` attaches the table later)
+        log_analysis(tracking["uri"], summary["mlflow_run_id"], out, experiment=tracking["experiment"],
+                     artifact_root=default_artifact_root(tracking.get("results", "results")))
 
 
 def cmd_aggregate(args) -> None:
@@ -169,12 +200,43 @@ def cmd_claims(args) -> None:
 
 
 def cmd_track_figures(args) -> None:
-    from .tracking import log_figures
+    from .tracking import EXECUTION_ENV, default_artifact_root, log_figures
 
     tracking = _tracking(args.tracking)
-    run_id = log_figures(tracking["uri"], tracking["experiment"], [Path(f) for f in args.figures]) \
+    run_id = log_figures(tracking["uri"], tracking["experiment"], [Path(f) for f in args.figures],
+                         artifact_root=default_artifact_root(tracking.get("results", "results"))) \
         if tracking["enabled"] else None
-    Path(args.out).write_text(json.dumps({"figures_run": run_id, "count": len(args.figures)}) + "\n")
+    Path(args.out).write_text(json.dumps({"figures_run": run_id, "count": len(args.figures),
+                                          "execution": os.environ.get(EXECUTION_ENV, "manual")}) + "\n")
+
+
+def cmd_track(args) -> None:
+    """Re-send to MLflow what the store is missing, from the run folders (idempotent)."""
+    from .sync import sync
+    from .tracking import read_marker, resolve_uri
+
+    tracking, results = {}, "results"
+    if args.configfile:
+        from .config import load_config
+
+        config = load_config(args.configfile)
+        tracking, results = dict(config["tracking"]), config["results"]
+    if args.tracking:
+        tracking.update(_json(args.tracking))
+        results = tracking.get("results", results)
+    results = Path(args.results or results)
+    # a server named by the init_tracking marker; a SQLite store is the one in the results folder
+    marker = read_marker(results / "tracking" / "ready.json")
+    server = marker.get("uri") if str(marker.get("uri")).startswith("http") else None
+    uri = args.uri or tracking.get("uri") or server or resolve_uri({}, str(results))
+    experiment = args.experiment or tracking.get("experiment") or marker.get("experiment") or "bnstudy"
+    report = sync(results, uri, experiment, artifact_root=results / "mlartifacts")
+    print(f"bnstudy track: {report['checked']} runs checked, {report['repaired']} repaired, "
+          f"{report['points']} metric points sent, {report['artifacts']} artifacts attached "
+          f"({uri}, experiment {experiment})")
+    if report["failed"]:
+        raise SystemExit(f"bnstudy track: {len(report['failed'])} runs could not be sent: "
+                         + "; ".join(report["failed"][:5]))
 
 
 def cmd_plan(args) -> None:
@@ -262,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("figures", nargs="*")
     p.set_defaults(func=cmd_track_figures)
+
+    p = sub.add_parser("track", help="re-send to MLflow what the store is missing, from the run "
+                                     "folders (idempotent)")
+    p.add_argument("--results", default=None,
+                   help="the results folder (default: the config's, else results)")
+    p.add_argument("--uri", default=None, help="tracking URI (default: the config's, else the "
+                   "server in results/tracking/ready.json, else sqlite:///<results>/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="default: the config's, else bnstudy")
+    p.add_argument("--tracking", default=None, help="the tracking config (JSON), as the rules pass it")
+    p.add_argument("--configfile", default=None, help="take results and tracking from a config")
+    p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("plan", help="what a config expands to (studies, runs, analyses)")
     p.add_argument("configfile")

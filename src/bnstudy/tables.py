@@ -41,6 +41,12 @@ RUN_TABLES: dict[str, list[str]] = {
 }
 EVAL_SPLITS = ("train", "test", "train_batches")
 
+
+def eval_metric(split: str, metric: str) -> str:
+    """The MLflow key of an eval.csv value: <split>_eval_<metric> for the eval-mode splits,
+    train_batches_<metric> for the training-mode one (training and `bnstudy track` agree on it)."""
+    return f"{split}_{metric}" if split == "train_batches" else f"{split}_eval_{metric}"
+
 # checkpoint analyses (results/analysis/{run}/{analysis}-{settings hash}.csv)
 ANALYSIS_TABLES: dict[str, list[str]] = {
     "ics": ["step", "layer", "l2_diff", "cosine", "grad_norm"],

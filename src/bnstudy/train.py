@@ -34,7 +34,7 @@ from .data import BatchSampler, InputTransform, augment, load_prepared, step_gen
 from .models import build_model, loss_fn, set_generator, uses_channels_last
 from .sgd import SGD
 from .runtime import autocast_context, conv_precision, resolve_device, set_threads
-from .tables import RUN_TABLES, write_csv, write_json
+from .tables import RUN_TABLES, eval_metric, write_csv, write_json
 
 PERCENTILES = (5, 15, 50, 85, 95)
 READBACK_EVERY = {"cpu": 1}  # steps between reading losses back to the host; 32 elsewhere (see Readback)
@@ -310,6 +310,9 @@ class NullTracker:
     def finish(self, status: str, summary: dict) -> None:
         pass
 
+    def state(self) -> dict:
+        return {"enabled": False}
+
 
 class Run:
     """One training run's state: data, model, optimizer, metric rows; and its named steps."""
@@ -407,12 +410,13 @@ class Run:
         for split, (x, y) in self.eval_sets.items():
             loss, accuracy = evaluate(self.model, x, y, self.transform, self.loss, self.regression, self.summed)
             self.metrics["eval"].append({"step": done, "split": split, "loss": loss, "accuracy": accuracy})
-            logged.update({f"{split}_eval_loss": loss, f"{split}_eval_accuracy": accuracy})
+            logged.update({eval_metric(split, "loss"): loss, eval_metric(split, "accuracy"): accuracy})
         if self.readback.since_eval.count:
             loss, accuracy = self.readback.since_eval.take()
             self.metrics["eval"].append({"step": done, "split": "train_batches", "loss": loss,
                                          "accuracy": accuracy})
-            logged.update({"train_batches_loss": loss, "train_batches_accuracy": accuracy})
+            logged.update({eval_metric("train_batches", "loss"): loss,
+                           eval_metric("train_batches", "accuracy"): accuracy})
         self.tracker.log_metrics({k: v for k, v in logged.items() if math.isfinite(v)}, done)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -511,8 +515,13 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
     status, diverged_step = run.train()
     summary = make_summary(spec, run.run_dir, run.metrics, status, diverged_step, str(run.device),
                            run.wall(), run.tracker.run_id)
+    write_tables(spec, run.run_dir, run.metrics)
+    # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking); the
+    # tracker checks the store against them, and summary.json (written last: it marks the run
+    # done) records whether tracking is complete (`bnstudy track` re-sends what is not)
     run.tracker.finish(status, summary)
-    write_outputs(spec, run.run_dir, run.metrics, summary)
+    summary.update(mlflow_run_id=run.tracker.run_id, tracking=run.tracker.state())
+    write_json(run.run_dir / "summary.json", summary)
     return summary
 
 
@@ -547,9 +556,8 @@ def make_summary(spec: dict, run_dir: Path, metrics: dict, status: str, diverged
     }
 
 
-def write_outputs(spec: dict, run_dir: Path, metrics: dict, summary: dict) -> None:
-    """Write the per-run tables, then summary.json last (it marks the run as done)."""
+def write_tables(spec: dict, run_dir: Path, metrics: dict) -> None:
+    """The run's spec and per-run tables (summary.json follows them: see `train`)."""
     write_json(run_dir / "spec.json", spec)
     for name, columns in RUN_TABLES.items():
         write_csv(run_dir / f"{name}.csv", metrics[name], columns)
-    write_json(run_dir / "summary.json", summary)
