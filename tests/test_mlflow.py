@@ -207,11 +207,12 @@ def test_smoke_subset_logs_everything_to_mlflow_server(tmp_path):
         assert {r.split("-")[0] for r in runs} == {"dln"} and len(runs) == 2
         # analysis tables and figures went through the server's artifact proxy
         ics_runs = [r for r in runs if r.startswith("dln")]
+        tables = {r: sorted(p.name for p in (work / "results" / "analysis" / r).glob("ics-*.csv")) for r in ics_runs}
         for run_id in ics_runs:
-            listed = client(server.url).list_artifacts(runs[run_id].info.run_id, "analysis/ics_dln/ics")
-            assert [Path(a.path).name for a in listed] == [f"{run_id}.csv"]
+            listed = client(server.url).list_artifacts(runs[run_id].info.run_id, "analysis")
+            assert [Path(a.path).name for a in listed] == tables[run_id] and len(tables[run_id]) == 1
         stored = {p.name for p in (tmp_path / "server-artifacts").rglob("*") if p.is_file()}
-        assert {f"{r}.csv" for r in ics_runs} <= stored
+        assert {name for names in tables.values() for name in names} <= stored
         pngs = {p.name for p in work.glob("results/figures/*/*.png")}
         assert pngs and pngs <= stored, (pngs, stored)
         assert server.proc.poll() is None, "the server died during the run"

@@ -27,8 +27,10 @@ from testlib import metric_points, mlflow_training_runs, read_rows  # noqa: E402
 
 from helpers import REPO, prepared_spec  # noqa: E402
 
+from bnstudy.tables import eval_metric  # noqa: E402
+
 SRC = str(REPO / "src")
-TABLES = ("spec.json", "summary.json", "train.csv", "eval.csv", "layers.csv")
+TABLES = ("spec.json", "summary.json", "train.csv", "eval.csv", "layers.csv", "units.csv")
 STEPS = 1000  # 6-10 s of training on one thread of the 2-core build machine
 
 
@@ -140,7 +142,8 @@ def expected_points(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             out.setdefault("train_accuracy", []).append((int(row["step"]), float(row["accuracy"])))
     for row in read_rows(run_dir / "eval.csv"):
         for name in ("loss", "accuracy"):
-            out.setdefault(f"{row['split']}_eval_{name}", []).append((int(row["step"]), float(row[name])))
+            if math.isfinite(float(row[name])):
+                out.setdefault(eval_metric(row["split"], name), []).append((int(row["step"]), float(row[name])))
     return {k: sorted(v) for k, v in out.items()}
 
 
