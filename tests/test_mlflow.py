@@ -54,7 +54,7 @@ def study_members(workdir: Path) -> dict[str, set[str]]:
     return out
 
 
-def check_runs_complete(workdir: Path, uri: str, experiment: str) -> dict[str, object]:
+def check_runs_complete(workdir: Path, uri: str, experiment: str, live: bool = True) -> dict[str, object]:
     """Every finished run of `workdir` has exactly one FINISHED MLflow run holding every metric
     point of its tables, with the expected tags and params; returns run id -> MLflow run."""
     runs = summaries(workdir)
@@ -74,10 +74,13 @@ def check_runs_complete(workdir: Path, uri: str, experiment: str) -> dict[str, o
         spec = json.loads((run_dir / "spec.json").read_text())
         labels = summary["labels"]
         assert run.info.status == "FINISHED", f"{run_id}: {run.info.status}"
-        assert summary["mlflow_run_id"] == run.info.run_id
-        assert summary["tracking"]["complete"] is True and summary["tracking"]["error"] is None, \
-            (run_id, summary["tracking"])
-        assert summary["tracking"]["run_id"] == run.info.run_id
+        if live:  # the training job tracked itself
+            assert summary["mlflow_run_id"] == run.info.run_id
+            assert summary["tracking"]["complete"] is True and summary["tracking"]["error"] is None, \
+                (run_id, summary["tracking"])
+            assert summary["tracking"]["run_id"] == run.info.run_id
+        else:  # the track job sent it: the training job never touched MLflow
+            assert summary["tracking"] == {"enabled": False} and summary["mlflow_run_id"] is None
         # the name the UI lists: "vgg batchnorm lr=0.1 seed=0"
         assert run.info.run_name == (f"{spec['setup']} {labels['variant']} "
                                      f"lr={labels['lr']:g} seed={labels['seed']}")
@@ -120,6 +123,29 @@ def test_smoke_dag_runs_are_all_in_sqlite_store(smoke_dag):
     check_runs_complete(smoke_dag, sqlite_uri(smoke_dag), EXPERIMENT)
 
 
+def test_tracking_after_training_sends_every_run_once(tmp_path):
+    """tracking.live: false: training jobs never import mlflow (no init_tracking job either);
+    the workflow's track job sends every run, every point once, the analysis tables and figures."""
+    work = tmp_path / "work"
+    work.mkdir()
+    override = write_yaml(tmp_path / "batch.yaml", {"tracking": {"live": False}, **only_studies("ics_dln")})
+    proc = run_snakemake(work, str(override), "--cores", "2")
+    out = proc.stdout + proc.stderr
+    assert "init_tracking" not in out and "rule track:" in out
+    for log in (work / "results" / "logs" / "train").glob("*.log"):
+        assert "mlflow" not in log.read_text().lower(), log
+    uri = sqlite_uri(work)
+    runs = check_runs_complete(work, uri, EXPERIMENT, live=False)
+    record = json.loads((work / "results" / "tracking" / "track.json").read_text())
+    assert record["repaired"] == len(runs) == 2 and record["points"] > 0 and record["figures_run"]
+    for run_id, run in runs.items():
+        listed = [Path(a.path).name for a in client(uri).list_artifacts(run.info.run_id, "analysis")]
+        assert listed == sorted(p.name for p in (work / "results" / "analysis" / run_id).glob("*.csv"))
+    again = run_snakemake(work, str(override), "--cores", "1", "--forcerun", "track")
+    record = json.loads((work / "results" / "tracking" / "track.json").read_text())
+    assert record["repaired"] == 0 and record["points"] == 0, (record, again.stdout[-2000:])
+
+
 def test_one_execution_tag_per_pipeline_execution(smoke_dag):
     uri = sqlite_uri(smoke_dag)
     tracked = mlflow_training_runs(uri, EXPERIMENT)
@@ -131,8 +157,9 @@ def test_one_execution_tag_per_pipeline_execution(smoke_dag):
     exp = client(uri).get_experiment_by_name(EXPERIMENT)
     figure_runs = client(uri).search_runs([exp.experiment_id], "tags.`bnstudy.figures` = 'true'")
     assert [r.data.tags["bnstudy.execution"] for r in figure_runs] == [execution]
-    record = json.loads((smoke_dag / "results" / "tracking" / "figures.json").read_text())
-    assert record["figures_run"] == figure_runs[0].info.run_id
+    record = json.loads((smoke_dag / "results" / "tracking" / "track.json").read_text())
+    assert record["figures_run"] == figure_runs[0].info.run_id and record["execution"] == execution
+    assert record["repaired"] == 0 and record["points"] == 0, record  # live tracking sent everything
     artifacts = [a.path for a in client(uri).list_artifacts(record["figures_run"], "figures")]
     pngs = sorted(smoke_dag.glob("results/figures/*/*.png"))
     assert len(artifacts) == len({p.parent.name for p in pngs}), artifacts

@@ -77,7 +77,7 @@ def test_deleted_summary_retrains_only_that_run(smoke_copy):
 def test_forcerun_aggregate_redoes_tables_and_downstream_but_no_training(smoke_copy):
     counts, jobs = dry_run(smoke_copy, "--forcerun", "aggregate")
     assert counts.get("aggregate") == len(SMOKE_STUDIES), counts
-    for rule in ("figure", "claims", "track_figures"):
+    for rule in ("figure", "claims", "track"):
         assert counts.get(rule, 0) >= 1, (rule, counts)
     for rule in ("train", "analyze", "prepare_data", "init_tracking"):
         assert rule not in counts, (rule, counts)

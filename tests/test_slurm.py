@@ -174,7 +174,7 @@ def slurm_dag(cluster, tmp_path_factory):
 def test_outputs_appear(slurm_dag):
     work, _, out, _, _ = slurm_dag
     results = work / "results"
-    for path in ("claims.csv", "claims.md", "tracking/figures.json"):
+    for path in ("claims.csv", "claims.md", "tracking/track.json"):
         assert (results / path).is_file(), path
     claims = read_rows(results / "claims.csv")
     assert claims, "claims.csv is empty"
@@ -361,4 +361,4 @@ def test_profile_requests(tmp_path):
         else:
             assert "gpu" not in res, (rule, res)
     assert seen >= GPU_RULES | {"prepare_data", "init_tracking", "aggregate", "aggregate_analysis",
-                                "figure", "claims", "track_figures"}, seen
+                                "figure", "claims", "track"}, seen

@@ -68,7 +68,7 @@ def test_a_deleted_table_is_rebuilt_by_its_own_rule_alone(smoke_copy):
     # forcing the figure that reads it: the table, that figure, and what collects figures/tables
     figure = "results/figures/landscape/landscape.png"
     counts, jobs = dry_run(smoke_copy, "--forcerun", figure)
-    assert sorted(rule for rule, _ in jobs) == ["aggregate_analysis", "all", "claims", "figure", "track_figures"], jobs
+    assert sorted(rule for rule, _ in jobs) == ["aggregate_analysis", "all", "claims", "figure", "track"], jobs
     assert ("figure", {"study": "landscape", "kind": "landscape"}) in jobs
 
 

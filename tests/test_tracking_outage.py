@@ -147,9 +147,12 @@ def expected_points(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def assert_store_matches_tables(work: Path, uri: str, experiment: str, specs: list[dict]) -> None:
-    """One FINISHED MLflow run per run, named in summary.json, holding every point of the tables
-    exactly once (no step twice), the params and tags, and summary.json says tracking is complete."""
+def assert_store_matches_tables(work: Path, uri: str, experiment: str, specs: list[dict],
+                                live: bool = True) -> None:
+    """One FINISHED MLflow run per run holding every point of the tables exactly once (no step
+    twice), the params and tags; `live`: summary.json names that run and says tracking is
+    complete (after `bnstudy track` it still says what the training job achieved: run folders
+    are never rewritten)."""
     tracked = mlflow_training_runs(uri, experiment)
     assert sorted(tracked) == sorted(s["run"] for s in specs), sorted(tracked)
     for spec in specs:
@@ -157,8 +160,9 @@ def assert_store_matches_tables(work: Path, uri: str, experiment: str, specs: li
         (run,) = tracked[spec["run"]]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert run.info.status == "FINISHED"
-        assert summary["mlflow_run_id"] == run.info.run_id
-        assert summary["tracking"]["complete"] is True and summary["tracking"]["error"] is None
+        if live:
+            assert summary["mlflow_run_id"] == run.info.run_id
+            assert summary["tracking"]["complete"] is True and summary["tracking"]["error"] is None
         assert run.data.params["optim.steps"] == str(spec["optim"]["steps"])
         assert run.data.tags["variant"] == spec["norm"]["variant"]
         assert run.data.tags["status"] == "completed"
@@ -232,7 +236,7 @@ def test_sqlite_store_deleted_under_two_jobs(tmp_path):
         expected += sum(map(len, expected_points(run_dir).values())) + sum(v is not None for v in final.values())
     assert track(work) == (2, expected)
     forget_store(uri)
-    assert_store_matches_tables(work, uri, "outage", specs)
+    assert_store_matches_tables(work, uri, "outage", specs, live=False)
     before = {s["run"]: (work / "results" / "runs" / s["run"] / "summary.json").read_bytes() for s in specs}
     assert track(work) == (0, 0)
     for spec in specs:
@@ -292,7 +296,7 @@ def test_server_stopped_mid_run_then_track_restores(tmp_path):
         assert len(partial) == 1 and partial[0].info.status != "FINISHED"
         repaired, sent = track(work, "--uri", server.url, "--experiment", "outage-server")
         assert repaired == 1 and sent > 0
-        assert_store_matches_tables(work, server.url, "outage-server", [spec])
+        assert_store_matches_tables(work, server.url, "outage-server", [spec], live=False)
         assert track(work, "--uri", server.url, "--experiment", "outage-server") == (0, 0)
     finally:
         server.stop()

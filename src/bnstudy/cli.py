@@ -96,10 +96,11 @@ def cmd_train(args) -> None:
     spec, tracking = _json(args.spec), _tracking(args.tracking)
     run_dir = Path(args.run_dir)
     holder = {}
+    # live tracking: this job sends its metrics as it trains; else (tracking.live: false) the
+    # workflow's `track` job sends every run at the end, and this job never imports mlflow
+    live = tracking["enabled"] and tracking.get("live", True)
 
     def open_tracker(previous):
-        if not tracking["enabled"]:
-            return None
         from .tracking import MlflowTracker, default_artifact_root, read_marker
 
         # the experiment id that init_tracking resolved, if it is for this store (no lookup per
@@ -117,19 +118,14 @@ def cmd_train(args) -> None:
 
     _terminate_as_exception()
     try:
-        summary = train(spec, run_dir, open_tracker=open_tracker if tracking["enabled"] else None,
-                        threads=args.threads)
+        summary = train(spec, run_dir, open_tracker=open_tracker if live else None,
+                        threads=args.threads, timer=work)
     except BaseException as err:
         if "t" in holder:  # bounded: a dead store cannot hold a SIGTERM'd job
             holder["t"].fail(f"{type(err).__name__}: {err}")
         raise
     print(f"{spec['run']}: {summary['status']} after {summary['steps_done']} steps "
           f"in {summary['wall_seconds']:.1f}s", file=sys.stderr)
-    # the interpreter's final garbage collections over torch's and mlflow's objects cost ~1 s
-    # per job here; the OS frees them anyway (atexit handlers and stream flushes still run)
-    import gc
-
-    gc.freeze()
 
 
 def _pairs(items: list[str], option: str) -> dict[str, Path]:
@@ -151,16 +147,9 @@ def cmd_analyze(args) -> None:
     spec = json.loads((run_dir / "spec.json").read_text())
     set_threads(spec["runtime"], args.threads)
     device = resolve_device(spec["runtime"])
+    # no MLflow here: the workflow's `track` job attaches every analysis table in one process
     with work():
-        out = analyze(_json(args.settings), run_dir, Path(args.out), str(device))
-    tracking = _tracking(args.tracking)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if tracking["enabled"] and summary.get("mlflow_run_id"):
-        from .tracking import default_artifact_root, log_analysis
-
-        # bounded; a failure is one line on stderr (`bnstudy track` attaches the table later)
-        log_analysis(tracking["uri"], summary["mlflow_run_id"], out, experiment=tracking["experiment"],
-                     artifact_root=default_artifact_root(tracking.get("results", "results")))
+        analyze(_json(args.settings), run_dir, Path(args.out), str(device))
 
 
 def cmd_aggregate(args) -> None:
@@ -199,21 +188,10 @@ def cmd_claims(args) -> None:
         claims(_json(args.studies_config), tables, Path(args.out_csv), Path(args.out_md))
 
 
-def cmd_track_figures(args) -> None:
-    from .tracking import EXECUTION_ENV, default_artifact_root, log_figures
-
-    tracking = _tracking(args.tracking)
-    run_id = log_figures(tracking["uri"], tracking["experiment"], [Path(f) for f in args.figures],
-                         artifact_root=default_artifact_root(tracking.get("results", "results"))) \
-        if tracking["enabled"] else None
-    Path(args.out).write_text(json.dumps({"figures_run": run_id, "count": len(args.figures),
-                                          "execution": os.environ.get(EXECUTION_ENV, "manual")}) + "\n")
-
-
 def cmd_track(args) -> None:
     """Re-send to MLflow what the store is missing, from the run folders (idempotent)."""
     from .sync import sync
-    from .tracking import read_marker, resolve_uri
+    from .tracking import EXECUTION_ENV, read_marker, resolve_uri
 
     tracking, results = {}, "results"
     if args.configfile:
@@ -230,10 +208,19 @@ def cmd_track(args) -> None:
     server = marker.get("uri") if str(marker.get("uri")).startswith("http") else None
     uri = args.uri or tracking.get("uri") or server or resolve_uri({}, str(results))
     experiment = args.experiment or tracking.get("experiment") or marker.get("experiment") or "bnstudy"
-    report = sync(results, uri, experiment, artifact_root=results / "mlartifacts")
+    record = _json((results / "tracking" / "track.json").read_text()) \
+        if (results / "tracking" / "track.json").is_file() else {}
+    execution = os.environ.get(EXECUTION_ENV, "manual")
+    with work():
+        report = sync(results, uri, experiment, artifact_root=results / "mlartifacts",
+                      figures=[Path(f) for f in args.figures], execution=execution, record=record)
     print(f"bnstudy track: {report['checked']} runs checked, {report['repaired']} repaired, "
           f"{report['points']} metric points sent, {report['artifacts']} artifacts attached "
           f"({uri}, experiment {experiment})")
+    if args.out:
+        from .tables import write_json
+
+        write_json(Path(args.out), {**report, "execution": execution, "uri": uri, "experiment": experiment})
     if report["failed"]:
         raise SystemExit(f"bnstudy track: {len(report['failed'])} runs could not be sent: "
                          + "; ".join(report["failed"][:5]))
@@ -284,7 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--settings", required=True, help="the analysis settings (JSON, with key analysis)")
     p.add_argument("--out", required=True)
-    p.add_argument("--tracking", default='{"enabled": false}')
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_analyze)
 
@@ -319,12 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_claims)
 
-    p = sub.add_parser("track-figures", help="log the figures to MLflow")
-    p.add_argument("--tracking", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("figures", nargs="*")
-    p.set_defaults(func=cmd_track_figures)
-
     p = sub.add_parser("track", help="re-send to MLflow what the store is missing, from the run "
                                      "folders (idempotent)")
     p.add_argument("--results", default=None,
@@ -334,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="default: the config's, else bnstudy")
     p.add_argument("--tracking", default=None, help="the tracking config (JSON), as the rules pass it")
     p.add_argument("--configfile", default=None, help="take results and tracking from a config")
+    p.add_argument("--figures", nargs="*", default=[], help="this execution's figures: one 'figures' run holds them")
+    p.add_argument("--out", default=None, help="write the report here (JSON)")
     p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("plan", help="what a config expands to (studies, runs, analyses)")
@@ -352,6 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         raise SystemExit(f"bnstudy {args.command}: {err}") from None
     print(f"[bnstudy] {args.command} work_s={WORK_SECONDS[0]:.3f}", file=sys.stderr)
+    # the interpreter's final garbage collections over torch's, pandas' and mlflow's objects cost
+    # up to ~1 s per job; the OS frees them anyway (atexit handlers and stream flushes still run)
+    import gc
+
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ plus the analysis tables (results/analysis/<run>/<analysis>-<hash>.csv) and the 
 MLflow run by the tag `bnstudy.run` (the one summary.json names if there are several), creates it
 if there is none, and sends only what is missing: params and tags absent from the run, metric
 points whose (key, step) the store does not hold, the terminal status, analysis tables not yet
-attached. A second pass sends nothing. Then summary.json records the tracking state as complete
-(written only when it changes). mlflow is reached through bnstudy.tracking only.
+attached; and, given this execution's figures, a 'figures' run holding them. A second pass sends
+nothing. Run folders are never written (they are the training jobs' outputs: rewriting one would
+make Snakemake redo what reads it); what a pass did is its report (`results/tracking/track.json`
+when the workflow's `track` rule runs it). mlflow is reached through bnstudy.tracking only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import os
 import sys
 from pathlib import Path
 
-from .atomic import atomic_write
 from .tables import eval_metric
 
 
@@ -36,11 +37,6 @@ def _finite(text) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    # the format of bnstudy.train.write_json (not imported: it would import torch)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
 def expected_points(run_dir: Path, spec: dict, final: dict[str, float]) -> dict[tuple[str, int], float]:
@@ -100,12 +96,12 @@ class Syncer:
             self.log(f"bnstudy track: created the MLflow store {uri}")
         self.experiment_id = created or tracking.experiment_id(self.client, uri, experiment, artifact_root)
         self.report = {"checked": 0, "repaired": 0, "points": 0, "artifacts": 0, "failed": [],
-                       "figures_run": None}
+                       "runs": [], "figures_run": None}
 
     def call(self, fn, *args, **kwargs):
         return self.t._retry(fn, *args, **kwargs)
 
-    def run(self) -> dict:
+    def run(self, figures: list[Path] = (), execution: str = "manual", record: dict | None = None) -> dict:
         tracked = self.t.find_runs(self.client, self.experiment_id)
         tables = analysis_tables(self.results)
         studies = studies_from_tables(self.results)
@@ -120,13 +116,14 @@ class Syncer:
                 continue
             self.report["repaired"] += bool(sent)
         try:
-            self.sync_figures()
+            self.sync_figures(list(figures), execution, record or {})
         except Exception as err:
             self.report["failed"].append(f"figures: {self.t.describe(err)}")
         return self.report
 
     def sync_run(self, run_dir: Path, tracked: dict, tables: list, studies: list[str]) -> int:
-        """Send what the store lacks of one run; returns how many writes that took."""
+        """Send what the store lacks of one run; returns how many writes that took besides
+        attaching analysis tables (0: the run was complete)."""
         spec = json.loads((run_dir / "spec.json").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
         state = summary.get("tracking") or {}
@@ -172,47 +169,38 @@ class Syncer:
 
         folder = "analysis"
         listed = {Path(a.path).name for a in self.call(self.client.list_artifacts, run_id, folder)} if tables else set()
-        for table in tables:
+        for table in tables:  # attached here in any case (analysis jobs never import mlflow)
             if table.name not in listed:
                 self.call(self.client.log_artifact, run_id, str(table), artifact_path=folder)
                 self.report["artifacts"] += 1
-                writes += 1
 
         if run.info.status != "FINISHED":
             self.call(self.client.set_terminated, run_id, status="FINISHED")
             writes += 1
 
-        new_state = {"uri": self.uri, "experiment": self.experiment, **state, "enabled": True,
-                     "complete": True, "run_id": run_id, "error": None}
-        if writes:  # the run is now in this store
-            new_state.update(uri=self.uri, experiment=self.experiment, notes=[
-                *state.get("notes", []), f"bnstudy track completed the MLflow run ({len(fresh)} metric points)"])
-        if summary.get("tracking") != new_state or summary.get("mlflow_run_id") != run_id:
-            summary.update(tracking=new_state, mlflow_run_id=run_id)
-            _write_json(run_dir / "summary.json", summary)
+        if writes:
+            self.report["runs"].append(spec["run"])
         return writes
 
-    def sync_figures(self) -> None:
-        """The execution's 'figures' run (results/tracking/figures.json), if the store lost it."""
-        record_path = self.results / "tracking" / "figures.json"
-        figures = sorted(self.results.glob("figures/*/*.png"))
-        if not record_path.exists() or not figures:
+    def sync_figures(self, figures: list[Path], execution: str, record: dict) -> None:
+        """One 'figures' run per pipeline execution holds its figures; the last pass's `record`
+        (track.json) says whether this execution's run exists already (then nothing is sent)."""
+        if not figures:
             return
-        record = json.loads(record_path.read_text())
-        if record.get("figures_run"):
+        if record.get("figures_run") and record.get("execution") == execution:
             try:
                 self.call(self.client.get_run, record["figures_run"])
+                self.report["figures_run"] = record["figures_run"]
                 return
             except Exception as err:
                 if not self.t.is_not_found(err):
                     raise
-        execution = record.get("execution") or os.environ.get(self.t.EXECUTION_ENV, "manual")
-        run_id = self.t._log_figures(self.client, self.experiment_id, figures, execution)
-        self.report["figures_run"] = run_id
+        self.report["figures_run"] = self.t.log_figures(self.client, self.experiment_id, figures, execution)
         self.report["artifacts"] += len(figures)
-        _write_json(record_path, {**record, "figures_run": run_id, "count": len(figures)})
 
 
-def sync(results: Path, uri: str, experiment: str, artifact_root=None, log=None) -> dict:
-    """Re-send what the store lacks; returns {checked, repaired, points, artifacts, failed}."""
-    return Syncer(results, uri, experiment, artifact_root, log).run()
+def sync(results: Path, uri: str, experiment: str, artifact_root=None, log=None, figures=(),
+         execution: str = "manual", record: dict | None = None) -> dict:
+    """Re-send what the store lacks; returns {checked, repaired, runs, points, artifacts,
+    figures_run, failed}."""
+    return Syncer(results, uri, experiment, artifact_root, log).run(figures, execution, record)

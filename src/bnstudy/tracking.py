@@ -703,47 +703,14 @@ class MlflowTracker:
 # analysis tables and figures: bounded, and a failure is a line on stderr, not a failed job
 
 
-def log_analysis(uri: str, run_id: str, table: Path, experiment: str = "bnstudy",
-                 artifact_root=None, log=None) -> bool:
-    """Attach an analysis table (<analysis>-<settings hash>.csv) to its training run (artifact
-    folder analysis/)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
-        fast_fail_http()
-        quiet_mlflow_after_import()
-        client, _ = open_store(uri, experiment, artifact_root)
-        _retry(client.log_artifact, run_id, str(table), artifact_path="analysis")
-        return True
-    except Exception as err:
-        log(incomplete_line(f"analysis table {Path(table).name} not attached to MLflow run "
-                            f"{run_id} ({describe(err)})"))
-        return False
-
-
 def quiet_mlflow_after_import() -> None:
     import mlflow  # noqa: F401
 
     quiet_mlflow()
 
 
-def log_figures(uri: str, experiment: str, figures: list[Path], artifact_root=None,
-                log=None) -> str | None:
-    """Figures belong to no single training run: one 'figures' run per pipeline execution holds
-    them all (logged by one job, so parallel jobs never race to create it). None if MLflow did
-    not take them (said on stderr)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
-        fast_fail_http()
-        quiet_mlflow_after_import()
-        client, created = open_store(uri, experiment, artifact_root)
-        exp = created or experiment_id(client, uri, experiment, artifact_root)
-        return _log_figures(client, exp, figures, os.environ.get(EXECUTION_ENV, "manual"))
-    except Exception as err:
-        log(incomplete_line(f"figures not logged to MLflow ({describe(err)})"))
-        return None
-
-
-def _log_figures(client, exp_id: str, figures: list[Path], execution: str) -> str:
+def log_figures(client, exp_id: str, figures: list[Path], execution: str) -> str:
+    """One run holding an execution's figures (they belong to no single training run)."""
     run = _retry(client.create_run, exp_id, run_name=f"figures ({execution})",
                  tags={"bnstudy.figures": "true", "bnstudy.execution": execution})
     for figure in figures:

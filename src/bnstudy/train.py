@@ -502,20 +502,25 @@ class Run:
         return ("diverged", diverged) if diverged is not None else ("completed", None)
 
 
-def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int = 0) -> dict:
+def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int = 0, timer=None) -> dict:
     """Train the run described by `spec` into `run_dir`, resuming from its last good checkpoint.
 
     `open_tracker(previous_run_id) -> tracker` is called once the checkpoint (if any) is loaded,
-    so a resumed run continues the same MLflow run. Returns the summary written to summary.json.
+    so a resumed run continues the same MLflow run. `timer()`, a context manager, times the
+    training itself (the CLI's work timer: not start-up, not the tracker). Returns the summary
+    written to summary.json.
     """
-    run = Run(spec, run_dir, threads=threads, log=log)
-    run.resume()
+    timer = timer or contextlib.nullcontext
+    with timer():
+        run = Run(spec, run_dir, threads=threads, log=log)
+        run.resume()
     if open_tracker:
         run.tracker = open_tracker(run.previous_mlflow) or NullTracker()
-    status, diverged_step = run.train()
-    summary = make_summary(spec, run.run_dir, run.metrics, status, diverged_step, str(run.device),
-                           run.wall(), run.tracker.run_id)
-    write_tables(spec, run.run_dir, run.metrics)
+    with timer():
+        status, diverged_step = run.train()
+        summary = make_summary(spec, run.run_dir, run.metrics, status, diverged_step, str(run.device),
+                               run.wall(), run.tracker.run_id)
+        write_tables(spec, run.run_dir, run.metrics)
     # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking); the
     # tracker checks the store against them, and summary.json (written last: it marks the run
     # done) records whether tracking is complete (`bnstudy track` re-sends what is not)

@@ -13,7 +13,6 @@ rule analyze:
         f"{RESULTS}/analysis/{{run}}/{{analysis}}-{{digest}}.csv",
     params:
         settings=analysis_settings,
-        tracking=as_json(TRACKING),
         run_dir=run_folder,
     threads: max(1, config["runtime"]["threads"])
     resources:
@@ -26,4 +25,4 @@ rule analyze:
         "../../envs/train.yaml"
     shell:
         "python -m bnstudy analyze --run-dir {params.run_dir} --settings {params.settings:q} "
-        "--tracking {params.tracking:q} --threads {threads} --out {output} > {log} 2>&1"
+        "--threads {threads} --out {output} > {log} 2>&1"

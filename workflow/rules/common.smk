@@ -76,7 +76,8 @@ def run_studies(wildcards):
 
 
 def tracking_marker(wildcards=None):
-    return [f"{RESULTS}/tracking/ready.json"] if TRACKING["enabled"] else []
+    """Live tracking: the store and experiment exist before any training job logs to them."""
+    return [f"{RESULTS}/tracking/ready.json"] if TRACKING["enabled"] and TRACKING["live"] else []
 
 
 # -- analyses: one table per (run, analysis, settings hash), shared by every study that asks
@@ -148,8 +149,16 @@ def figure_files():
     return [f"{RESULTS}/figures/{study}/{kind}.png" for study, cfg in STUDIES.items() for kind in cfg["figures"]]
 
 
+def all_summaries():
+    return [f"{RESULTS}/runs/{run}/summary.json" for run in PLAN.runs]
+
+
+def all_analysis_tables():
+    return [analysis_table(run, analysis, digest) for run, analysis, digest in sorted(PLAN.analysis_jobs())]
+
+
 def all_outputs():
     outputs = figure_files() + [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md"]
     if TRACKING["enabled"]:
-        outputs.append(f"{RESULTS}/tracking/figures.json")
+        outputs.append(f"{RESULTS}/tracking/track.json")
     return outputs

@@ -45,19 +45,23 @@ rule claims:
         "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
-rule track_figures:
-    """Log every figure to MLflow, in one 'figures' run per pipeline execution."""
+rule track:
+    """MLflow, once per execution: the runs (all of them when tracking is not live, else what a
+    job could not send), every analysis table, and one 'figures' run holding the figures."""
     input:
-        figure_files(),
+        summaries=all_summaries(),
+        analyses=all_analysis_tables(),
+        figures=figure_files(),
     output:
-        f"{RESULTS}/tracking/figures.json",
+        f"{RESULTS}/tracking/track.json",
     params:
         tracking=as_json(TRACKING),
     log:
-        f"{RESULTS}/logs/track_figures.log",
+        f"{RESULTS}/logs/track.log",
     benchmark:
-        f"{RESULTS}/benchmarks/track_figures.tsv"
+        f"{RESULTS}/benchmarks/track.tsv"
     conda:
         "../../envs/figures.yaml"
     shell:
-        "python -m bnstudy track-figures --tracking {params.tracking:q} --out {output} {input} > {log} 2>&1"
+        "python -m bnstudy track --tracking {params.tracking:q} --out {output} "
+        "--figures {input.figures} > {log} 2>&1"
