@@ -11,7 +11,6 @@ grad_diff = ||g - grad L(W - eta g)||, beta = grad_diff / ||eta g||.
                    torch.optim.SGD(lr=eta), then loss and gradient with .backward() again.
   deepcopy+reuse   a leaner straightforward way, for reference: g computed once; per eta a
                    deepcopy, a manual step p.add_(g, alpha=-eta), then loss and gradient with .backward().
-  vmap (--chunk)   optional: the probe evaluating `chunk` points per torch.func.vmap call.
 
 Every variant runs in training mode on the same batch; times are the best of --repeats runs,
 interleaved across variants, after one warm-up run each. The last line is
@@ -33,10 +32,11 @@ import torch
 
 from bnstudy.analysis import Objective, landscape, origin_state
 from bnstudy.analysis.functional import norm
-from bnstudy.analysis.run import analysis_layout, exact_numerics, prepare_model
+from bnstudy.analysis.run import analysis_layout, prepare_model
 from bnstudy.checkpoint import load_checkpoint
 from bnstudy.config import load_config, plan
 from bnstudy.models import build_model, loss_fn
+from bnstudy.runtime import exact_numerics
 
 
 def demo_spec() -> dict:
@@ -102,7 +102,6 @@ def main(argv=None) -> None:
     ap.add_argument("--points", type=int, default=8, help="eta grid points (config default 8)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--chunk", type=int, default=0, help="also time vmap with this many points")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
@@ -139,16 +138,14 @@ def main(argv=None) -> None:
     params, buffers = origin_state(model)
     objective = Objective(model, buffers, loss, [(x, y)])
 
-    def probe(chunk=1):
-        return landscape(objective, params, lr, settings, chunk=chunk)
+    def probe():
+        return landscape(objective, params, lr, settings)
 
     with exact_numerics(args.device):
         etas = [r["eta"] for r in probe()]
     fns = {"probe": probe,
            "step": lambda: baseline(model, loss, x, y, etas, reuse_grad=False),
            "reuse": lambda: baseline(model, loss, x, y, etas, reuse_grad=True)}
-    if args.chunk > 1:
-        fns["vmap"] = lambda: probe(args.chunk)
     with exact_numerics(args.device):  # as the analysis stage runs (IEEE fp32, deterministic cuDNN)
         times, results = timed(fns, args.repeats)
     (t_probe, c_probe), (t_step, c_step), (t_reuse, c_reuse) = \
@@ -171,11 +168,6 @@ def main(argv=None) -> None:
           f"   {diff:.3g}")
     print(f"deepcopy+reuse  {t_reuse:7.3f} {c_reuse:7.3f}   {t_reuse / t_probe:5.2f}x / "
           f"{c_reuse / c_probe:5.2f}x   {diff_lean:.3g}")
-    if args.chunk > 1:
-        (t_vmap, c_vmap), vrows = times["vmap"], results["vmap"]
-        vdiff = max(abs(r[k] - v[k]) for r, v in zip(rows, vrows) for k in ("loss", "grad_diff", "beta"))
-        print(f"vmap chunk={args.chunk:<4d}{t_vmap:7.3f} {c_vmap:7.3f}   {t_vmap / t_probe:5.2f}x / "
-              f"{c_vmap / c_probe:5.2f}x time vs probe (>1: vmap slower)   {vdiff:.3g}")
     print(f"speedup_vs_deepcopy={t_step / t_probe:.2f} max_abs_diff={diff:.3g}")
 
 

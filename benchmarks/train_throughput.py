@@ -38,7 +38,8 @@ import torch
 from bnstudy.config import load_config, plan
 from bnstudy.data import load_prepared, prepare
 from bnstudy.models import build_model, set_generator
-from bnstudy.train import autocast_context, place_model, resolve_device, train
+from bnstudy.runtime import autocast_context, resolve_device
+from bnstudy.train import place_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
