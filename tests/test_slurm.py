@@ -150,16 +150,22 @@ def cluster(request):
 
 @pytest.fixture(scope="module")
 def slurm_dag(cluster, tmp_path_factory):
-    """The smoke DAG subset through sbatch, plus one target that fails (a config-valid dataset
-    whose folder does not exist); keep-going (the profile's) finishes everything else.
-    Returns (workdir, snakemake's return code and output, the plugin's run uuid, missing path)."""
+    """The smoke DAG subset through sbatch, plus one target that fails at run time (a dataset
+    that passes every config check, but whose image files cannot be decoded); keep-going (the
+    profile's) finishes everything else. Returns (workdir, snakemake's return code and output,
+    the plugin's run uuid, the undecodable file)."""
     root = tmp_path_factory.mktemp("slurm")
     work = root / "work"
     work.mkdir()
-    missing = root / "no-such-image-folder"
+    images = root / "corrupt-images"
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (images / split / label).mkdir(parents=True)
+            (images / split / label / "0.jpg").write_bytes(b"not a jpeg")
+    missing = sorted((images / "train").glob("*/0.jpg"))[0]
     override = write_yaml(root / "studies.yaml", {
         **only_studies(*STUDIES),
-        "datasets": {BROKEN: {"source": "imagefolder", "root": str(missing)}}})
+        "datasets": {BROKEN: {"source": "imagefolder", "root": str(images), "classes": 2}}})
     proc = slurm_snakemake(work, str(override), targets=("all", f"results/data/{BROKEN}.pt"),
                            check=False)
     out = proc.stdout + proc.stderr
@@ -271,14 +277,14 @@ def test_requeued_train_job_resumes_from_its_checkpoint(cluster, tmp_path):
     (retries 0) never sees a failure."""
     work = tmp_path / "work"
     work.mkdir()
-    steps = 3000
+    steps = 20000  # long enough (tens of seconds) to be caught running, however fast the machine
     override = write_yaml(tmp_path / "long.yaml", {
         **only_studies("mnist_2015"),
         "studies": {**only_studies("mnist_2015")["studies"],
-                    "mnist_2015": {"enabled": True, "variants": ["batchnorm"]}},
+                    "mnist_2015": {"enabled": True, "variants": ["batchnorm"], "claims": []}},
         "setups": {"mlp": {"optim": {"steps": steps},
                            "checkpoints": {"dense_until": 0, "dense_every": 1, "every": 100},
-                           "log": {"eval_every": 1000, "layers_every": 100}}}})
+                           "log": {"train_every": 1, "eval_every": 5000, "layers_every": 1000}}}})
     profile = machine_profile(tmp_path / "profile", retries=0)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(work), "--configfile", str(REPO / "config" / "smoke.yaml"),
@@ -287,6 +293,8 @@ def test_requeued_train_job_resumes_from_its_checkpoint(cluster, tmp_path):
                                  env={**os.environ, **SLURM_ENV})
     try:
         def running_train_job():
+            if snakemake.poll() is not None:  # it stopped before the job could be requeued
+                raise AssertionError(f"snakemake exited {snakemake.returncode}:\n{snakemake.stdout.read()[-4000:]}")
             out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], capture_output=True,
                                  text=True).stdout
             jobs = [line.split("|") for line in out.split()]
