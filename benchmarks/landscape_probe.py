@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch

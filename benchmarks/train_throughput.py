@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from bnstudy.config import load_config, plan
-from bnstudy.data import load_prepared, prepare
+from bnstudy.data import prepare
 from bnstudy.models import build_model, set_generator
 from bnstudy.runtime import autocast_context, resolve_device
 from bnstudy.train import place_model, train

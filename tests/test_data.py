@@ -1,6 +1,5 @@
 """Prepared datasets: deterministic, class-balanced, atomic, clear errors on bad sources."""
 
-import hashlib
 
 import pytest
 import torch

@@ -45,7 +45,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from bnstudy.atomic import atomic_write  # noqa: E402
-from bnstudy.catalog import FIGURE_KINDS, figure_tables  # noqa: E402
+from bnstudy.catalog import figure_tables  # noqa: E402
 from bnstudy.stats import mean_ci  # noqa: E402
 from bnstudy.tables import StudyTables, TableError  # noqa: E402
 
