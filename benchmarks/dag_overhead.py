@@ -10,9 +10,11 @@ config/paper.yaml, and last:
     dag_wall_s=<s> work_s=<s> overhead_share=<r>
 
 overhead_share = 1 - (sum of work) / (sum of job walls): the share of the jobs' time that is not
-their work. Compare runs only on one machine (shared VMs vary 2-4x between sessions).
+their work. With --compare, the same DAG runs first with `runtime.fork_server: false` (every job a
+fresh Python process, the baseline) and the ratios of the two are printed before the last line,
+which is the config's own setting. Compare runs only on one machine (shared VMs vary 2-4x).
 
-    python benchmarks/dag_overhead.py [--configfile config/config.yaml] [--cores 2] [--keep DIR]
+    python benchmarks/dag_overhead.py [--configfile config/config.yaml] [--cores 2] [--keep DIR] [--compare]
     python benchmarks/dag_overhead.py --results DIR/results --dag-wall 512   # re-read a finished run
 """
 
@@ -45,6 +47,17 @@ def run_dag(workdir: Path, configfile: str, cores: int) -> float:
     return wall
 
 
+def config_without_fork_server(configfile: str, folder: Path) -> str:
+    """A copy of the config with runtime.fork_server off (the baseline of --compare)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / configfile).read_text())
+    config.setdefault("runtime", {})["fork_server"] = False
+    out = folder / "baseline.yaml"
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(out)
+
+
 def jobs(results: Path) -> list[tuple[str, float, float]]:
     """(command, wall seconds, work seconds) of every job that left a benchmark and a log."""
     out = []
@@ -70,27 +83,8 @@ def plan_seconds(configfile: str = "config/paper.yaml") -> float:
         return time.perf_counter() - start
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configfile", default="config/config.yaml")
-    ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
-    ap.add_argument("--results", type=Path, help="read a finished run's results folder instead of running")
-    ap.add_argument("--dag-wall", type=float, help="with --results: the DAG's wall time, if known")
-    args = ap.parse_args()
-
-    if args.results:
-        results, dag_wall = args.results, args.dag_wall or float("nan")
-    else:
-        workdir = args.keep or Path(tempfile.mkdtemp(prefix="bnstudy-dag-"))
-        workdir.mkdir(parents=True, exist_ok=True)
-        print(f"running {args.configfile} with --cores {args.cores} in {workdir} ...", flush=True)
-        dag_wall = run_dag(workdir, args.configfile, args.cores)
-        results = workdir / "results"
-
-    rows = jobs(results)
-    if not rows:
-        sys.exit(f"no job logs with a work_s line under {results}")
+def report(rows: list[tuple[str, float, float]]) -> tuple[float, float]:
+    """Print the per-kind table; return (sum of job walls, sum of work)."""
     by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for command, wall, work in rows:
         by_kind[command].append((wall, work))
@@ -100,11 +94,61 @@ def main() -> None:
         print(f"{command:20s} {len(values):5d} {wall / len(values):8.2f} {work / len(values):8.2f} "
               f"{1 - work / wall:9.2f}")
     total_wall, total_work = sum(w for _, w, _ in rows), sum(w for _, _, w in rows)
-    print(f"{'all jobs':20s} {len(rows):5d} {total_wall:8.1f} {total_work:8.1f} {1 - total_work / total_wall:9.2f}"
-          f"   (sums)")
-    print(f"\nsnakemake -n on config/paper.yaml: {plan_seconds():.2f} s")
-    if not args.results and not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{'all jobs':20s} {len(rows):5d} {total_wall:8.1f} {total_work:8.1f} "
+          f"{1 - total_work / total_wall:9.2f}   (sums)")
+    return total_wall, total_work
+
+
+def measure(configfile: str, cores: int, workdir: Path, label: str) -> tuple[float, float, float]:
+    """Run the DAG in `workdir`; print its table; return (DAG wall, sum of job walls, work)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"\n== {label}: {configfile} with --cores {cores} in {workdir} ...", flush=True)
+    dag_wall = run_dag(workdir, configfile, cores)
+    rows = jobs(workdir / "results")
+    if not rows:
+        sys.exit(f"no job logs with a work_s line under {workdir / 'results'}")
+    total_wall, total_work = report(rows)
+    print(f"DAG wall {dag_wall:.1f} s")
+    return dag_wall, total_wall, total_work
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configfile", default="config/config.yaml")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
+    ap.add_argument("--compare", action="store_true",
+                    help="first run the DAG with runtime.fork_server false (the baseline)")
+    ap.add_argument("--results", type=Path, help="read a finished run's results folder instead of running")
+    ap.add_argument("--dag-wall", type=float, help="with --results: the DAG's wall time, if known")
+    args = ap.parse_args()
+
+    if args.results:
+        rows = jobs(args.results)
+        if not rows:
+            sys.exit(f"no job logs with a work_s line under {args.results}")
+        dag_wall, (total_wall, total_work) = args.dag_wall or float("nan"), report(rows)
+    else:
+        root = args.keep or Path(tempfile.mkdtemp(prefix="bnstudy-dag-"))
+        root.mkdir(parents=True, exist_ok=True)
+        if args.compare:
+            base = measure(config_without_fork_server(args.configfile, root),
+                           args.cores, root / "baseline", "baseline: runtime.fork_server false")
+        dag_wall, total_wall, total_work = measure(args.configfile, args.cores, root / "dag", "the config as is")
+        if args.compare:
+            print(f"\nratio to the baseline: DAG wall {dag_wall / base[0]:.2f}, sum of job walls "
+                  f"{total_wall / base[1]:.2f}, work {total_work / base[2]:.2f} "
+                  f"(baseline overhead_share {1 - base[2] / base[1]:.3f})")
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([SNAKEMAKE, "--version"], capture_output=True, check=True)
+    startup = time.perf_counter() - start
+    planning = plan_seconds()
+    # Snakemake loads every installed executor plugin at start-up; the Slurm plugin runs
+    # `scontrol show config`, which waits ~10 s where Slurm is installed but its controller is down
+    print(f"\nsnakemake -n on config/paper.yaml: {planning:.2f} s, of which Snakemake's start-up "
+          f"(`snakemake --version`, executor plugins included) {startup:.2f} s")
     print(f"dag_wall_s={dag_wall:.1f} work_s={total_work:.1f} overhead_share={1 - total_work / total_wall:.3f}")
 
 

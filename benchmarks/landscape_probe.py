@@ -161,7 +161,7 @@ def main(argv=None) -> None:
           f"device {args.device}, {torch.get_num_threads()} threads, training mode")
     print(f"# best of {args.repeats} interleaved runs after a warm-up; forward-backward passes: probe "
           f"{args.points + 1}, deepcopy+step {2 * args.points + 1}, deepcopy+reuse {args.points + 1}")
-    print(f"# variant        wall s   cpu s   probe speedup wall / cpu   max_abs_diff vs probe")
+    print("# variant        wall s   cpu s   probe speedup wall / cpu   max_abs_diff vs probe")
     print(f"probe           {t_probe:7.3f} {c_probe:7.3f}")
     print(f"deepcopy+step   {t_step:7.3f} {c_step:7.3f}   {t_step / t_probe:5.2f}x / {c_step / c_probe:5.2f}x"
           f"   {diff:.3g}")

@@ -340,7 +340,7 @@ class Claim:
         threshold = self.threshold(rules)
         other = "below" if self.holds == "above" else "above"
         test = (f"exact one-sided sign-flip test over seeds at alpha {rules.alpha:g}" if self.discrete else
-                f"95% t interval over seeds (exact sign-flip test when the seeds agree exactly)")
+                "95% t interval over seeds (exact sign-flip test when the seeds agree exactly)")
         return (f"effect = {treated} minus {reference}, paired by seed; {test}; supported if the effect"
                 f" lies {self.holds} {threshold:g}, not supported if at or {other}; inconclusive if"
                 f" undecided, with < 2 seeds, runs < {rules.min_steps} steps, or {self.must_train}"

@@ -334,11 +334,25 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         raise SystemExit(f"bnstudy {args.command}: {err}") from None
     print(f"[bnstudy] {args.command} work_s={WORK_SECONDS[0]:.3f}", file=sys.stderr)
-    # the interpreter's final garbage collections over torch's, pandas' and mlflow's objects cost
-    # up to ~1 s per job; the OS frees them anyway (atexit handlers and stream flushes still run)
-    import gc
 
-    gc.freeze()
+
+def exit_now(code: int = 0) -> None:
+    """End the process without the interpreter's teardown of its modules: other threads are
+    waited for and atexit handlers run, as at a normal exit, and the streams are flushed; then
+    tearing down torch, pandas and matplotlib (~0.45 s per job here, ~0.15 s after gc.freeze) is
+    skipped, and the OS frees the memory. Every file a job writes is closed (and renamed into
+    place) before this. Never returns, also in a fork server's child (bnstudy.forkserver)."""
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # what the interpreter does first at exit: join non-daemon threads
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    finally:
+        os._exit(code)
 
 
 if __name__ == "__main__":

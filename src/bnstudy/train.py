@@ -321,7 +321,7 @@ class Run:
         self.spec, self.run_dir = spec, Path(run_dir)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         runtime = spec["runtime"]
-        set_threads(runtime, threads)
+        self.threads = set_threads(runtime, threads)
         self.device = resolve_device(runtime)
         self.precision = runtime["precision"]
         optim, self.every = spec["optim"], spec["log"]
@@ -519,7 +519,7 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
     with timer():
         status, diverged_step = run.train()
         summary = make_summary(spec, run.run_dir, run.metrics, status, diverged_step, str(run.device),
-                               run.wall(), run.tracker.run_id)
+                               run.wall(), run.tracker.run_id, threads=run.threads)
         write_tables(spec, run.run_dir, run.metrics)
     # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking); the
     # tracker checks the store against them, and summary.json (written last: it marks the run
@@ -542,7 +542,7 @@ def _check_data(spec: dict, meta: dict) -> None:
 
 
 def make_summary(spec: dict, run_dir: Path, metrics: dict, status: str, diverged_step: int | None,
-                 device: str, wall: float, mlflow_run_id: str | None) -> dict:
+                 device: str, wall: float, mlflow_run_id: str | None, threads: int = 0) -> dict:
     """summary.json: status, final metrics (the last evaluation of each split), checkpoints."""
     last = {row["split"]: row for row in metrics["eval"]}
     final = {}
@@ -557,7 +557,7 @@ def make_summary(spec: dict, run_dir: Path, metrics: dict, status: str, diverged
         "final": final,
         "checkpoints": [{"step": s, "path": str(p)} for s, p in list_checkpoints(run_dir)],
         "labels": {"variant": spec["norm"]["variant"], "lr": spec["optim"]["lr"], "seed": spec["seed"]},
-        "wall_seconds": wall, "device": device, "mlflow_run_id": mlflow_run_id,
+        "wall_seconds": wall, "device": device, "threads": threads, "mlflow_run_id": mlflow_run_id,
     }
 
 

@@ -162,3 +162,25 @@ def all_outputs():
     if TRACKING["enabled"]:
         outputs.append(f"{RESULTS}/tracking/track.json")
     return outputs
+
+
+# -- the execution's fork server (bnstudy.forkserver): jobs start without importing torch
+
+FORK_SERVER = []
+
+
+def start_fork_server():
+    """Local executions only: a cluster job runs on another node, and a conda env (--sdm conda)
+    runs another interpreter than the one that would serve it."""
+    uses_conda = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
+    if config["runtime"]["fork_server"] and workflow.local_exec and not uses_conda:
+        from bnstudy.forkserver import start
+
+        handle = start(Path(RESULTS) / "logs" / "fork_server.log")
+        if handle:
+            FORK_SERVER.append(handle)
+
+
+def stop_fork_server():
+    while FORK_SERVER:
+        FORK_SERVER.pop().stop()
