@@ -89,11 +89,26 @@ def run_forked(argv: list[str]) -> int | None:
     except OSError:
         last = ""
     if not last:
+        # the server died; its death signal stops the child: wait until it has (a retry must not
+        # find it still writing the run folder)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _exists(child):
+            time.sleep(0.1)
         print("bnstudy: the fork server went away while this job ran (its process was stopped); "
               "rerun the job", file=sys.stderr)
         return 1
     status = json.loads(last)["exit"]
     return status if status >= 0 else 128 - status
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,33 +171,58 @@ def start(log: Path) -> Handle | None:
 # the server
 
 
+def source_stamp() -> list[tuple[str, int]]:
+    """The package's source files and their modification times: a server whose sources changed
+    since it started would run old code in some modules and new code in those the job imports
+    itself, so it refuses (the job then runs cold, all new)."""
+    return sorted((str(f), f.stat().st_mtime_ns) for f in Path(PACKAGE).rglob("*.py"))
+
+
 def _thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
 def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    with contextlib.suppress(OSError):  # a full disk must not stop the jobs
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
-    conn.settimeout(10)
-    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    if len(data) < _HEADER.size or len(fds) != 3:
+    """The request and the client's three fds (closed here if the request is bad). A client
+    sends it at once after connecting; the short timeout bounds a stalled one."""
+    conn.settimeout(2)
+    fds: list[int] = []
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+        if len(data) < _HEADER.size or len(fds) != 3:
+            raise ValueError("malformed request")
+        size, data = _HEADER.unpack(data[:_HEADER.size])[0], data[_HEADER.size:]
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise ValueError("truncated request")
+            data += chunk
+        request = json.loads(data)
+    except BaseException:
         for fd in fds:
             os.close(fd)
-        raise ValueError("malformed request")
-    size, data = _HEADER.unpack(data[:_HEADER.size])[0], data[_HEADER.size:]
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
+        raise
     conn.settimeout(None)
-    return json.loads(data), fds
+    return request, fds
 
 
-def _run_child(request: dict, fds: list[int], inherited: list) -> None:
-    """In the forked child: become the job (its streams, directory, environment), run it, exit."""
+def _refusal(request: dict, stamp: list) -> str | None:
+    """Why this server must not run the request (the client then runs it itself), or None."""
+    if (request.get("prefix"), request.get("package")) != (sys.prefix, PACKAGE):
+        return f"the job runs {request.get('prefix')} {request.get('package')}, the server {sys.prefix} {PACKAGE}"
+    if source_stamp() != stamp:
+        return f"the sources under {PACKAGE} changed since the server started"
+    return None
+
+
+def _run_child(request: dict, fds: list[int], inherited: list, server: int) -> None:
+    """In the forked child: become the job (its streams, directory, environment), run it, exit.
+    Never returns: whatever happens, the child ends in os._exit, not in the server's loop."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -192,6 +232,8 @@ def _run_child(request: dict, fds: list[int], inherited: list) -> None:
         for resource in inherited:  # the server's sockets and selector: not the job's
             resource.close()
         _die_with_parent()
+        if os.getppid() != server:  # the server died before the death signal was set
+            os._exit(1)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         for fd in fds:
@@ -208,7 +250,7 @@ def _run_child(request: dict, fds: list[int], inherited: list) -> None:
             import torch
 
             torch.set_num_threads(int(threads))
-        from .cli import main
+        from .cli import exit_now, main
 
         try:
             main(request["argv"])
@@ -219,17 +261,23 @@ def _run_child(request: dict, fds: list[int], inherited: list) -> None:
             else:
                 print(stop.code, file=sys.stderr)
                 code = 1
-    except BaseException:
-        import traceback
+        except KeyboardInterrupt:  # as a fresh process ends on Ctrl-C: traceback, then the signal
+            import traceback
 
-        traceback.print_exc()
-        code = 1
-    try:
-        from .cli import exit_now
-
+            traceback.print_exc()
+            sys.stderr.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         exit_now(code)
+    except BaseException:
+        try:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(1)
     finally:
-        os._exit(code)  # never back into the server's loop
+        os._exit(code)
 
 
 def _die_with_parent() -> None:
@@ -248,7 +296,7 @@ def serve(path: Path, parent: int) -> None:
     import selectors
 
     os.environ.update(SINGLE_THREADED)
-    started = time.perf_counter()
+    started, stamp = time.perf_counter(), source_stamp()
     for name in PRELOAD:
         importlib.import_module(name)
     if _thread_count() != 1:
@@ -294,27 +342,32 @@ def serve(path: Path, parent: int) -> None:
                     _log(f"dropped a request: {err}")
                     conn.close()
                     continue
-                if (request.get("prefix"), request.get("package")) != (sys.prefix, PACKAGE):
+                refused = _refusal(request, stamp)
+                if refused:
                     for fd in fds:
                         os.close(fd)
-                    conn.sendall((json.dumps({"refused": f"server runs {sys.prefix} {PACKAGE}"}) + "\n").encode())
+                    _log(f"refused a job: {refused}")
+                    with contextlib.suppress(OSError):
+                        conn.sendall((json.dumps({"refused": refused}) + "\n").encode())
                     conn.close()
                     continue
                 sys.stdout.flush()
                 sys.stderr.flush()
+                me = os.getpid()
                 pid = os.fork()
                 if pid == 0:
-                    _run_child(request, fds, [selector, listener, wake_read, wake_write, conn, *jobs.values()])
+                    _run_child(request, fds, [selector, listener, wake_read, wake_write, conn, *jobs.values()],
+                               server=me)
                 for fd in fds:
                     os.close(fd)
-                served += 1
-                _log(f"job {served} (pid {pid}): {' '.join(request['argv'][:1])}")
+                jobs[pid] = conn
                 try:
                     conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
+                    selector.register(conn, selectors.EVENT_READ, pid)
                 except OSError:
                     os.kill(pid, signal.SIGTERM)  # its client is gone already
-                jobs[pid] = conn
-                selector.register(conn, selectors.EVENT_READ, pid)
+                served += 1
+                _log(f"job {served} (pid {pid}): {' '.join(request['argv'][:1])}")
             else:  # a client's connection: it sends nothing after its request, so this is EOF
                 pid = key.data
                 selector.unregister(key.fileobj)

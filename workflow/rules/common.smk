@@ -170,10 +170,10 @@ FORK_SERVER = []
 
 
 def start_fork_server():
-    """Local executions only: a cluster job runs on another node, and a conda env (--sdm conda)
-    runs another interpreter than the one that would serve it."""
+    """Local executions only: a cluster job runs on another node, a conda env (--sdm conda)
+    runs another interpreter than the one that would serve it, and --touch runs no job."""
     uses_conda = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
-    if config["runtime"]["fork_server"] and workflow.local_exec and not uses_conda:
+    if config["runtime"]["fork_server"] and workflow.local_exec and not uses_conda and not workflow.touch:
         from bnstudy.forkserver import start
 
         handle = start(Path(RESULTS) / "logs" / "fork_server.log")
