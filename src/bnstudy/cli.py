@@ -336,6 +336,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[bnstudy] {args.command} work_s={WORK_SECONDS[0]:.3f}", file=sys.stderr)
 
 
+def run(argv: list[str]) -> int:
+    """`main(argv)`'s exit status, as Python would make it of a SystemExit (a message goes to
+    stderr with status 1): for `python -m bnstudy` and the fork server's children, which end
+    with `exit_now` rather than by unwinding."""
+    try:
+        main(argv)
+    except SystemExit as stop:  # argparse, user errors, SIGTERM (see _terminate_as_exception)
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    return 0
+
+
 def exit_now(code: int = 0) -> None:
     """End the process without the interpreter's teardown of its modules: other threads are
     waited for and atexit handlers run, as at a normal exit, and the streams are flushed; then

@@ -250,17 +250,10 @@ def _run_child(request: dict, fds: list[int], inherited: list, server: int) -> N
             import torch
 
             torch.set_num_threads(int(threads))
-        from .cli import exit_now, main
+        from .cli import exit_now, run
 
         try:
-            main(request["argv"])
-            code = 0
-        except SystemExit as stop:  # argparse, user errors, SIGTERM
-            if stop.code is None or isinstance(stop.code, int):
-                code = stop.code or 0
-            else:
-                print(stop.code, file=sys.stderr)
-                code = 1
+            code = run(request["argv"])
         except KeyboardInterrupt:  # as a fresh process ends on Ctrl-C: traceback, then the signal
             import traceback
 
