@@ -32,7 +32,8 @@ os.environ.setdefault(EXECUTION_ENV, uuid.uuid4().hex[:12])
 # `python` = the interpreter that runs Snakemake (a venv works without being activated), unless a
 # conda env (--sdm conda) puts its own interpreter first on PATH.
 os.environ.update(PYTHONPATH=str(Path(workflow.basedir) / "src"))
-if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method):
+USES_CONDA = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
+if not USES_CONDA:
     os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 TRACKING = {**config["tracking"], "results": RESULTS}
@@ -172,8 +173,7 @@ FORK_SERVER = []
 def start_fork_server():
     """Local executions only: a cluster job runs on another node, a conda env (--sdm conda)
     runs another interpreter than the one that would serve it, and --touch runs no job."""
-    uses_conda = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
-    if config["runtime"]["fork_server"] and workflow.local_exec and not uses_conda and not workflow.touch:
+    if config["runtime"]["fork_server"] and workflow.local_exec and not USES_CONDA and not workflow.touch:
         from bnstudy.forkserver import start
 
         handle = start(Path(RESULTS) / "logs" / "fork_server.log")
