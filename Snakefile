@@ -1,6 +1,11 @@
 # bnstudy: how does BatchNorm help optimisation? (Santurkar et al. 2018; Ioffe & Szegedy 2015)
-# The DAG: prepare_data -> train (per run) -> analyses (per study x run) -> aggregate (per study)
-#          -> figures, claims -> report.  Logic lives in the bnstudy package; rules only call it.
+# The DAG: prepare_data -> train (per run) -> analyze (per run: every analysis table it needs)
+#          -> aggregate (per study: its tables) -> figures (per study), claims -> track, report.
+# Logic lives in the bnstudy package; rules only call it (python -m bnstudy <command>).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
 
 # the default config, unless --configfile names another: a config file replaces the default
 # rather than being merged into it (a merge would keep the default's studies in every run)
@@ -20,16 +25,15 @@ include: "workflow/rules/figures.smk"
 report: "workflow/report/workflow.rst"
 
 
-onstart:
-    start_fork_server()
-
-
-onsuccess:
-    stop_fork_server()
-
-
-onerror:
-    stop_fork_server()
+# Bookkeeping and plotting run where Snakemake runs, never as cluster jobs: each takes seconds,
+# far less than a place in a Slurm queue.
+localrules:
+    all,
+    init_tracking,
+    aggregate,
+    figures,
+    claims,
+    track,
 
 
 rule all:

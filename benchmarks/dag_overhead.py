@@ -10,11 +10,12 @@ config/paper.yaml, and last:
     dag_wall_s=<s> work_s=<s> overhead_share=<r>
 
 overhead_share = 1 - (sum of work) / (sum of job walls): the share of the jobs' time that is not
-their work. With --compare, the same DAG runs first with `runtime.fork_server: false` (every job a
-fresh Python process, the baseline) and the ratios of the two are printed before the last line,
-which is the config's own setting. Compare runs only on one machine (shared VMs vary 2-4x).
+their work. With --baseline REV, the same DAG first runs from the git revision REV (checked out in
+a temporary worktree, with the same interpreter and packages), then from this checkout, and the
+ratios of the two are printed before the last line (this checkout's). Compare runs only within
+one call: shared VMs vary 2-4x between sessions.
 
-    python benchmarks/dag_overhead.py [--configfile config/config.yaml] [--cores 2] [--keep DIR] [--compare]
+    python benchmarks/dag_overhead.py [--configfile config/config.yaml] [--cores 2] [--keep DIR] [--baseline REV]
     python benchmarks/dag_overhead.py --results DIR/results --dag-wall 512   # re-read a finished run
 """
 
@@ -36,9 +37,9 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 WORK_LINE = re.compile(r"^\[bnstudy\] (\S+) work_s=([0-9.]+)\s*$", re.M)
 
 
-def run_dag(workdir: Path, configfile: str, cores: int) -> float:
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(REPO / configfile), "--cores", str(cores), "--quiet", "rules"]
+def run_dag(workdir: Path, configfile: str, cores: int, checkout: Path = REPO) -> float:
+    cmd = [SNAKEMAKE, "--snakefile", str(checkout / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(checkout / configfile), "--cores", str(cores), "--quiet", "rules"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -47,15 +48,11 @@ def run_dag(workdir: Path, configfile: str, cores: int) -> float:
     return wall
 
 
-def config_without_fork_server(configfile: str, folder: Path) -> str:
-    """A copy of the config with runtime.fork_server off (the baseline of --compare)."""
-    import yaml
-
-    config = yaml.safe_load((REPO / configfile).read_text())
-    config.setdefault("runtime", {})["fork_server"] = False
-    out = folder / "baseline.yaml"
-    out.write_text(yaml.safe_dump(config, sort_keys=False))
-    return str(out)
+def worktree(rev: str, folder: Path) -> Path:
+    """A checkout of git revision `rev` in `folder` (a detached worktree of this repository)."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), rev],
+                   check=True, capture_output=True, text=True)
+    return folder
 
 
 def jobs(results: Path) -> list[tuple[str, float, float]]:
@@ -99,11 +96,12 @@ def report(rows: list[tuple[str, float, float]]) -> tuple[float, float]:
     return total_wall, total_work
 
 
-def measure(configfile: str, cores: int, workdir: Path, label: str) -> tuple[float, float, float]:
+def measure(configfile: str, cores: int, workdir: Path, label: str,
+            checkout: Path = REPO) -> tuple[float, float, float]:
     """Run the DAG in `workdir`; print its table; return (DAG wall, sum of job walls, work)."""
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"\n== {label}: {configfile} with --cores {cores} in {workdir} ...", flush=True)
-    dag_wall = run_dag(workdir, configfile, cores)
+    dag_wall = run_dag(workdir, configfile, cores, checkout)
     rows = jobs(workdir / "results")
     if not rows:
         sys.exit(f"no job logs with a work_s line under {workdir / 'results'}")
@@ -117,8 +115,8 @@ def main() -> None:
     ap.add_argument("--configfile", default="config/config.yaml")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
-    ap.add_argument("--compare", action="store_true",
-                    help="first run the DAG with runtime.fork_server false (the baseline)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="first run the same DAG from git revision REV, and print the ratios")
     ap.add_argument("--results", type=Path, help="read a finished run's results folder instead of running")
     ap.add_argument("--dag-wall", type=float, help="with --results: the DAG's wall time, if known")
     args = ap.parse_args()
@@ -131,11 +129,16 @@ def main() -> None:
     else:
         root = args.keep or Path(tempfile.mkdtemp(prefix="bnstudy-dag-"))
         root.mkdir(parents=True, exist_ok=True)
-        if args.compare:
-            base = measure(config_without_fork_server(args.configfile, root),
-                           args.cores, root / "baseline", "baseline: runtime.fork_server false")
-        dag_wall, total_wall, total_work = measure(args.configfile, args.cores, root / "dag", "the config as is")
-        if args.compare:
+        if args.baseline:
+            checkout = worktree(args.baseline, root / "baseline-checkout")
+            try:
+                base = measure(args.configfile, args.cores, root / "baseline", f"baseline: revision {args.baseline}",
+                               checkout)
+            finally:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(checkout)],
+                               capture_output=True)
+        dag_wall, total_wall, total_work = measure(args.configfile, args.cores, root / "dag", "this checkout")
+        if args.baseline:
             print(f"\nratio to the baseline: DAG wall {dag_wall / base[0]:.2f}, sum of job walls "
                   f"{total_wall / base[1]:.2f}, work {total_work / base[2]:.2f} "
                   f"(baseline overhead_share {1 - base[2] / base[1]:.3f})")

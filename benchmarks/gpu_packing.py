@@ -17,7 +17,6 @@ process's training time. Last line:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -32,11 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bnstudy.config import load_config, plan  # noqa: E402
-from bnstudy.data import prepare  # noqa: E402
+from bnstudy.config import load_config  # noqa: E402
+from bnstudy.plan import plan  # noqa: E402
+from bnstudy.datasets import prepare  # noqa: E402
+from bnstudy.spec import RunSpec  # noqa: E402
 
 
-def base_spec(args, scratch: Path) -> tuple[dict, dict]:
+def base_spec(args, scratch: Path) -> tuple[RunSpec, dict]:
     """(spec, dataset config) of one BatchNorm run of the chosen setup, for --steps steps."""
     if args.setup == "paper":
         from paper_run import images_root, paper_config
@@ -52,23 +53,21 @@ def base_spec(args, scratch: Path) -> tuple[dict, dict]:
     raw["runtime"]["compile"] = args.compile
     raw["studies"] = {study: dict(raw["studies"][study], variants=["batchnorm"], lrs=[0.1], seeds=[0])}
     config = load_config(raw)
-    spec = next(iter(plan(config).runs.values()))
-    spec["optim"]["steps"] = args.steps
-    spec["checkpoints"] = [args.steps]
-    spec["log"].update(eval_every=args.steps, layers_every=10 * args.steps, eval_samples=1000)
-    return spec, config["datasets"][spec["dataset"]["name"]]
+    spec = next(iter(plan(config).runs.values())).updated({
+        "optim.steps": args.steps, "checkpoints": [args.steps], "log.eval_every": args.steps,
+        "log.layers_every": 10 * args.steps, "log.eval_samples": 1000})
+    return spec, config["datasets"][spec.dataset.name]
 
 
-def run_concurrently(spec: dict, count: int, scratch: Path) -> list[dict]:
+def run_concurrently(spec: RunSpec, count: int, scratch: Path) -> list[dict]:
     """`count` training processes of `spec` (seeds 0..count-1) at once; their summaries."""
     procs, folders = [], []
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     for seed in range(count):
-        one = copy.deepcopy(spec)
-        one["seed"], one["run"] = seed, f"{spec['run']}-k{count}-s{seed}"
-        folder = scratch / "runs" / one["run"]
+        one = spec.updated({"seed": seed, "run": f"{spec.run}-k{count}-s{seed}"})
+        folder = scratch / "runs" / one.run
         folders.append(folder)
-        procs.append(subprocess.Popen([sys.executable, "-m", "bnstudy", "train", "--spec", json.dumps(one),
+        procs.append(subprocess.Popen([sys.executable, "-m", "bnstudy", "train", "--spec", one.to_json(),
                                        "--run-dir", str(folder)], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     for proc in procs:
@@ -95,9 +94,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         spec, dataset = base_spec(args, scratch)
-        prepare(dataset, spec["dataset"]["name"], Path(spec["dataset"]["path"]))
-        batch = spec["optim"]["batch_size"]
-        print(f"# {args.setup} setup, {spec['model']['arch']}-{spec['model']['depth']} batchnorm, batch {batch}, "
+        prepare(dataset, spec.dataset.name, Path(spec.dataset.path))
+        batch = spec.optim.batch_size
+        print(f"# {args.setup} setup, {spec.model.arch}-{spec.model.depth} batchnorm, batch {batch}, "
               f"{args.steps} steps per run, device {args.device}, precision {args.precision}, compile {args.compile}")
         print(f"{'runs':>5s} {'slowest s':>10s} {'img/s per run':>14s} {'aggregate img/s':>16s}")
         rates = {}

@@ -29,16 +29,18 @@ import time
 
 import torch
 
-from bnstudy.analysis import Objective, landscape, origin_state
-from bnstudy.analysis.functional import norm
+from bnstudy.analysis import landscape
+from bnstudy.analysis.functional import Objective, Origin, norm, origin_state
 from bnstudy.analysis.run import analysis_layout, prepare_model
 from bnstudy.checkpoint import load_checkpoint
-from bnstudy.config import load_config, plan
+from bnstudy.config import load_config
+from bnstudy.plan import plan
 from bnstudy.models import build_model, loss_fn
 from bnstudy.runtime import exact_numerics
+from bnstudy.spec import RunSpec
 
 
-def demo_spec() -> dict:
+def demo_spec() -> RunSpec:
     """A run spec for the demo VGG: depth 11, width 0.25, batchnorm, CIFAR-shaped input."""
     config = load_config({
         "results": "results",
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
 
     if args.checkpoint:
         state = load_checkpoint(args.checkpoint, map_location="cpu")
-        spec = state["spec"]
+        spec = RunSpec.from_dict(state["spec"], args.checkpoint)
         model = build_model(spec, noise=False)
         model.load_state_dict(state["model"])
     else:
@@ -118,15 +120,15 @@ def main(argv=None) -> None:
     model.to(args.device).train()
     loss = loss_fn(spec)
     gen = torch.Generator().manual_seed(0)
-    shape = spec["dataset"]["shape"] if "shape" in spec["dataset"] else [spec["dataset"]["dim"]]
+    shape = spec.dataset.shape or [spec.dataset.dim]
     x = torch.randn(args.batch_size, *shape, generator=gen).to(args.device)
-    if spec["dataset"]["task"] == "classification":
-        y = torch.randint(0, spec["dataset"]["classes"], (args.batch_size,), generator=gen)
+    if spec.dataset.task == "classification":
+        y = torch.randint(0, spec.dataset.classes, (args.batch_size,), generator=gen)
     else:
         y = torch.randn(args.batch_size, *shape, generator=gen)
     y = y.to(args.device)
 
-    lr = spec["optim"]["lr"]
+    lr = spec.optim.lr
     settings = {"eta_min": 0.5, "eta_max": 4.0, "points": args.points, "relative": True,
                 "random_directions": 0, "seed": 0}
     # Every variant works on the network as the analysis stage prepares it from the checkpoint
@@ -137,8 +139,10 @@ def main(argv=None) -> None:
     params, buffers = origin_state(model)
     objective = Objective(model, buffers, loss, [(x, y)])
 
+    origin = Origin(objective, params, model.layer_groups(), None, {"lr": lr})
+
     def probe():
-        return landscape(objective, params, lr, settings)
+        return landscape.compute(origin, settings)
 
     with exact_numerics(args.device):
         etas = [r["eta"] for r in probe()]
@@ -154,9 +158,9 @@ def main(argv=None) -> None:
     diff = max(abs(a - b) for r, s in zip(ours, results["step"]) for a, b in zip(r, s))
     diff_lean = max(abs(a - b) for r, s in zip(ours, results["reuse"]) for a, b in zip(r, s))
 
-    m = spec["model"]
-    print(f"# landscape probe, one checkpoint: {m['arch']}{m.get('depth', '')} width "
-          f"{m.get('width')} {spec['norm']['variant']}, {sum(p.numel() for p in params.values())} "
+    m = spec.model
+    print(f"# landscape probe, one checkpoint: {m.arch}{m.depth} width "
+          f"{m.width} {spec.norm.variant}, {sum(p.numel() for p in params.values())} "
           f"params, batch {args.batch_size}, {args.points} etas in [0.5, 4] x lr={lr}, "
           f"device {args.device}, {torch.get_num_threads()} threads, training mode")
     print(f"# best of {args.repeats} interleaved runs after a warm-up; forward-backward passes: probe "

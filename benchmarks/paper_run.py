@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from bnstudy.config import load_config, plan
-from bnstudy.data import prepare
+from bnstudy.config import load_config
+from bnstudy.plan import plan
+from bnstudy.datasets import prepare
 from bnstudy.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,13 +82,12 @@ def main() -> None:
         config = load_config(raw)
         spec = next(iter(plan(config).runs.values()))
         start = time.perf_counter()
-        prepare(config["datasets"]["cifar10"], "cifar10", Path(spec["dataset"]["path"]))
+        prepare(config["datasets"]["cifar10"], "cifar10", Path(spec.dataset.path))
         prep_s = time.perf_counter() - start
-        steps = spec["optim"]["steps"]
+        steps = spec.optim.steps
 
-        probe = copy.deepcopy(spec)
-        probe["optim"]["steps"] = args.probe_steps
-        probe["checkpoints"] = [c for c in spec["checkpoints"] if c <= args.probe_steps]
+        probe = spec.updated({"optim.steps": args.probe_steps,
+                              "checkpoints": [c for c in spec.checkpoints if c <= args.probe_steps]})
         probe_summary = train(probe, scratch / "probe", log=lambda m: None)
         rate = args.probe_steps / probe_summary["wall_seconds"]
         estimate = steps / rate
@@ -113,8 +113,8 @@ def main() -> None:
         else:
             wall = estimate
             print(f"full run skipped: estimate {estimate:.0f} s > budget {args.budget:.0f} s")
-        vgg_runs = [s for s in full_plan.runs.values() if s["model"]["arch"] == "vgg"]
-        vgg_steps = sum(s["optim"]["steps"] for s in vgg_runs)
+        vgg_runs = [s for s in full_plan.runs.values() if s.model.arch == "vgg"]
+        vgg_steps = sum(s.optim.steps for s in vgg_runs)
         print(f"paper DAG: {len(full_plan.runs)} runs, {len(vgg_runs)} of them VGG-16 "
               f"({vgg_steps} steps): ~{vgg_steps * wall / steps / 3600:.1f} device-hours of VGG training "
               f"at this rate (DLN and MLP runs are small)")

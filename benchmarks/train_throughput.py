@@ -25,7 +25,6 @@ Last line: project_vs_typical=<ratio> project_vs_compute=<ratio> noisy_vs_bn=<ra
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import tarfile
@@ -35,10 +34,12 @@ from pathlib import Path
 
 import torch
 
-from bnstudy.config import load_config, plan
-from bnstudy.data import prepare
+from bnstudy.config import load_config
+from bnstudy.plan import plan
+from bnstudy.datasets import prepare
 from bnstudy.models import build_model, set_generator
 from bnstudy.runtime import autocast_context, resolve_device
+from bnstudy.spec import RunSpec
 from bnstudy.train import place_model, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ SHARED_TAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def base_spec(results: Path, variant: str, steps: int, device: str = "cpu",
-              precision: str = "fp32") -> dict:
+              precision: str = "fp32") -> tuple[RunSpec, dict]:
     raw = {
         "results": str(results),
         "runtime": {"device": device, "threads": 0, "precision": precision},
@@ -62,7 +63,7 @@ def base_spec(results: Path, variant: str, steps: int, device: str = "cpu",
         "studies": {"performance": {"setup": "vgg", "variants": [variant], "lrs": [0.1], "seeds": [0]}},
     }
     cfg = load_config(raw)
-    return copy.deepcopy(next(iter(plan(cfg).runs.values()))), cfg
+    return next(iter(plan(cfg).runs.values())), cfg
 
 
 def image_folder(target: Path, tar: Path | None, per_class: int) -> str:
@@ -94,17 +95,16 @@ def image_folder(target: Path, tar: Path | None, per_class: int) -> str:
     return f"PNG images written by the benchmark ({per_class} per class)"
 
 
-def project_loop(spec: dict, results: Path, steps: int) -> float:
+def project_loop(spec: RunSpec, results: Path, steps: int) -> float:
     """images/s of bnstudy.train.train (warm-up run first; timed: the whole call)."""
-    warm = copy.deepcopy(spec)
-    warm["optim"]["steps"], warm["checkpoints"] = 5, [5]
+    warm = spec.updated({"optim.steps": 5, "checkpoints": [5]})
     train(warm, results / "warm", log=lambda m: None)
     start = time.perf_counter()
     train(spec, results / "timed", log=lambda m: None)
     return steps * 128 / (time.perf_counter() - start)
 
 
-def typical_loop(spec: dict, root: Path, steps: int, workers: int) -> float:
+def typical_loop(spec: RunSpec, root: Path, steps: int, workers: int) -> float:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -113,7 +113,7 @@ def typical_loop(spec: dict, root: Path, steps: int, workers: int) -> float:
     ds = datasets.ImageFolder(str(root / "train"), transform=tf)
     loader = DataLoader(ds, batch_size=128, shuffle=True, num_workers=workers, drop_last=True,
                         persistent_workers=workers > 0)
-    device = resolve_device(spec["runtime"])
+    device = resolve_device(spec.runtime)
     model = build_model(spec).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     done, start = -5, None  # 5 warm-up steps
@@ -134,17 +134,17 @@ def typical_loop(spec: dict, root: Path, steps: int, workers: int) -> float:
     return steps * 128 / (time.perf_counter() - start)
 
 
-def compute_loop(spec: dict, steps: int) -> float:
+def compute_loop(spec: RunSpec, steps: int) -> float:
     """The ceiling: one fixed batch, the project's model and settings (device, memory format,
     precision: `place_model`, `autocast_context`), nothing else."""
-    device = resolve_device(spec["runtime"])
+    device = resolve_device(spec.runtime)
     model, channels_last = place_model(spec, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(128, 3, 32, 32, device=device), torch.randint(0, 10, (128,), device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     set_generator(model, torch.Generator(device=device).manual_seed(0))
-    autocast = autocast_context(device, spec["runtime"]["precision"])
+    autocast = autocast_context(device, spec.runtime.precision)
     for i in range(-5, steps):
         if i == 0:
             sync(device)
@@ -179,8 +179,8 @@ def main() -> None:
         results = Path(tmp)
         source = image_folder(results / "images", args.images, args.per_class)
         spec, cfg = base_spec(results, "batchnorm", args.steps, args.device, args.precision)
-        prepare(cfg["datasets"]["images"], "images", Path(spec["dataset"]["path"]))
-        device = resolve_device(spec["runtime"])
+        prepare(cfg["datasets"]["images"], "images", Path(spec.dataset.path))
+        device = resolve_device(spec.runtime)
         print(f"# train_throughput: VGG-11 x0.25, BatchNorm, batch 128, SGD, {args.steps} timed steps, "
               f"project precision {args.precision}")
         gpu = f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""

@@ -8,16 +8,12 @@ chromium + chromedriver). CI passes both (see .ci/run).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+from helpers import run_snakemake
 
 
 def pytest_addoption(parser):
@@ -47,19 +43,6 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
-
-
-def run_snakemake(workdir: Path, *args: str, configfile: str = "config/smoke.yaml",
-                  check: bool = True, env: dict | None = None, timeout: int = 900):
-    """Run the project's Snakefile with `workdir` as working directory (results land there)."""
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(REPO / configfile), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-8000:]}")
-    return proc
 
 
 def require_flag(request, flag: str) -> None:

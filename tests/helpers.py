@@ -1,35 +1,173 @@
-"""Small specs and datasets for unit tests (no Snakemake, no files beyond tmp_path)."""
+"""What the tests share: the repository's paths, Snakemake on a tiny config, small run specs, and
+readers of what a DAG leaves behind (tables, summaries, the MLflow store, Snakemake's output).
+
+pytest puts tests/ and tests/harness/ on sys.path (pyproject's `pythonpath`), so a test imports
+`from helpers import ...` and the harness modules directly.
+"""
 
 from __future__ import annotations
 
-import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
-from bnstudy.config import load_config, plan
-from bnstudy.data import prepare
+import yaml
+
+from bnstudy.config import load_config
+from bnstudy.datasets import prepare
+from bnstudy.plan import plan
+from bnstudy.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def run_snakemake(workdir: Path, *args: str, configfile: str = "config/smoke.yaml",
+                  check: bool = True, env: dict | None = None, timeout: int = 900):
+    """Run the project's Snakefile with `workdir` as working directory (results land there)."""
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(REPO / configfile), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
 
 
 def smoke_config(tmp_path: Path, **studies_override) -> dict:
-    """config/smoke.yaml with results under tmp_path and tracking off."""
-    import yaml
-
-    raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    """config/smoke.yaml validated, with results under tmp_path and tracking off."""
+    raw = smoke_raw()
     raw["results"] = str(tmp_path / "results")
     raw["tracking"]["enabled"] = False
     raw["studies"].update(studies_override)
     return load_config(raw)
 
 
-def prepared_spec(tmp_path: Path, run_prefix: str, config: dict | None = None, **optim) -> dict:
-    """The spec of the first smoke run whose id starts with `run_prefix`, its dataset prepared."""
+def prepared_spec(tmp_path: Path, run_prefix: str, config: dict | None = None, **optim) -> RunSpec:
+    """The spec of the first smoke run whose id starts with `run_prefix` (its optim settings
+    changed by `optim`), its dataset prepared."""
     config = config or smoke_config(tmp_path)
     p = plan(config)
-    spec = copy.deepcopy(next(s for r, s in p.runs.items() if r.startswith(run_prefix)))
-    spec["optim"].update(optim)
-    path = Path(spec["dataset"]["path"])
-    if not path.exists():
-        name = spec["dataset"]["name"]
-        prepare(config["datasets"][name], name, path)
+    spec = next(s for r, s in p.runs.items() if r.startswith(run_prefix))
+    spec = dataclasses.replace(spec, optim=dataclasses.replace(spec.optim, **optim))
+    if not Path(spec.dataset.path).exists():
+        prepare(config["datasets"][spec.dataset.name], spec.dataset.name, spec.dataset.path)
     return spec
+
+
+def changed(spec: RunSpec, updates: dict) -> RunSpec:
+    """`spec` with dotted keys replaced, e.g. {"model.dropout": 0.2, "checkpoints": [0, 10]}."""
+    return spec.updated(updates)
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def smoke_raw() -> dict:
+    """config/smoke.yaml as written (no defaults filled in)."""
+    return yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+
+
+def only_studies(*keep: str) -> dict:
+    """A config override (a second --configfile) that disables every smoke study but `keep`."""
+    studies = set(smoke_raw()["studies"])
+    unknown = set(keep) - studies
+    assert not unknown, f"no such studies: {unknown}"
+    return {"studies": {s: {"enabled": s in keep} for s in sorted(studies)}}
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def finite(value: str) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def summaries(workdir: Path) -> dict[str, dict]:
+    """run id -> summary.json of every finished run in a working directory."""
+    return {p.parent.name: json.loads(p.read_text())
+            for p in sorted((Path(workdir) / "results" / "runs").glob("*/summary.json"))}
+
+
+def sqlite_uri(workdir: Path) -> str:
+    return f"sqlite:///{(Path(workdir) / 'results' / 'mlflow.db').resolve()}"
+
+
+def mlflow_training_runs(uri: str, experiment: str) -> dict[str, list]:
+    """bnstudy run id (tag bnstudy.run) -> MLflow runs with that tag, in one experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r} in {uri}"
+    out: dict[str, list] = {}
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            tag = run.data.tags.get("bnstudy.run")
+            if tag:
+                out.setdefault(tag, []).append(run)
+        token = page.token
+        if not token:
+            return out
+
+
+def metric_points(uri: str, run_id: str, key: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    return list(MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
+
+
+def job_counts(snakemake_output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints (dry run or real): rule -> job count."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in snakemake_output.splitlines():
+        if re.match(r"^job\s+count\s*$", line.strip()):
+            in_table = True
+            continue
+        if in_table:
+            m = re.match(r"^(\S+)\s+(\d+)\s*$", line.strip())
+            if line.strip().startswith("---"):
+                continue
+            if not m:
+                if counts:
+                    break
+                continue
+            if m.group(1) == "total":
+                counts["total"] = int(m.group(2))
+                break
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def scheduled_jobs(snakemake_output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job block (`rule X:` ... `wildcards: a=b, c=d`) in the output."""
+    jobs, current = [], None
+    for line in snakemake_output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):\s*$", line.strip())
+        if m:
+            current = (m.group(1), {})
+            jobs.append(current)
+            continue
+        m = re.match(r"^wildcards: (.*)$", line.strip())
+        if m and current is not None:
+            current[1].update(dict(kv.split("=", 1) for kv in m.group(1).split(", ")))
+    return jobs

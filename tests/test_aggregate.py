@@ -1,20 +1,18 @@
-"""aggregate() and aggregate_analysis(): per-run tables -> labelled study tables, including a
+"""aggregate(): per-run and analysis tables -> a study's labelled tables folder, including a
 diverged run and bad inputs."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_tables import STUDIES, Outcome, default_outcome, make_study  # noqa: E402
+from synthetic_tables import FIXTURE_DIGEST, STUDIES, Outcome, default_outcome, make_study  # noqa: E402
 
-from bnstudy.aggregate import aggregate, aggregate_analysis  # noqa: E402
+from bnstudy.aggregate import aggregate  # noqa: E402
 from bnstudy.tables import LABEL_COLUMNS, RUN_TABLES, TableError  # noqa: E402
 
 STUDY = "claim_initialisation"  # has a grid column (init_scale)
@@ -28,8 +26,8 @@ def _outcome(variant, lr, seed, grid):
     return default_outcome(variant, lr, seed, grid)
 
 
-def outputs(folder: Path) -> dict[str, Path]:
-    return {name: folder / f"{name}.csv" for name in ["runs", *RUN_TABLES]}
+def run_aggregate(root: Path, run_dirs, out: Path, analyses=("ics",)):
+    return aggregate(STUDY, CFG, run_dirs, {name: FIXTURE_DIGEST for name in analyses}, root / "analysis", out)
 
 
 @pytest.fixture()
@@ -40,8 +38,8 @@ def study(tmp_path):
 
 def test_tables_are_labelled_and_keep_the_diverged_run(study):
     root, run_dirs, analyses = study
-    aggregate(STUDY, CFG, run_dirs, outputs(root / "out"))
-    aggregate_analysis(STUDY, CFG, "ics", analyses["ics"], root / "out" / "ics.csv")
+    written = run_aggregate(root, run_dirs, root / "out")
+    assert sorted(p.name for p in written) == sorted(f"{n}.csv" for n in ["runs", *RUN_TABLES, "ics"])
 
     runs = pd.read_csv(root / "out" / "runs.csv")
     assert len(runs) == len(run_dirs) == 2 * 3 * 3  # variants x seeds x init scales
@@ -79,12 +77,11 @@ def test_empty_inputs_keep_headers(tmp_path, study):
     root, run_dirs, analyses = study
     for run_dir in run_dirs:  # a run that logged no layer statistics
         pd.DataFrame(columns=RUN_TABLES["layers"]).to_csv(run_dir / "layers.csv", index=False)
-    aggregate(STUDY, CFG, run_dirs, outputs(tmp_path / "a"))
+    run_aggregate(root, run_dirs, tmp_path / "a")
     layers = pd.read_csv(tmp_path / "a" / "layers.csv")
     assert layers.empty and list(layers.columns) == LABEL_COLUMNS + ["init_scale"] + RUN_TABLES["layers"]
 
-    aggregate(STUDY, CFG, [], outputs(tmp_path / "b"))
-    aggregate_analysis(STUDY, CFG, "ics", {}, tmp_path / "b" / "ics.csv")
+    run_aggregate(root, [], tmp_path / "b")
     for name in ("runs", "train", "eval", "layers", "units", "ics"):
         frame = pd.read_csv(tmp_path / "b" / f"{name}.csv")
         assert frame.empty and "run" in frame.columns and "init_scale" in frame.columns
@@ -104,7 +101,7 @@ def test_bad_input_names_the_file(study, breakage, culprit):
     victim = run_dirs[3]
     breakage(victim)
     with pytest.raises(TableError) as error:
-        aggregate(STUDY, CFG, run_dirs, outputs(root / "out"))
+        run_aggregate(root, run_dirs, root / "out")
     message = str(error.value)
     assert culprit in message and victim.name in message
     assert not (root / "out" / "runs.csv").exists(), "nothing is written on error"
@@ -115,5 +112,5 @@ def test_missing_analysis_table_names_the_file(study):
     victim = sorted(analyses["ics"].items())[3][1]
     victim.unlink()
     with pytest.raises(TableError, match=victim.name):
-        aggregate_analysis(STUDY, CFG, "ics", analyses["ics"], root / "out" / "ics.csv")
+        run_aggregate(root, list(analyses["ics"]), root / "out")
     assert not (root / "out" / "ics.csv").exists()

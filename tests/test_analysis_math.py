@@ -15,8 +15,21 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bnstudy.analysis import Objective, curvature, ics, landscape, origin_state, sgd_step
+from bnstudy.analysis import curvature, ics, landscape
+from bnstudy.analysis.functional import Objective, Origin, origin_state, sgd_step
 
+
+def ics_rows(obj, params, groups, state, optim):
+    return ics.compute(Origin(obj, params, groups, state, optim), {})
+
+
+def landscape_rows(obj, params, lr, settings):
+    return landscape.compute(Origin(obj, params, [], None, {"lr": lr}), settings)
+
+
+def curvature_row(obj, params, settings):
+    (row,) = curvature.compute(Origin(obj, params, [], None, {"lr": 0.1}), settings)
+    return row
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +165,7 @@ def test_ics_matches_hand_derivation(gen):
     x, y = torch.randn(6, 3, generator=gen), torch.randn(6, 2, generator=gen)
     lr, wd = 0.1, 0.01
     params, buffers = origin_state(model)
-    rows = ics(Objective(model, buffers, half_squared_error, [(x, y)]), params,
+    rows = ics_rows(Objective(model, buffers, half_squared_error, [(x, y)]), params,
                model.layer_groups(), None, {"lr": lr, "momentum": 0.0, "weight_decay": wd})
 
     n = x.shape[0]
@@ -192,9 +205,9 @@ def test_ics_uses_momentum_buffer(gen):
     state = {"state": {i: {"momentum_buffer": -g[n] / m} for i, n in enumerate(names)},
              "param_groups": [{"lr": 0.3, "momentum": m, "weight_decay": 0.0, "dampening": 0.0,
                                "nesterov": False, "params": list(range(len(names)))}]}
-    rows = ics(obj, params, model.layer_groups(), state, {})
+    rows = ics_rows(obj, params, model.layer_groups(), state, {})
     assert rows[1]["l2_diff"] == pytest.approx(0, abs=1e-14)
-    plain = ics(obj, params, model.layer_groups(), None, {"lr": 0.3})
+    plain = ics_rows(obj, params, model.layer_groups(), None, {"lr": 0.3})
     assert plain[1]["l2_diff"] > 1e-3
 
 
@@ -212,7 +225,7 @@ def test_ics_zero_when_earlier_layers_do_not_move(gen):
                   "params": [index[n] for n in groups[0]]},
                  {"lr": 0.5, "momentum": 0.0, "weight_decay": 0.0,
                   "params": [index[n] for n in names if n not in groups[0]]}]}
-    rows = ics(obj, params, groups, state, {})
+    rows = ics_rows(obj, params, groups, state, {})
     assert [r["layer"] for r in rows] == [1, 2, 3]
     assert rows[0]["l2_diff"] == 0
     assert rows[1]["l2_diff"] == pytest.approx(0, abs=1e-12)
@@ -243,7 +256,7 @@ def test_landscape_on_quadratic(quadratic):
     w = params["w"]
     g = a @ w
     lr = 0.2
-    rows = landscape(obj, params, lr, LANDSCAPE)
+    rows = landscape_rows(obj, params, lr, LANDSCAPE)
     assert [r["eta_rel"] for r in rows] == pytest.approx([0.5, 1.375, 2.25, 3.125, 4.0])
     expected_beta = (torch.linalg.norm(a @ g) / torch.linalg.norm(g)).item()
     for r in rows:
@@ -260,7 +273,7 @@ def test_curvature_on_quadratic(quadratic):
     """g^T H g / ||g||^2 with H = A exactly, and the top eigenvalue of A."""
     obj, params, a, eigs = quadratic
     g = a @ params["w"]
-    out = curvature(obj, params, {"power_iters": 1000, "tol": 1e-14, "seed": 0})
+    out = curvature_row(obj, params, {"power_iters": 1000, "tol": 1e-14, "seed": 0})
     assert out["grad_quadratic"] == pytest.approx((g @ a @ g / (g @ g)).item(), rel=1e-12)
     assert out["top_eigenvalue"] == pytest.approx(eigs.max().item(), rel=1e-9)
     assert out["converged"] and out["power_iters"] < 1000
@@ -269,7 +282,7 @@ def test_curvature_on_quadratic(quadratic):
 def test_curvature_reports_an_unconverged_power_iteration(quadratic):
     """Too few iterations for the tolerance: the value is an estimate, and the row says so."""
     obj, params, _, eigs = quadratic
-    out = curvature(obj, params, {"power_iters": 2, "tol": 1e-14, "seed": 0})
+    out = curvature_row(obj, params, {"power_iters": 2, "tol": 1e-14, "seed": 0})
     assert (out["converged"], out["power_iters"]) == (False, 2)
     assert out["top_eigenvalue"] < eigs.max().item()
 
@@ -277,10 +290,10 @@ def test_curvature_reports_an_unconverged_power_iteration(quadratic):
 def test_random_directions_have_gradient_norm_and_are_seeded(quadratic):
     obj, params, _, _ = quadratic
     settings = dict(LANDSCAPE, random_directions=2, seed=7)
-    rows = landscape(obj, params, 0.2, settings)
+    rows = landscape_rows(obj, params, 0.2, settings)
     assert [r["direction"] for r in rows] == ["gradient"] * 5 + ["random1"] * 5 + ["random2"] * 5
-    assert rows == landscape(obj, params, 0.2, settings)  # deterministic
-    other = landscape(obj, params, 0.2, dict(settings, seed=8))
+    assert rows == landscape_rows(obj, params, 0.2, settings)  # deterministic
+    other = landscape_rows(obj, params, 0.2, dict(settings, seed=8))
     assert rows[5]["loss"] != other[5]["loss"]  # the seed matters
 
 
@@ -313,7 +326,7 @@ def test_curvature_matches_dense_hessian_on_bn_mlp(gen):
     eigs = torch.linalg.eigvalsh(h)
     top = eigs[eigs.abs().argmax()].item()
 
-    out = curvature(obj, params, {"power_iters": 5000, "tol": 1e-13, "seed": 0})
+    out = curvature_row(obj, params, {"power_iters": 5000, "tol": 1e-13, "seed": 0})
     assert out["grad_quadratic"] == pytest.approx((gf @ h @ gf / (gf @ gf)).item(), rel=1e-9)
     assert out["top_eigenvalue"] == pytest.approx(top, rel=1e-6)
     assert_unchanged(model, before)
@@ -323,7 +336,7 @@ def test_eta_zero_reproduces_checkpoint_loss(gen):
     """At eta = 0 the probe point is the checkpoint: same loss, zero gradient difference."""
     model, obj, params = bn_setup(gen, batches=2)
     before = snapshot(model)
-    rows = landscape(obj, params, 0.1, dict(LANDSCAPE, eta_min=0.0, points=3, random_directions=1))
+    rows = landscape_rows(obj, params, 0.1, dict(LANDSCAPE, eta_min=0.0, points=3, random_directions=1))
     ref = copy.deepcopy(model)  # an independent plain forward (it updates ref's running stats)
     x_loss = 0.5 * sum(half_squared_error(ref(x), y).item() for x, y in obj.batches)
     for r in rows:
@@ -340,9 +353,9 @@ def test_nothing_is_mutated(gen):
     model, obj, params = bn_setup(gen)
     before = snapshot(model)
     origin = {k: v.clone() for k, v in params.items()}
-    ics(obj, params, model.layer_groups(), None, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3})
-    landscape(obj, params, 0.1, dict(LANDSCAPE, random_directions=1))
-    curvature(obj, params, {"power_iters": 5, "tol": 1e-3, "seed": 0})
+    ics_rows(obj, params, model.layer_groups(), None, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3})
+    landscape_rows(obj, params, 0.1, dict(LANDSCAPE, random_directions=1))
+    curvature_row(obj, params, {"power_iters": 5, "tol": 1e-3, "seed": 0})
     assert_unchanged(model, before)
     assert all(torch.equal(origin[k], params[k]) for k in params)
     assert model.training and all(m.training for m in model.modules())

@@ -1,4 +1,4 @@
-"""End to end: run specs from a real config -> checkpoints on disk -> analyze() -> tables.
+"""End to end: run specs from a real config -> checkpoints on disk -> the analysis job -> tables.
 
 Nothing is trained: a tiny VGG (and a deep linear network) is built from its spec, saved as
 checkpoints (one fresh, one after a single optimizer step on random gradients so that momentum
@@ -10,19 +10,31 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from bnstudy.analysis.run import analyze
+from bnstudy.analysis.run import AnalysisJob, analysis_dtype, analyze
 from bnstudy.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
-from bnstudy.config import load_config, plan
-from bnstudy.data import prepare
+from bnstudy.config import load_config
+from bnstudy.datasets import prepare
 from bnstudy.models import build_model
+from bnstudy.plan import plan
+from bnstudy.spec import RunSpec
 from bnstudy.tables import ANALYSIS_TABLES as COLUMNS
 
 ANALYSES = ("ics", "landscape", "curvature")
+
+
+def analyze_one(settings: dict, run_dir, out):
+    """One table through the analysis job: `out` is where the test wants it."""
+    job = AnalysisJob(settings["analysis"], "test", settings)
+    (table,) = analyze([job], run_dir, out.parent / f"{out.stem}-job")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.replace(out)
+    return out
 
 
 def make_config(results: str) -> dict:
@@ -54,15 +66,14 @@ def make_config(results: str) -> dict:
     })
 
 
-def write_run(spec: dict, config: dict, root) -> "Path":  # noqa: F821
+def write_run(spec: RunSpec, config: dict, root: Path) -> Path:
     """Prepare the run's data and save checkpoints at steps 0 and 1, plus summary.json."""
-    name = spec["dataset"]["name"]
-    prepare(config["datasets"][name], name, spec["dataset"]["path"])
-    run_dir = root / spec["run"]
+    name = spec.dataset.name
+    prepare(config["datasets"][name], name, spec.dataset.path)
+    run_dir = root / spec.run
     model = build_model(spec)
-    o = spec["optim"]
-    opt = torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"],
-                          weight_decay=o["weight_decay"])
+    o = spec.optim
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     gen = torch.Generator().manual_seed(0)
     entries = []
     for step in (0, 1):
@@ -72,9 +83,9 @@ def write_run(spec: dict, config: dict, root) -> "Path":  # noqa: F821
             opt.step()
         path = checkpoint_path(run_dir, step)
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "step": step, "spec": spec})
+                               "step": step, "spec": spec.to_dict()})
         entries.append({"step": step, "path": str(path)})
-    (run_dir / "summary.json").write_text(json.dumps({"run": spec["run"], "checkpoints": entries}))
+    (run_dir / "summary.json").write_text(json.dumps({"run": spec.run, "checkpoints": entries}))
     return run_dir
 
 
@@ -83,7 +94,7 @@ def setting(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
     config = make_config(str(root / "results"))
     p = plan(config)
-    runs = {spec["norm"]["variant"] + "-" + spec["model"]["arch"]: write_run(spec, config, root)
+    runs = {spec.norm.variant + "-" + spec.model.arch: write_run(spec, config, root)
             for spec in p.runs.values()}
     return root, runs, p
 
@@ -99,7 +110,7 @@ def test_analyze_writes_finite_tables(setting, analysis, run):
     root, runs, p = setting
     arch = run.split("-")[1]
     settings = settings_for(p, arch, analysis)
-    out = analyze(settings, runs[run], root / "out" / analysis / f"{run}.csv")
+    out = analyze_one(settings, runs[run], root / "out" / analysis / f"{run}.csv")
     table = pd.read_csv(out)
     assert list(table.columns) == COLUMNS[analysis]
     assert sorted(table["step"].unique()) == [0, 1]
@@ -115,13 +126,26 @@ def test_analyze_writes_finite_tables(setting, analysis, run):
     if analysis == "ics":
         assert (table[table.layer == 1].l2_diff == 0).all()
         assert (table[table.layer > 1].l2_diff > 0).all()
-    if analysis == "curvature":  # the power iteration says how far it got
+    if analysis == "curvature":  # the power iteration says how far it got: all the way when unconverged
         assert table["power_iters"].between(1, settings["power_iters"]).all()
-        assert table["converged"].isin([True, False]).all()
+        assert (table.loc[~table["converged"].astype(bool), "power_iters"] == settings["power_iters"]).all()
 
 
-def _spec(run_dir):
-    return torch.load(run_dir / "checkpoints" / "step_0000000.pt", weights_only=False)["spec"]
+def _spec(run_dir) -> RunSpec:
+    return RunSpec.from_dict(torch.load(run_dir / "checkpoints" / "step_0000000.pt")["spec"])
+
+
+def test_one_job_computes_every_table_of_a_run_as_separate_jobs_would(setting, tmp_path):
+    """The workflow's analysis job of a run computes all its tables in one process, loading each
+    checkpoint once; the tables are byte for byte those of one job per table."""
+    root, runs, p = setting
+    run = runs["noisy_batchnorm-vgg"]
+    jobs = [AnalysisJob(a, f"d{i}", settings_for(p, "vgg", a)) for i, a in enumerate(ANALYSES)]
+    together = analyze(jobs, run, tmp_path / "together")
+    assert [t.name for t in together] == ["ics-d0.csv", "landscape-d1.csv", "curvature-d2.csv"]
+    for job, table in zip(jobs, together):
+        (alone,) = analyze([job], run, tmp_path / f"alone-{job.analysis}")
+        assert table.read_bytes() == alone.read_bytes(), job.analysis
 
 
 def test_deterministic_and_noise_switch(setting):
@@ -129,12 +153,12 @@ def test_deterministic_and_noise_switch(setting):
     root, runs, p = setting
     settings = settings_for(p, "vgg", "landscape")
     run = runs["noisy_batchnorm-vgg"]
-    a = analyze(settings, run, root / "det" / "a.csv").read_bytes()
-    b = analyze(settings, run, root / "det" / "b.csv").read_bytes()
+    a = analyze_one(settings, run, root / "det" / "a.csv").read_bytes()
+    b = analyze_one(settings, run, root / "det" / "b.csv").read_bytes()
     assert a == b
     noisy = dict(settings, noise=True)
-    c = analyze(noisy, run, root / "det" / "c.csv").read_bytes()
-    d = analyze(noisy, run, root / "det" / "d.csv").read_bytes()
+    c = analyze_one(noisy, run, root / "det" / "c.csv").read_bytes()
+    d = analyze_one(noisy, run, root / "det" / "d.csv").read_bytes()
     assert c == d and c != a
 
 
@@ -144,7 +168,7 @@ def test_steps_selection_and_listing_fallback(setting, tmp_path):
     root, runs, p = setting
     run = runs["batchnorm-dln"]
     settings = dict(settings_for(p, "dln", "curvature"), steps=[1, 99])
-    table = pd.read_csv(analyze(settings, run, tmp_path / "c.csv"))
+    table = pd.read_csv(analyze_one(settings, run, tmp_path / "c.csv"))
     assert table["step"].tolist() == [1]
 
     bare = tmp_path / "bare"
@@ -152,18 +176,17 @@ def test_steps_selection_and_listing_fallback(setting, tmp_path):
     for step in (0, 1):
         src = checkpoint_path(run, step)
         (bare / "checkpoints" / src.name).write_bytes(src.read_bytes())
-    table = pd.read_csv(analyze(settings_for(p, "dln", "curvature"), bare,
-                                tmp_path / "bare.csv"))
+    table = pd.read_csv(analyze_one(settings_for(p, "dln", "curvature"), bare, tmp_path / "bare.csv"))
     assert table["step"].tolist() == [0, 1]
 
 
 def test_diverged_checkpoint_is_skipped(setting, tmp_path):
     root, runs, p = setting
-    state = torch.load(checkpoint_path(runs["batchnorm-dln"], 1), weights_only=False)
+    state = torch.load(checkpoint_path(runs["batchnorm-dln"], 1))
     first = next(iter(k for k in state["model"] if k.endswith("weight")))
     state["model"][first] = torch.full_like(state["model"][first], float("nan"))
     save_checkpoint(checkpoint_path(tmp_path, 7), state)
-    out = analyze(settings_for(p, "dln", "ics"), tmp_path, tmp_path / "ics.csv")
+    out = analyze_one(settings_for(p, "dln", "ics"), tmp_path, tmp_path / "ics.csv")
     table = pd.read_csv(out)
     assert list(table.columns) == COLUMNS["ics"] and len(table) == 0
 
@@ -174,17 +197,41 @@ def test_corrupt_checkpoint_names_the_file(setting, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(checkpoint_path(runs["batchnorm-dln"], 1).read_bytes()[:100])
     with pytest.raises(CheckpointError, match="step_0000003.pt"):
-        analyze(settings_for(p, "dln", "ics"), tmp_path, tmp_path / "ics.csv")
+        analyze_one(settings_for(p, "dln", "ics"), tmp_path, tmp_path / "ics.csv")
     assert not (tmp_path / "ics.csv").exists()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(setting, tmp_path):
+    """A checkpoint is a pickle: one holding anything beyond tensors and plain values is refused
+    with an error naming the file, and its code never runs."""
+    import os
+
+    root, runs, p = setting
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    state = torch.load(checkpoint_path(runs["batchnorm-dln"], 1))
+    state["extra"] = Payload()
+    checkpoint_path(tmp_path, 5).parent.mkdir(parents=True)
+    torch.save(state, checkpoint_path(tmp_path, 5))
+    with pytest.raises(CheckpointError, match=r"step_0000005.pt holds objects other than tensors"):
+        analyze_one(settings_for(p, "dln", "ics"), tmp_path, tmp_path / "ics.csv")
+    assert not marker.exists()
 
 
 def test_analysis_dtype():
     """float64 for the deep linear network (its tiny steps are below float32 resolution),
     float32 otherwise, unless settings say otherwise."""
-    from bnstudy.analysis.run import analysis_dtype
+    from types import SimpleNamespace
 
-    assert analysis_dtype({"model": {"arch": "dln"}}, {}) == torch.float64
-    assert analysis_dtype({"model": {"arch": "vgg"}}, {"dtype": None}) == torch.float32
-    assert analysis_dtype({"model": {"arch": "dln"}}, {"dtype": "float32"}) == torch.float32
+    def arch(name):
+        return SimpleNamespace(model=SimpleNamespace(arch=name))
+
+    assert analysis_dtype(arch("dln"), {}) == torch.float64
+    assert analysis_dtype(arch("vgg"), {"dtype": None}) == torch.float32
+    assert analysis_dtype(arch("dln"), {"dtype": "float32"}) == torch.float32
     with pytest.raises(ValueError):
-        analysis_dtype({"model": {"arch": "vgg"}}, {"dtype": "half"})
+        analysis_dtype(arch("vgg"), {"dtype": "half"})

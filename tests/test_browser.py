@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 from mlflow_server import MlflowServer  # noqa: E402
-from testlib import mlflow_training_runs, sqlite_uri, summaries  # noqa: E402
+from helpers import mlflow_training_runs, sqlite_uri, summaries  # noqa: E402
 
 from conftest import require_flag  # noqa: E402
 

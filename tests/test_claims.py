@@ -4,15 +4,12 @@ tests that respect the measure (exact sign-flip tests for grid measures and zero
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_tables import STUDIES, Outcome, default_outcome, make_tables  # noqa: E402
+from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables  # noqa: E402
 
 from bnstudy.catalog import CLAIM_KINDS  # noqa: E402
 from bnstudy.claims import (  # noqa: E402
@@ -27,7 +24,7 @@ def verdict_rows(tmp_path, study, outcome, rules=FAST, **cfg_overrides) -> pd.Da
     """Build ``study``'s tables from ``outcome``, run claims(), return the study's rows by claim kind."""
     cfg = {**STUDIES[study], **cfg_overrides}
     tables = make_tables(tmp_path, study, cfg, outcome=outcome)
-    table = claims({study: cfg}, {study: tables}, tmp_path / "claims.csv", tmp_path / "claims.md", rules)
+    table = claims({study: cfg}, {study: tables["runs"].parent}, tmp_path / "claims.csv", tmp_path / "claims.md", rules)
     kinds = [kind for kind in cfg["claims"]]
     return table.assign(kind=kinds).set_index("kind")
 
@@ -176,7 +173,7 @@ def test_disabled_study_gives_no_rows_and_missing_tables_are_inconclusive(tmp_pa
     assert table.empty
     table = claims({"ics": STUDIES["ics"]}, {}, tmp_path / "c.csv", tmp_path / "c.md", FAST)
     row = table.iloc[0]
-    assert row["verdict"] == INCONCLUSIVE and "not given" in row["reason"]
+    assert row["verdict"] == INCONCLUSIVE and "no tables folder given for study ics" in row["reason"]
 
 
 def test_standard_diverging_at_high_lr_supports_higher_learning_rates_with_enough_seeds(tmp_path):

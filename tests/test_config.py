@@ -5,7 +5,8 @@ import copy
 import pytest
 import yaml
 
-from bnstudy.config import ConfigError, checkpoint_steps, load_config, plan
+from bnstudy.config import ConfigError, load_config
+from bnstudy.plan import checkpoint_steps, plan
 
 from helpers import REPO
 
@@ -226,9 +227,13 @@ def test_changing_one_study_leaves_other_run_ids_alone():
 
 def test_grid_and_overrides_reach_the_spec():
     p = plan(load_config(raw("config.yaml")))
-    scales = {p.runs[r]["model"]["init_scale"] for r in p.study_runs["claim_initialisation"]}
+    scales = {p.runs[r].model.init_scale for r in p.study_runs["claim_initialisation"]}
     assert scales == {0.25, 1.0, 4.0}
-    assert {p.runs[r]["model"]["activation"] for r in p.study_runs["claim_sigmoid"]} == {"sigmoid"}
+    assert {p.runs[r].model.activation for r in p.study_runs["claim_sigmoid"]} == {"sigmoid"}
+    # the MLflow display names tell those runs apart
+    names = [p.names[r] for r in p.study_runs["claim_initialisation"]]
+    assert len(set(names)) == len(names) and any(n.endswith(" init_scale=0.25") for n in names), names
+    assert all(p.names[r].endswith(" activation=sigmoid") for r in p.study_runs["claim_sigmoid"])
 
 
 def test_checkpoint_schedule_is_dense_early():
@@ -248,5 +253,5 @@ def test_paper_config_matches_the_paper():
     assert dln["model"]["depth"] == 25 and dln["optim"]["batch_size"] is None
     assert dln["optim"]["steps"] == 10000
     assert cfg["datasets"]["linear"]["n_train"] == 1000
-    spec = next(s for s in plan(cfg).runs.values() if s["model"]["arch"] == "dln")
-    assert spec["optim"]["loss_reduction"] == "sum"  # ||W X - A X||^2 over the 1000 samples
+    spec = next(s for s in plan(cfg).runs.values() if s.model.arch == "dln")
+    assert spec.optim.loss_reduction == "sum"  # ||W X - A X||^2 over the 1000 samples

@@ -4,8 +4,8 @@
 import pytest
 import torch
 
-from bnstudy.data import (BatchSampler, DataError, analysis_batches, augment, balanced_subset,
-                          load_prepared, prepare, step_generator)
+from bnstudy.batches import BatchSampler, analysis_batches, augment, step_generator
+from bnstudy.datasets import DataError, balanced_subset, load_prepared, prepare
 
 SYNTH = {"source": "synthetic", "seed": 3, "n_train": 200, "n_test": 100, "image_size": 32,
          "channels": 3, "classes": 10, "noise": 0.6, "distractor": 0.6}
@@ -116,7 +116,7 @@ def test_augment_translates_and_flips_whole_batches():
 def test_analysis_batches_are_seeded(tmp_path):
     prepare(SYNTH, "images", tmp_path / "a.pt")
     d = load_prepared(tmp_path / "a.pt")
-    a = analysis_batches(d, {}, 16, 2, seed=0, device="cpu")
-    b = analysis_batches(d, {}, 16, 2, seed=0, device="cpu")
+    a = analysis_batches(d, 16, 2, seed=0, device="cpu")
+    b = analysis_batches(d, 16, 2, seed=0, device="cpu")
     assert len(a) == 2 and torch.equal(a[1][0], b[1][0]) and a[0][0].dtype == torch.float32
     assert abs(a[0][0].mean().item()) < 0.5

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest_tables import STUDIES, Outcome, default_outcome, make_tables  # noqa: E402
+from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables  # noqa: E402
 
-from bnstudy import figures  # noqa: E402
+from bnstudy import figure_data, figures  # noqa: E402
 from bnstudy.catalog import FIGURE_KINDS, figure_tables  # noqa: E402
+from bnstudy.tables import STUDY_TABLES  # noqa: E402
 from bnstudy.stats import mean_ci  # noqa: E402
 
 MIN_BYTES = 5 * 1024
@@ -67,9 +66,9 @@ def _legend_texts(fig) -> list[str]:
 
 def test_every_catalog_kind_has_a_drawer_and_a_caption_file():
     assert set(figures.DRAWERS) == set(FIGURE_KINDS)
-    for kind, drawer in figures.DRAWERS.items():
-        assert drawer.title and callable(drawer.data) and callable(drawer.plot), kind
+    for kind in FIGURE_KINDS:
         assert (CAPTIONS / f"{kind}.rst").is_file(), f"no caption file for figure kind {kind!r}"
+        assert set(figure_tables(kind)) <= set(STUDY_TABLES), kind
     assert {p.stem for p in CAPTIONS.glob("*.rst")} == set(FIGURE_KINDS), "caption file without a kind"
 
 
@@ -78,23 +77,15 @@ def test_fixture_studies_cover_every_kind():
     assert {kind for _, kind in CASES} == set(FIGURE_KINDS)
 
 
-@pytest.mark.parametrize("kind", sorted(FIGURE_KINDS))
-def test_caption_says_what_is_plotted_and_pooled(kind):
-    text = (CAPTIONS / f"{kind}.rst").read_text(encoding="utf-8")
-    flat = " ".join(text.split())
-    assert len(flat) > 500, "a caption must say what is plotted, pooled and averaged"
-    assert "{{" not in text and "{%" not in text, "captions are plain reST, not Jinja"
-    assert "PAPER.md" not in text
-    assert "seed" in flat, "say how seeds are combined"
-    assert re.search(r"means? over|averaged over|pooled", flat), "say what is averaged over what"
-    if "accuracy" in kind:
-        assert "eval mode" in flat, "say which accuracy is eval mode"
-    if kind in ("accuracy", "train_accuracy"):
-        assert "training mode" in flat and "eval mode" in flat
-    if kind in ("distributions", "unit_input"):
-        assert "one run, the lowest seed" in flat and "over the batch" in flat
-    if kind == "moment_changes":
-        assert "per unit" in flat and "t+1" in flat
+def test_a_study_draws_each_listed_kind_into_its_folder(tables, tmp_path):
+    """The figures job of a study: every kind it lists, each from the tables folder, nothing else."""
+    cfg = STUDIES["noisy_bn"]
+    folder = tables["noisy_bn"]["runs"].parent
+    written = figures.draw_study("noisy_bn", cfg, folder, cfg["figures"], tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(f"{k}.{e}" for k in cfg["figures"] for e in ("png", "pdf"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written)
+    with pytest.raises(KeyError, match="no figure kind 'nonsense'"):
+        figures.draw_study("noisy_bn", cfg, folder, ["nonsense"], tmp_path / "bad")
 
 
 def test_captions_are_valid_restructuredtext():
@@ -182,7 +173,7 @@ def test_distributions_plot_single_units_of_one_seed(tables):
     assert set(data["row"]) == {f"layer {layer}" for layer in cfg["layers"]}
     per_panel = data.groupby("column")
     assert (per_panel["seed"].nunique() == 1).all() and set(data["seed"]) == {min(cfg["seeds"])}
-    assert (per_panel["unit"].nunique() == figures.MAX_UNITS).all()
+    assert (per_panel["unit"].nunique() == figure_data.MAX_UNITS).all()
     assert not data.duplicated(["column", "layer", "unit", "step"]).any(), "one row per unit and step"
 
     jitter = _median_jitter(data, ["variant", "layer", "unit"])
@@ -273,7 +264,7 @@ def test_unconverged_eigenvalues_are_flagged(tmp_path, tables):
     data = figures.figure_data("curvature", "curvature", cfg, _given(paths, "curvature"))
     flagged = data[data["style"] == "unconverged"]
     assert len(flagged) == len(unconverged) > 0 and set(flagged["variant"]) == {"batchnorm"}
-    assert set(flagged["row"]) == {figures.EIGENVALUE_ROW}
+    assert set(flagged["row"]) == {figure_data.EIGENVALUE_ROW}
 
     fig = figures.render("curvature", "curvature", cfg, _given(paths, "curvature"))
     markers = sum(len(artist.get_offsets()) for artist in _artists(fig, "unconverged"))

@@ -20,14 +20,13 @@ import textwrap
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 from mlflow_server import MlflowServer  # noqa: E402
-from testlib import (  # noqa: E402
+from helpers import (  # noqa: E402
     REPO, finite, metric_points, mlflow_training_runs, only_studies, read_rows, sqlite_uri,
     summaries, write_yaml,
 )
 
-from conftest import run_snakemake  # noqa: E402
+from helpers import run_snakemake  # noqa: E402
 
 EXPERIMENT = "bnstudy-smoke"  # config/smoke.yaml's tracking.experiment
 SRC = str(REPO / "src")

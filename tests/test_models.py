@@ -1,13 +1,15 @@
 """Networks: layer counts and numbering, placement of the normaliser, init, no global RNG use."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from bnstudy.models import build_model, loss_fn
+from bnstudy.plan import plan
 
 from helpers import smoke_config
-from bnstudy.config import plan
 
 
 def spec_for(tmp_path, prefix):
@@ -18,7 +20,7 @@ def spec_for(tmp_path, prefix):
 @pytest.mark.parametrize("depth, convs", [(11, 8), (13, 10), (16, 13), (19, 16)])
 def test_vgg_has_one_normalised_layer_per_conv(tmp_path, depth, convs):
     spec = spec_for(tmp_path, "vgg-batchnorm")
-    spec = {**spec, "model": {**spec["model"], "depth": depth}}
+    spec = replace(spec, model=replace(spec.model, depth=depth))
     model = build_model(spec)
     assert len(model.blocks) == convs == len(model.layer_groups())
     assert all(isinstance(b.norm, nn.BatchNorm2d) for b in model.blocks)
@@ -35,7 +37,7 @@ def test_layer_groups_start_with_the_main_weight(tmp_path):
 
 def test_head_layers_are_normalised_too(tmp_path):
     spec = spec_for(tmp_path, "vgg-batchnorm")
-    spec = {**spec, "model": {**spec["model"], "head": [32, 16]}}
+    spec = replace(spec, model=replace(spec.model, head=(32, 16)))
     assert len(build_model(spec).blocks) == 8 + 2
 
 
@@ -52,7 +54,7 @@ def test_dln_is_25_square_linear_layers_without_bias(tmp_path):
 def test_mlp_is_the_2015_sigmoid_network(tmp_path):
     spec = spec_for(tmp_path, "mlp-batchnorm")
     model = build_model(spec)
-    assert [b.layer.out_features for b in model.blocks] == spec["model"]["hidden"]
+    assert tuple(b.layer.out_features for b in model.blocks) == spec.model.hidden
     assert all(isinstance(b.act, nn.Sigmoid) for b in model.blocks)
 
 
@@ -66,7 +68,7 @@ def test_glorot_init_is_seeded_and_leaves_global_rng_alone(tmp_path):
     fan_in, fan_out = w.shape[1] * 9, w.shape[0] * 9
     bound = (6 / (fan_in + fan_out)) ** 0.5
     assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
-    other = build_model({**spec, "seed": spec["seed"] + 1})
+    other = build_model(replace(spec, seed=spec.seed + 1))
     assert not torch.equal(other.blocks[0].layer.weight, a.blocks[0].layer.weight)
 
 

@@ -5,7 +5,7 @@ service's fixture."""
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def collected(*flags: str) -> list[str]:

@@ -1,12 +1,17 @@
 """The whole DAG end to end on config/smoke.yaml, the report, planning and linting."""
 
 import json
+import zipfile
 
 import pandas as pd
+import pytest
 
-from bnstudy.config import load_config, plan
+from bnstudy.config import load_config
+from bnstudy.plan import plan
 
-from conftest import REPO, run_snakemake
+from helpers import REPO, job_counts, run_snakemake
+
+pytestmark = pytest.mark.e2e
 
 
 def test_smoke_dag_produces_every_output(smoke_dag):
@@ -16,9 +21,11 @@ def test_smoke_dag_produces_every_output(smoke_dag):
     for run in p.runs:
         summary = json.loads((results / "runs" / run / "summary.json").read_text())
         assert summary["status"] in ("completed", "diverged") and summary["mlflow_run_id"]
-    for run, analysis, digest in p.analysis_jobs():
-        table = pd.read_csv(results / "analysis" / run / f"{analysis}-{digest}.csv")
-        assert len(table) > 0
+    for run in p.runs:  # one analysis folder per analysed run, holding exactly its tables
+        wanted = {f"{analysis}-{digest}.csv" for analysis, digest in p.run_analyses(run)}
+        folder = results / "analysis" / run
+        assert {t.name for t in folder.glob("*.csv")} == wanted if wanted else not folder.exists(), run
+        assert all(len(pd.read_csv(folder / name)) > 0 for name in wanted)
     for study in p.study_runs:
         assert len(pd.read_csv(results / "tables" / study / "runs.csv")) == len(p.study_runs[study])
         for analysis in p.study_analyses[study]:
@@ -34,20 +41,22 @@ def test_smoke_dag_produces_every_output(smoke_dag):
     assert len(claims) == sum(len(cfg["studies"][s]["claims"]) for s in p.study_runs)
     assert set(claims["verdict"]) <= {"supported", "not supported", "inconclusive"}
     assert (results / "claims.md").read_text().startswith("#")
-    for rule in ("train", "analyze", "aggregate", "figure"):
+    for rule in ("train", "analyze", "aggregate", "figures"):
         assert list((results / "logs" / rule).rglob("*.log")) and list((results / "benchmarks" / rule).rglob("*.tsv"))
 
 
-def test_the_dags_jobs_ran_as_forks_of_one_server(smoke_dag):
-    """runtime.fork_server (on by default): one server per execution, started and stopped by the
-    Snakefile's hooks; the jobs after its start-up are its children (the first few may run cold)."""
-    log = (smoke_dag / "results" / "logs" / "fork_server.log").read_text()
-    jobs = len(list((smoke_dag / "results" / "benchmarks").rglob("*.tsv")))
-    served = log.count("): ")
-    assert "serving " in log and "stopped after" in log and "refused" not in log
-    # (a slow machine may run more of the first jobs cold while the server imports)
-    assert jobs // 2 <= served <= jobs, (served, jobs)
-    assert "): train" in log and "): analyze" in log and "): figure" in log
+def test_one_job_per_run_per_study_and_per_stage(smoke_dag):
+    """Fewer, larger jobs: one training job per run, one analysis job per analysed run (all its
+    tables), one aggregation and one figures job per study, one claims and one track job."""
+    p = plan(load_config(REPO / "config" / "smoke.yaml"))
+    proc = run_snakemake(smoke_dag, "-n", "--forceall", "--cores", "1")
+    counts = job_counts(proc.stdout + proc.stderr)
+    with_figures = [s for s, runs in p.study_runs.items() if load_config(REPO / "config" / "smoke.yaml")[
+        "studies"][s]["figures"]]
+    assert counts["train"] == len(p.runs)
+    assert counts["analyze"] == len(p.analysed_runs()) < sum(len(p.run_analyses(r)) for r in p.runs)
+    assert counts["aggregate"] == len(p.study_runs) and counts["figures"] == len(with_figures)
+    assert counts["claims"] == counts["track"] == 1
 
 
 def test_rerun_does_nothing_when_up_to_date(smoke_dag):
@@ -55,15 +64,21 @@ def test_rerun_does_nothing_when_up_to_date(smoke_dag):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_report_shows_every_figure_and_the_claims(smoke_dag):
+def test_report_shows_every_figure_with_its_own_caption_and_the_claims(smoke_dag):
     run_snakemake(smoke_dag, "--report", "report.zip")
-    import zipfile
-    names = zipfile.ZipFile(smoke_dag / "report.zip").namelist()
+    archive = zipfile.ZipFile(smoke_dag / "report.zip")
+    names = archive.namelist()
     pngs = [n for n in names if n.endswith(".png")]
     cfg = load_config(REPO / "config" / "smoke.yaml")
     expected = sum(len(cfg["studies"][s]["figures"]) for s in plan(cfg).study_runs)
-    assert len(pngs) >= expected
+    assert len(pngs) == expected
     assert any(n.endswith("claims.csv") for n in names)
+    # each figure of a study's folder gets its kind's caption (workflow/report/figures/<kind>.rst)
+    page = "\n".join(archive.read(n).decode("utf-8", "replace") for n in names
+                     if n.endswith((".html", ".js", ".json")))
+    landscape = (REPO / "workflow" / "report" / "figures" / "landscape.rst").read_text().split()
+    curvature = (REPO / "workflow" / "report" / "figures" / "curvature.rst").read_text().split()
+    assert " ".join(landscape[:8]) in " ".join(page.split()) and " ".join(curvature[:8]) in " ".join(page.split())
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -77,13 +92,14 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 
 def test_both_configs_plan(tmp_path):
-    """(How fast: benchmarks/dag_overhead.py prints `snakemake -n` on paper.yaml.)"""
-    for configfile, minimum in (("config/config.yaml", 100), ("config/paper.yaml", 200)):
-        proc = run_snakemake(tmp_path, "-n", "--quiet", "rules", configfile=configfile)
-        jobs = sum(int(line.split()[-1]) for line in proc.stdout.splitlines()
-                   if line.strip() and line.split()[0] in {"train", "analyze", "figure", "aggregate",
-                                                           "aggregate_analysis"})
-        assert jobs >= minimum, proc.stdout
+    """Snakemake plans the shipped configs into the jobs bnstudy.plan says, one per run, analysed
+    run and study (how fast: benchmarks/dag_overhead.py prints `snakemake -n` on paper.yaml)."""
+    for configfile in ("config/config.yaml", "config/paper.yaml"):
+        p = plan(load_config(REPO / configfile))
+        proc = run_snakemake(tmp_path, "-n", configfile=configfile)
+        counts = job_counts(proc.stdout + proc.stderr)
+        assert counts["train"] == len(p.runs) and counts["analyze"] == len(p.analysed_runs()), configfile
+        assert counts["aggregate"] == len(p.study_runs), configfile
 
 
 def test_lint_is_clean(tmp_path):

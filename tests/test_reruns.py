@@ -7,15 +7,15 @@ the session's smoke DAG exists."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
-from testlib import job_counts, scheduled_jobs, smoke_config, summaries, write_yaml  # noqa: E402
+import pytest
 
-from conftest import run_snakemake  # noqa: E402
+from helpers import job_counts, run_snakemake, scheduled_jobs, smoke_raw, summaries, write_yaml
 
-SMOKE_STUDIES = set(smoke_config()["studies"])
+pytestmark = pytest.mark.e2e
+
+SMOKE_STUDIES = set(smoke_raw()["studies"])
 
 
 def dry_run(workdir: Path, *args: str) -> tuple[dict[str, int], list[tuple[str, dict]]]:
@@ -70,14 +70,14 @@ def test_deleted_summary_retrains_only_that_run(smoke_copy):
     assert "train" not in counts and "prepare_data" not in counts, counts
     assert all(w.get("run") in (None, victim) for _, w in jobs), jobs
     aggregated = {w["study"] for rule, w in jobs if rule == "aggregate"}
-    users = {s for s, cfg in smoke_config()["studies"].items() if cfg["setup"] == "mlp"}
+    users = {s for s, cfg in smoke_raw()["studies"].items() if cfg["setup"] == "mlp"}
     assert aggregated == users, (aggregated, users)
 
 
 def test_forcerun_aggregate_redoes_tables_and_downstream_but_no_training(smoke_copy):
     counts, jobs = dry_run(smoke_copy, "--forcerun", "aggregate")
     assert counts.get("aggregate") == len(SMOKE_STUDIES), counts
-    for rule in ("figure", "claims", "track"):
+    for rule in ("figures", "claims", "track"):
         assert counts.get(rule, 0) >= 1, (rule, counts)
     for rule in ("train", "analyze", "prepare_data", "init_tracking"):
         assert rule not in counts, (rule, counts)
@@ -97,7 +97,7 @@ def test_until_aggregate_stops_before_figures(smoke_copy):
     summary = smoke_copy / "results" / "runs" / runs[0] / "summary.json"
     summary.write_text(json.dumps(json.loads(summary.read_text())) + "\n")
     counts, _ = dry_run(smoke_copy)
-    assert counts.get("aggregate") == 1 and counts.get("figure", 0) >= 1 and "claims" in counts
+    assert counts.get("aggregate") == 1 and counts.get("figures", 0) >= 1 and "claims" in counts
     # ... but --until aggregate stops there
     counts, jobs = dry_run(smoke_copy, "--until", "aggregate")
     assert counts == {"aggregate": 1, "total": 1}, counts
@@ -110,19 +110,19 @@ def test_until_aggregate_stops_before_figures(smoke_copy):
     # what is left for a plain run is at most downstream of that study's tables (nothing, here:
     # the rewritten tables have the same bytes, so Snakemake's checksums spare the figures)
     counts, jobs = dry_run(smoke_copy)
-    assert {w["study"] for rule, w in jobs if rule == "figure"} <= {study}, jobs
+    assert {w["study"] for rule, w in jobs if rule == "figures"} <= {study}, jobs
     assert not {"aggregate", "train", "analyze"} & set(counts), counts
 
 
 def test_changed_study_setting_reruns_only_that_study(smoke_copy, tmp_path):
     study, new_lr = "mnist_2015", 0.1
-    lrs = smoke_config()["studies"][study]["lrs"]
+    lrs = smoke_raw()["studies"][study]["lrs"]
     assert new_lr not in lrs
     override = write_yaml(tmp_path / "more_lrs.yaml", {"studies": {study: {"lrs": lrs + [new_lr]}}})
     # two config files: smoke.yaml, then the change (later files win, keys merge)
     counts, jobs = dry_run(smoke_copy, str(override))
     trains = sorted(w["run"] for rule, w in jobs if rule == "train")
-    variants = smoke_config()["studies"][study]["variants"]
+    variants = smoke_raw()["studies"][study]["variants"]
     assert len(trains) == len(variants), trains
     assert all(r.startswith("mlp-") and f"-lr{new_lr:g}-" in r for r in trains), trains
     assert not set(trains) & set(summaries(smoke_copy)), "an existing run would be retrained"
@@ -143,9 +143,9 @@ def test_a_killed_run_needs_no_snakemake_folklore(tmp_path):
     import subprocess
     import time
 
-    from conftest import SNAKEMAKE
+    from helpers import SNAKEMAKE
 
-    cfg = smoke_config()
+    cfg = smoke_raw()
     cfg["setups"]["vgg"]["optim"]["steps"] = 800
     cfg["setups"]["vgg"]["checkpoints"] = {"dense_until": 0, "dense_every": 1, "every": 20}
     cfg["studies"] = {"performance": {**cfg["studies"]["performance"], "variants": ["batchnorm"]}}

@@ -1,4 +1,4 @@
-"""The Slurm profile (workflow/profiles/slurm) on a real, single-node Slurm cluster.
+"""The Slurm profile (profiles/slurm) on a real, single-node Slurm cluster.
 
 Opt-in: `pytest --slurm` (CI: tests/harness/ci_services.sh, or `sudo bash tests/harness/slurm.sh`,
 starts the cluster: slurmctld + slurmd + slurmdbd/MariaDB, so `sacct` works, and 2 fake GPUs so
@@ -10,8 +10,9 @@ status polling, and successful jobs' Slurm logs kept. Partition and account come
 profile's `$BNSTUDY_SLURM_PARTITION`/`$BNSTUDY_SLURM_ACCOUNT`, as for a user.
 
 The DAG is config/smoke.yaml restricted to the ics_dln study (a second --configfile): every rule,
-CPU and GPU, in 10 jobs, plus one extra target that fails (a dataset whose folder is missing), so
-one Snakemake run shows both completed and failed jobs. A second run requeues a training job.
+CPU and GPU, plus one extra target that fails (a dataset whose files cannot be decoded), so one
+Snakemake run shows both completed and failed jobs. Only data preparation, training and analysis
+go through sbatch; bookkeeping and plotting are local rules. A second run requeues a training job.
 The profile's dry-run test at the end needs no cluster and always runs.
 """
 
@@ -32,20 +33,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
-from testlib import (  # noqa: E402
+from helpers import (  # noqa: E402
     REPO, job_counts, mlflow_training_runs, only_studies, read_rows, sqlite_uri, summaries,
     write_yaml,
 )
 
-from conftest import require_flag, run_snakemake  # noqa: E402
+from conftest import require_flag  # noqa: E402
+from helpers import run_snakemake  # noqa: E402
 
-PROFILE = REPO / "workflow" / "profiles" / "slurm"
+PROFILE = REPO / "profiles" / "slurm"
 HARNESS = REPO / "tests" / "harness" / "slurm.sh"
 PARTITION = os.environ.get("SLURM_PARTITION", "debug")  # what tests/harness/slurm.sh creates
 ACCOUNT = os.environ.get("SLURM_ACCOUNT", "bnstudy")
 SLURM_ENV = {"BNSTUDY_SLURM_PARTITION": PARTITION, "BNSTUDY_SLURM_ACCOUNT": ACCOUNT}
 GPU_RULES = {"train", "analyze"}
+CLUSTER_RULES = GPU_RULES | {"prepare_data"}
+LOCAL_RULES = {"init_tracking", "aggregate", "figures", "claims", "track", "all"}
 STUDIES = ("ics_dln",)
 BROKEN = "broken"  # a dataset whose preparation fails
 
@@ -63,6 +66,7 @@ def machine_profile(folder: Path, retries: int) -> Path:
     keys it names, so set-resources is the repository's with only the memory capped)."""
     base = repo_profile()
     resources = copy.deepcopy(base["set-resources"])
+    assert not set(resources) & LOCAL_RULES, "a local rule never reaches Slurm: no resources for it"
     for values in resources.values():
         if "mem_mb" in values:
             values["mem_mb"] = min(values["mem_mb"], 2000)
@@ -192,13 +196,18 @@ def test_outputs_appear(slurm_dag):
 
 
 @pytest.mark.slurm
-def test_every_job_went_through_sbatch_and_completed(slurm_dag):
+def test_cluster_jobs_went_through_sbatch_and_bookkeeping_stayed_local(slurm_dag):
+    """Exactly the data, training and analysis jobs were sbatch jobs, each completed: one per
+    dataset, run and analysed run (2 datasets, 2 runs, 2 analysed runs); bookkeeping and
+    plotting ran where Snakemake runs."""
     work, _, out, run_uuid, _ = slurm_dag
     counts = job_counts(out)
-    submitted = {rule: n for rule, n in counts.items() if rule not in ("all", "total")}
+    submitted = {rule: n for rule, n in counts.items() if rule in CLUSTER_RULES}
+    assert submitted == {"prepare_data": 2, "train": 2, "analyze": 2}, counts
+    assert set(counts) - {"total"} - CLUSTER_RULES <= LOCAL_RULES, counts
     records = [r for r in sacct(run_uuid) if not r["Comment"].endswith(f"_{BROKEN}")]
     submitted["prepare_data"] -= 1  # the deliberately failing job: see the next test
-    assert len(records) == sum(submitted.values()), (counts, [r["Comment"] for r in records])
+    assert len(records) == sum(submitted.values()) == 5, (counts, [r["Comment"] for r in records])
     by_rule: dict[str, int] = {}
     for record in records:
         by_rule[rule_of(record)] = by_rule.get(rule_of(record), 0) + 1
@@ -230,7 +239,7 @@ def test_failing_job_is_reported_failed(slurm_dag):
 def test_gpu_rules_got_a_gpu_and_cpu_rules_none(slurm_dag):
     run_uuid = slurm_dag[3]
     records = sacct(run_uuid)
-    assert {rule_of(r) for r in records} >= GPU_RULES | {"prepare_data", "aggregate", "figure"}
+    assert {rule_of(r) for r in records} == CLUSTER_RULES
     for record in records:
         tres = dict(kv.split("=", 1) for kv in record["AllocTRES"].split(",") if "=" in kv)
         if rule_of(record) in GPU_RULES:
@@ -342,11 +351,12 @@ def test_requeued_train_job_resumes_from_its_checkpoint(cluster, tmp_path):
 
 
 def test_profile_requests(tmp_path):
-    """A dry run with the repository's profile: GPU rules ask for one GPU, CPU rules none, and
-    partition/account come from the environment (no cluster needed)."""
+    """A dry run with the repository's profile: GPU rules ask for one GPU, the data rule none, and
+    partition/account come from the environment (no cluster needed; that the local rules stay off
+    the queue is what the sbatch count of the cluster test shows)."""
     profile = repo_profile()
     assert profile["executor"] == "slurm"
-    assert {"train", "analyze"} <= set(profile["set-resources"])
+    assert set(profile["set-resources"]) == CLUSTER_RULES
     # (--cores: a dry run caps threads at --cores, 1 by default; a real Slurm run does not)
     proc = run_snakemake(tmp_path, "-n", "--cores", "64", "--profile", str(PROFILE),
                          env={"BNSTUDY_SLURM_PARTITION": "gpupart", "BNSTUDY_SLURM_ACCOUNT": "proj1"})
@@ -356,9 +366,9 @@ def test_profile_requests(tmp_path):
     seen = set()
     for rule, body, resources in blocks:
         seen.add(rule)
-        res = dict(kv.split("=", 1) for kv in resources.split(", "))
-        if rule == "all":
+        if rule not in CLUSTER_RULES:
             continue
+        res = dict(kv.split("=", 1) for kv in resources.split(", "))
         assert res["slurm_partition"] == "gpupart" and res["slurm_account"] == "proj1", res
         assert int(res["runtime"]) > 0 and int(res["mem_mb"]) > 0, res
         if rule in GPU_RULES:
@@ -368,5 +378,4 @@ def test_profile_requests(tmp_path):
             assert f"threads: {profile['set-threads'][rule]}" in body, (rule, body)
         else:
             assert "gpu" not in res, (rule, res)
-    assert seen >= GPU_RULES | {"prepare_data", "init_tracking", "aggregate", "aggregate_analysis",
-                                "figure", "claims", "track"}, seen
+    assert seen >= CLUSTER_RULES, seen

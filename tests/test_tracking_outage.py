@@ -21,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 from mlflow_server import MlflowServer  # noqa: E402
-from testlib import metric_points, mlflow_training_runs, read_rows  # noqa: E402
+from helpers import metric_points, mlflow_training_runs, read_rows  # noqa: E402
 
 from helpers import REPO, prepared_spec  # noqa: E402
 

@@ -12,7 +12,7 @@ import torch
 from bnstudy.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from bnstudy.train import train
 
-from helpers import REPO, prepared_spec
+from helpers import REPO, changed, prepared_spec
 
 
 def quiet(msg):
@@ -31,14 +31,14 @@ def test_same_seed_same_numbers_and_outputs(tmp_path):
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name])
     assert a["final"] == b["final"] and a["status"] == "completed"
-    other = train({**spec, "seed": 7}, tmp_path / "c", log=quiet)
+    other = train(changed(spec, {"seed": 7}), tmp_path / "c", log=quiet)
     assert other["final"] != a["final"]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert [c["step"] for c in summary["checkpoints"]] == spec["checkpoints"]
+    assert tuple(c["step"] for c in summary["checkpoints"]) == spec.checkpoints
     layers, units = ta["layers"], ta["units"]
     assert set(layers["layer"]) == set(range(1, 9))
     assert (units["p15"] <= units["p50"]).all() and (units["p50"] <= units["p85"]).all()
-    assert units.groupby(["step", "layer"])["unit"].nunique().eq(spec["log"]["units"]).all()
+    assert units.groupby(["step", "layer"])["unit"].nunique().eq(spec.log.units).all()
     assert layers["weight_grad_norm"].gt(0).all() and layers["output_grad_norm"].gt(0).all()
     assert layers["unit_mean_change"].gt(0).all()
 
@@ -47,19 +47,17 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     """Kill a real training process mid-run (SIGKILL, no cleanup), restart it: same metrics as
     an uninterrupted run. Dropout and noise included, so every RNG stream is exercised."""
     spec = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=40)
-    spec["model"] = {**spec["model"], "dropout": 0.2}
     # checkpoints right after recording steps (layers_every 3: steps 9, 18, ...): the per-unit
     # moments of step t, needed at step t + 1 for Fig. 8's changes, cross the checkpoint
-    spec["checkpoints"] = [0, 10, 19, 28, 40]
-    spec["log"] = {**spec["log"], "layers_every": 3, "train_every": 4, "eval_every": 7}
-    spec["augment"] = {"crop": 2, "flip": True}
+    spec = changed(spec, {"model.dropout": 0.2, "checkpoints": [0, 10, 19, 28, 40], "log.layers_every": 3,
+                          "log.train_every": 4, "log.eval_every": 7, "augment.crop": 2, "augment.flip": True})
     reference = train(spec, tmp_path / "ref", log=quiet)
 
     run_dir = tmp_path / "killed"
-    script = (f"import json,sys; sys.path.insert(0, {str(REPO / 'src')!r});"
-              f"from bnstudy.train import train; "
-              f"train(json.loads(sys.argv[1]), sys.argv[2], log=lambda m: print(m, flush=True))")
-    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(spec), str(run_dir)],
+    script = (f"import sys; sys.path.insert(0, {str(REPO / 'src')!r});"
+              f"from bnstudy.spec import RunSpec; from bnstudy.train import train; "
+              f"train(RunSpec.from_json(sys.argv[1]), sys.argv[2], log=lambda m: print(m, flush=True))")
+    proc = subprocess.Popen([sys.executable, "-c", script, spec.to_json(), str(run_dir)],
                             stdout=subprocess.PIPE, text=True)
     import time
     deadline = time.time() + 120
@@ -122,8 +120,7 @@ def test_deferred_loss_readback_changes_nothing(tmp_path, monkeypatch, lr):
 
 def test_the_synthetic_data_is_learnable(tmp_path):
     """At demo scale a small BN VGG must land well between chance and 100%."""
-    spec = prepared_spec(tmp_path, "vgg-batchnorm", steps=120, batch_size=64)
-    spec["log"] = {**spec["log"], "eval_every": 60}
+    spec = changed(prepared_spec(tmp_path, "vgg-batchnorm", steps=120, batch_size=64), {"log.eval_every": 60})
     summary = train(spec, tmp_path / "run", log=quiet)
     assert 0.3 < summary["final"]["test_accuracy"] <= 1.0
 
@@ -133,13 +130,12 @@ def test_checkpoint_holds_everything_to_resume(tmp_path):
     train(spec, tmp_path / "run", log=quiet)
     state = load_checkpoint(list_checkpoints(tmp_path / "run")[1][1])
     assert {"model", "optimizer", "step", "spec", "rng", "metrics"} <= set(state)
-    assert state["spec"]["run"] == spec["run"] and state["step"] == spec["checkpoints"][1]
+    assert state["spec"] == spec.to_dict() and state["step"] == spec.checkpoints[1]
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))  # no temporary files left
 
 
 def unit_moment_change(tmp_path, variant: str) -> float:
-    spec = prepared_spec(tmp_path, f"vgg-{variant}", steps=12)
-    spec["log"] = {**spec["log"], "layers_every": 4}
+    spec = changed(prepared_spec(tmp_path, f"vgg-{variant}", steps=12), {"log.layers_every": 4})
     train(spec, tmp_path / variant, log=quiet)
     return pd.read_csv(tmp_path / variant / "layers.csv")["unit_mean_change"].mean()
 
@@ -155,8 +151,8 @@ def test_noisy_batchnorm_units_move_at_least_10x_more_than_batchnorm_units(tmp_p
 def test_training_mode_accuracy_is_the_mean_over_the_batches_trained_on(tmp_path):
     """eval.csv's train_batches rows: training mode (noise on), the mean over the batches since the
     previous evaluation, i.e. the mean of train.csv's per-batch rows over that window."""
-    spec = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=12)
-    spec["log"] = {**spec["log"], "train_every": 1, "eval_every": 6}
+    spec = changed(prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=12),
+                   {"log.train_every": 1, "log.eval_every": 6})
     summary = train(spec, tmp_path / "run", log=quiet)
     per_batch, evals = pd.read_csv(tmp_path / "run" / "train.csv"), pd.read_csv(tmp_path / "run" / "eval.csv")
     window = evals[evals["split"] == "train_batches"].set_index("step")["accuracy"]
@@ -170,7 +166,7 @@ def test_training_mode_accuracy_is_the_mean_over_the_batches_trained_on(tmp_path
 def test_train_rows_are_window_means(tmp_path):
     spec = prepared_spec(tmp_path, "vgg-batchnorm", steps=12)
     every = train(spec, tmp_path / "a", log=quiet)
-    spec4 = {**spec, "log": {**spec["log"], "train_every": 4}}
+    spec4 = changed(spec, {"log.train_every": 4})
     train(spec4, tmp_path / "b", log=quiet)
     a, b = pd.read_csv(tmp_path / "a" / "train.csv"), pd.read_csv(tmp_path / "b" / "train.csv")
     assert list(b["step"]) == [3, 7, 11]
@@ -189,14 +185,15 @@ def test_deep_linear_network_trains_at_the_papers_learning_rates(tmp_path, lr):
     cfg["datasets"]["linear"].update(n_train=1000, n_test=1000)  # the paper's 1000 samples
     for variant in ("standard", "batchnorm"):
         spec = prepared_spec(tmp_path, f"dln-{variant}", config=cfg, steps=200, lr=lr)
-        assert spec["optim"]["loss_reduction"] == "sum"
+        assert spec.optim.loss_reduction == "sum"
         train(spec, tmp_path / f"{variant}", log=quiet)
         loss = pd.read_csv(tmp_path / f"{variant}" / "train.csv")["loss"]
         assert loss.iloc[-1] < 0.9 * loss.iloc[0], (variant, lr, loss.iloc[0], loss.iloc[-1])
 
 
 def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
-    from bnstudy.config import load_config, plan
+    from bnstudy.config import load_config
+    from bnstudy.plan import plan
 
     from helpers import smoke_config
 
@@ -210,7 +207,7 @@ def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
     spec = prepared_spec(tmp_path, "vgg-batchnorm")
     train(spec, tmp_path / "run", log=quiet)
     (tmp_path / "run" / "summary.json").unlink()
-    other = {**spec, "runtime": {**spec["runtime"], "precision": "bf16"}}
+    other = changed(spec, {"runtime.precision": "bf16"})
     with pytest.raises(RuntimeError, match="precision=fp32.*bf16"):
         train(other, tmp_path / "run", log=quiet)
 
@@ -253,14 +250,15 @@ def test_compiled_step_trains_like_the_eager_one(tmp_path):
     """runtime.compile: on (the GPU path's torch.compile, here with inductor on the CPU) gives the
     eager run's numbers up to kernel rounding, is a different run id, and noisy variants stay eager."""
     from helpers import smoke_config
-    from bnstudy.config import load_config, plan
+    from bnstudy.config import load_config
+    from bnstudy.plan import plan
 
     cfg = smoke_config(tmp_path)
     cfg["runtime"]["compile"] = "on"
     compiled_ids = set(plan(load_config(cfg)).runs)
     eager = prepared_spec(tmp_path, "mlp-batchnorm", steps=8)
-    assert eager["run"] not in compiled_ids
-    spec = {**eager, "runtime": {**eager["runtime"], "compile": "on"}}
+    assert eager.run not in compiled_ids
+    spec = changed(eager, {"runtime.compile": "on"})
     a = train(eager, tmp_path / "eager", log=quiet)
     b = train(spec, tmp_path / "compiled", log=quiet)
     ta, tb = tables(tmp_path / "eager"), tables(tmp_path / "compiled")
@@ -269,5 +267,5 @@ def test_compiled_step_trains_like_the_eager_one(tmp_path):
     assert b["final"]["test_accuracy"] == pytest.approx(a["final"]["test_accuracy"], abs=0.02)
     messages = []
     noisy = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=2)
-    train({**noisy, "runtime": {**noisy["runtime"], "compile": "on"}}, tmp_path / "noisy", log=messages.append)
+    train(changed(noisy, {"runtime.compile": "on"}), tmp_path / "noisy", log=messages.append)
     assert any("training eagerly" in m for m in messages)

@@ -1,13 +1,5 @@
-"""`python -m bnstudy <command>`, as the rules call it: through the execution's fork server when
-there is one (bnstudy.forkserver: the job starts without importing torch), else in this process."""
+"""`python -m bnstudy <command>`: what the Snakemake rules run (bnstudy.cli)."""
 
-import sys
+from .cli import main
 
-from .forkserver import run_forked
-
-code = run_forked(sys.argv[1:])
-if code is None:
-    from .cli import exit_now, run
-
-    exit_now(run(sys.argv[1:]))
-sys.exit(code)
+main()

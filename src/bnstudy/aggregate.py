@@ -1,4 +1,4 @@
-"""Per-run tables -> tidy per-study tables (``results/tables/{study}/``).
+"""Per-run tables and analysis tables -> tidy per-study tables (``results/tables/{study}/``).
 
 Every downstream consumer (figures, claims) wants one long table per kind with each row labelled
 by the things it is grouped by: run, variant, lr, seed, status and the study's grid columns. This
@@ -102,36 +102,32 @@ def _runs(run_dirs: list[Path], study: str, grid: Mapping[str, str]):
         yield run_dir, labels, spec, summary
 
 
-def aggregate(study: str, study_cfg: dict, run_dirs: list[Path], outputs: Mapping[str, Path]) -> None:
-    """The study's runs.csv and its training tables (train, eval, layers, units), labelled.
-
-    ``outputs`` maps table name -> the file to write (runs and any of `RUN_TABLES`).
+def aggregate(study: str, study_cfg: dict, run_dirs: list[Path], analyses: Mapping[str, str],
+              analysis_root: Path, out_dir: Path) -> list[Path]:
+    """Write the study's tables into `out_dir` (results/tables/{study}/): runs.csv, the run tables
+    (train, eval, layers, units) and one table per analysis the study configures, every row
+    labelled. `analyses` maps an analysis to the hash of the study's settings for it; its per-run
+    tables are `analysis_root/<run>/<analysis>-<hash>.csv`.
     """
+    out_dir = Path(out_dir)
     grid = grid_columns(study_cfg)
     label_columns = LABEL_COLUMNS + list(grid.values())
-    unknown = sorted(set(outputs) - {"runs", *RUN_TABLES})
+    unknown = sorted(set(analyses) - set(ANALYSIS_TABLES))
     if unknown:
-        raise ValueError(f"study {study}: unknown tables {unknown}")
-    rows, frames = [], {name: [] for name in outputs if name != "runs"}
+        raise ValueError(f"study {study}: unknown analyses {unknown}; known: {', '.join(ANALYSIS_TABLES)}")
+    rows = []
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in [*RUN_TABLES, *analyses]}
     for run_dir, labels, spec, summary in _runs(run_dirs, study, grid):
         rows.append(runs_row(labels, spec, summary, run_dir / "summary.json"))
-        for name in frames:
+        for name in RUN_TABLES:
             frames[name].append(labelled(read_table(run_dir / f"{name}.csv", RUN_TABLES[name]), labels))
-    if "runs" in outputs:
-        runs = pd.DataFrame(rows, columns=label_columns + RUNS_COLUMNS)
-        runs["diverged_step"] = runs["diverged_step"].astype("Int64")
-        write_csv(outputs["runs"], runs)
+        for name, digest in analyses.items():
+            table = Path(analysis_root) / labels["run"] / f"{name}-{digest}.csv"
+            frames[name].append(labelled(read_table(table, ANALYSIS_TABLES[name]), labels))
+    runs = pd.DataFrame(rows, columns=label_columns + RUNS_COLUMNS)
+    runs["diverged_step"] = runs["diverged_step"].astype("Int64")
+    written = [write_csv(out_dir / "runs.csv", runs)]
     for name, parts in frames.items():
-        write_csv(outputs[name], concat_tables(parts, label_columns + RUN_TABLES[name]))
-
-
-def aggregate_analysis(study: str, study_cfg: dict, analysis: str, run_tables: Mapping[Path, Path],
-                       out: Path) -> None:
-    """One analysis of the study's runs, labelled: ``run_tables`` maps a run folder to its table."""
-    if analysis not in ANALYSIS_TABLES:
-        raise ValueError(f"unknown analysis {analysis!r}; known: {', '.join(ANALYSIS_TABLES)}")
-    grid = grid_columns(study_cfg)
-    columns = ANALYSIS_TABLES[analysis]
-    frames = [labelled(read_table(run_tables[run_dir], columns), labels)
-              for run_dir, labels, _, _ in _runs(list(run_tables), study, grid)]
-    write_csv(out, concat_tables(frames, LABEL_COLUMNS + list(grid.values()) + columns))
+        columns = RUN_TABLES.get(name) or ANALYSIS_TABLES[name]
+        written.append(write_csv(out_dir / f"{name}.csv", concat_tables(parts, label_columns + columns)))
+    return written

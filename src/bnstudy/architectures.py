@@ -32,16 +32,3 @@ def normalised_layers(model: dict) -> int:
     if arch == "dln":
         return model["depth"]
     raise ValueError(f"unknown architecture {arch!r}")
-
-
-def layer_units(model: dict, layer: int, dim: int | None = None) -> int:
-    """Units (channels or features) of normalised layer `layer` (1-based)."""
-    arch = model["arch"]
-    if arch == "vgg":
-        convs = [c for c in vgg_channels(model["depth"], model["width"]) if c != "M"]
-        widths = convs + list(model["head"])
-    elif arch == "mlp":
-        widths = list(model["hidden"])
-    else:
-        widths = [dim] * model["depth"]
-    return widths[layer - 1]

@@ -1,33 +1,114 @@
-"""The figure kinds and claim kinds a study can list in its config, and the tables each reads.
+"""The extension points of a study, one record each: analysis kinds, figure kinds, claim kinds.
 
-Studies are config: a study names a setup, its variants, learning rates and seeds, and lists the
-figure kinds (`figures:`) and claims (`claims:`) it produces. This catalog is what the Snakefile
-plans with, so it imports neither matplotlib nor torch; `bnstudy.figures` and `bnstudy.claims`
-hold the code of each kind (a test checks that every kind here has one). A figure kind's caption
-is the file `workflow/report/figures/<kind>.rst`.
+Studies are config: a study names a setup, its variants, learning rates and seeds, configures the
+analyses it needs (one block per analysis kind), and lists the figure kinds and claims it produces.
+Everything the workflow must know about a kind before any job runs is its record here, so the
+Snakefile and the config checks plan with this module alone (no torch, no matplotlib):
+
+- an analysis kind: its module (`bnstudy.analysis.<module>.compute`), its config block (the JSON
+  schema of its settings, with defaults), its table's columns and the figure kinds that read the
+  table. A new analysis is its module, its record here and the caption of the figure that shows it;
+- a figure kind: the run tables it reads (the analysis tables come from the analysis records) and
+  the setup key a study must vary for it; its code is a drawer in `bnstudy.figures.DRAWERS` and its
+  caption `workflow/report/figures/<kind>.rst`;
+- a claim kind: the variants it compares, the tables it reads and what its study must contain; its
+  code is a `Claim` in `bnstudy.claims`.
+The tests check that every record has its code and caption.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-# figure kind -> the study tables it reads (besides runs.csv, which every figure reads)
-FIGURE_KINDS: dict[str, tuple[str, ...]] = {
-    "accuracy": ("eval",),                # train (training mode) and test (eval mode) accuracy over steps
-    "train_accuracy": ("eval",),          # train accuracy, training mode vs eval mode
-    "test_accuracy": ("eval",),           # test accuracy over steps
-    "train_loss": ("train",),             # training loss over steps (the DLN)
-    "distributions": ("units",),          # single units' activation percentiles over steps
-    "unit_input": ("units",),             # one unit of the last layer (Ioffe & Szegedy Fig. 1b-c)
-    "moment_changes": ("layers",),        # per-unit |mu_t+1 - mu_t|, |var_t+1 - var_t|
-    "ics": ("ics",),                      # Definition 2.1
-    "landscape": ("landscape",),          # loss range, gradient predictiveness, beta-smoothness
-    "curvature": ("curvature",),          # g^T H g / |g|^2 and the top Hessian eigenvalue
-    "accuracy_vs_lr": (),                 # final test accuracy against the learning rate
-    "accuracy_vs_init_scale": (),         # final test accuracy against the init scale
-    "accuracy_vs_dropout": (),            # final test accuracy against the dropout rate
-    "generalisation_gap": (),             # final train - test accuracy against dropout / lr
+# ---------------------------------------------------------------------------------------------
+# analyses of a run's checkpoints
+
+
+@dataclass(frozen=True)
+class AnalysisKind:
+    """One checkpoint analysis: `compute(origin, settings) -> rows` in `bnstudy.analysis.<module>`
+    (rows without `step`, which the analysis job adds), a table with `columns` per run, and the
+    study config block `settings` (JSON-schema properties, beyond the settings every analysis
+    has: steps, batch_size, batches, seed, noise, dtype)."""
+
+    module: str
+    columns: tuple[str, ...]
+    figures: tuple[str, ...]
+    settings: Mapping[str, dict] = field(default_factory=dict)
+
+
+ANALYSES: dict[str, AnalysisKind] = {
+    # Definition 2.1 (Santurkar et al. 2018, Fig. 3)
+    "ics": AnalysisKind(
+        module="ics",
+        columns=("step", "layer", "l2_diff", "cosine", "grad_norm"),
+        figures=("ics",)),
+    # section 3.2 (Figs. 4, 10): loss, gradient change and beta along the gradient
+    "landscape": AnalysisKind(
+        module="landscape",
+        columns=("step", "direction", "eta", "eta_rel", "loss", "grad_diff", "beta"),
+        figures=("landscape",),
+        settings={
+            "eta_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.5},
+            "eta_max": {"type": "number", "exclusiveMinimum": 0, "default": 4.0},
+            "points": {"type": "integer", "minimum": 2, "default": 8},
+            "relative": {"type": "boolean", "default": True,
+                         "description": "eta = value x lr (the paper's ranges)"},
+            "random_directions": {"type": "integer", "minimum": 0, "default": 0},
+        }),
+    # section 4 (Theorem 4.2): curvature along the gradient and the Hessian's top eigenvalue
+    "curvature": AnalysisKind(
+        module="curvature",
+        columns=("step", "grad_quadratic", "top_eigenvalue", "power_iters", "converged"),
+        figures=("curvature",),
+        settings={
+            "power_iters": {"type": "integer", "minimum": 1, "default": 20},
+            "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3},
+        }),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """What a figure kind reads besides runs.csv (run tables; analysis tables are named by the
+    analysis records) and the setup key, if any, that its study must vary (its x axis)."""
+
+    tables: tuple[str, ...] = ()
+    axis: str | None = None
+
+
+FIGURE_KINDS: dict[str, FigureKind] = {
+    "accuracy": FigureKind(("eval",)),            # train (training mode) and test (eval mode) accuracy
+    "train_accuracy": FigureKind(("eval",)),      # train accuracy, training mode vs eval mode
+    "test_accuracy": FigureKind(("eval",)),       # test accuracy over steps
+    "train_loss": FigureKind(("train",)),         # training loss over steps (the DLN)
+    "distributions": FigureKind(("units",)),      # single units' activation percentiles over steps
+    "unit_input": FigureKind(("units",)),         # one last-layer unit (Ioffe & Szegedy Fig. 1b-c)
+    "moment_changes": FigureKind(("layers",)),    # per-unit |mu_t+1 - mu_t|, |var_t+1 - var_t|
+    "ics": FigureKind(),                          # Definition 2.1
+    "landscape": FigureKind(),                    # loss range, gradient predictiveness, beta
+    "curvature": FigureKind(),                    # g^T H g / |g|^2 and the top Hessian eigenvalue
+    "accuracy_vs_lr": FigureKind(),               # final test accuracy against the learning rate
+    "accuracy_vs_init_scale": FigureKind(axis="model.init_scale"),
+    "accuracy_vs_dropout": FigureKind(axis="model.dropout"),
+    "generalisation_gap": FigureKind(),           # final train - test accuracy against dropout / lr
+}
+
+
+def figure_tables(kind: str) -> tuple[str, ...]:
+    """Every study table figure `kind` reads: runs.csv, its run tables, the analyses it shows."""
+    analyses = tuple(name for name, record in ANALYSES.items() if kind in record.figures)
+    return ("runs",) + FIGURE_KINDS[kind].tables + analyses
+
+
+# ---------------------------------------------------------------------------------------------
+# claims
+
 
 @dataclass(frozen=True)
 class ClaimNeeds:
@@ -72,9 +153,6 @@ def claim_design_problem(kind: str, study: dict, setup: dict) -> str | None:
     return None
 
 
-def figure_tables(kind: str) -> tuple[str, ...]:
-    return ("runs",) + FIGURE_KINDS[kind]
-
-
 def claim_tables(kind: str) -> tuple[str, ...]:
     return ("runs",) + CLAIM_KINDS[kind].tables
+

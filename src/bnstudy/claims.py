@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import CLAIM_KINDS
+from .catalog import CLAIM_KINDS, claim_tables
 from .stats import mean_ci, paired_differences, sign_flip_p, smallest_p
 from .tables import StudyTables, TableError, write_csv, write_text
 
@@ -469,15 +469,17 @@ def seed_effects(data: StudyData, claim: Claim, rules: ClaimRules) -> pd.Series:
     return differences.groupby(level="seed").mean()
 
 
-def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Mapping[str, Path], rules: ClaimRules) -> dict:
-    """One claims-table row: claim `kind` as tested by `study`."""
+def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Path | None, rules: ClaimRules) -> dict:
+    """One claims-table row: claim `kind` as tested by `study`, from its tables folder."""
     claim = CLAIMS[kind]
     rules = rules.overridden(study_cfg.get("claim_rules"))
     row = {"claim": claim.claim, "source": claim.source, "study": study, "measure": claim.measure,
            "paper": claim.paper, "rule": claim.rule(rules)}
     effects = pd.Series(dtype=float)
     try:
-        data = StudyData(StudyTables(tables, study_cfg))
+        if tables is None:
+            raise TableError(f"no tables folder given for study {study}")
+        data = StudyData(StudyTables.in_folder(tables, study_cfg, claim_tables(kind)))
         present = set(data.runs["variant"])
         blockers = [f"no {v} runs in the study" for v in (claim.treated, claim.reference) if v not in present]
         if not blockers:
@@ -521,12 +523,12 @@ def to_markdown(table: pd.DataFrame) -> str:
     return header + "\n".join(short) + "\n\n## Detail\n\n" + "\n".join(detail) + "\n"
 
 
-def claims(studies_cfg: Mapping, tables: Mapping[str, Mapping[str, Path]], out_csv: Path, out_md: Path,
+def claims(studies_cfg: Mapping, tables: Mapping[str, Path], out_csv: Path, out_md: Path,
            rules: ClaimRules | None = None) -> pd.DataFrame:
-    """Evaluate every claim each enabled study lists, from the study tables in ``tables``
-    (study -> table name -> file); write the CSV and Markdown tables."""
+    """Evaluate every claim each enabled study lists, from its tables folder in ``tables``
+    (study -> results/tables/<study>); write the CSV and Markdown tables."""
     rules = rules or ClaimRules()
-    rows = [evaluate(study, kind, cfg, tables.get(study, {}), rules)
+    rows = [evaluate(study, kind, cfg, tables.get(study), rules)
             for study, cfg in studies_cfg.items() if cfg.get("enabled", True) for kind in cfg.get("claims", [])]
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_csv(out_csv, table)

@@ -57,7 +57,7 @@ def _terminate_as_exception() -> None:
 
 
 def cmd_prepare_data(args) -> None:
-    from .data import prepare
+    from .datasets import prepare
 
     with work():
         meta = prepare(_json(args.config), args.name, Path(args.out))
@@ -91,9 +91,10 @@ def cmd_init_tracking(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .spec import RunSpec
     from .train import train
 
-    spec, tracking = _json(args.spec), _tracking(args.tracking)
+    spec, tracking = RunSpec.from_json(args.spec, "--spec"), _tracking(args.tracking)
     run_dir = Path(args.run_dir)
     holder = {}
     # live tracking: this job sends its metrics as it trains; else (tracking.live: false) the
@@ -108,7 +109,7 @@ def cmd_train(args) -> None:
         marker = read_marker(_marker(tracking))
         same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
         holder["t"] = MlflowTracker(
-            tracking["uri"], tracking["experiment"], spec, run_dir, previous,
+            tracking["uri"], tracking["experiment"], spec.to_dict(), run_dir, previous,
             studies=args.studies.split(",") if args.studies else [],
             experiment_id=marker.get("experiment_id") if same else None,
             artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
@@ -124,32 +125,34 @@ def cmd_train(args) -> None:
         if "t" in holder:  # bounded: a dead store cannot hold a SIGTERM'd job
             holder["t"].fail(f"{type(err).__name__}: {err}")
         raise
-    print(f"{spec['run']}: {summary['status']} after {summary['steps_done']} steps "
+    print(f"{spec.run}: {summary['status']} after {summary['steps_done']} steps "
           f"in {summary['wall_seconds']:.1f}s", file=sys.stderr)
 
 
-def _pairs(items: list[str], option: str) -> dict[str, Path]:
-    """NAME=PATH arguments -> {NAME: PATH}."""
+def _pairs(items: list[str], option: str, path: bool = True) -> dict:
+    """NAME=VALUE arguments -> {NAME: VALUE} (a Path unless `path` is false)."""
     out = {}
     for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"bnstudy: {option} takes NAME=PATH, got {item!r}")
-        out[name] = Path(path)
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"bnstudy: {option} takes NAME={'PATH' if path else 'VALUE'}, got {item!r}")
+        out[name] = Path(value) if path else value
     return out
 
 
 def cmd_analyze(args) -> None:
-    from .analysis.run import analyze
+    from .analysis.run import AnalysisJob, analyze
     from .runtime import resolve_device, set_threads
+    from .spec import RunSpec
 
     run_dir = Path(args.run_dir)
-    spec = json.loads((run_dir / "spec.json").read_text())
-    set_threads(spec["runtime"], args.threads)
-    device = resolve_device(spec["runtime"])
+    spec = RunSpec.from_json((run_dir / "spec.json").read_text(), str(run_dir / "spec.json"))
+    set_threads(spec.runtime, args.threads)
+    device = resolve_device(spec.runtime)
+    jobs = [AnalysisJob(job["analysis"], job["digest"], job["settings"]) for job in _json(args.jobs)]
     # no MLflow here: the workflow's `track` job attaches every analysis table in one process
     with work():
-        analyze(_json(args.settings), run_dir, Path(args.out), str(device))
+        analyze(jobs, run_dir, Path(args.out_dir), str(device))
 
 
 def cmd_aggregate(args) -> None:
@@ -157,35 +160,21 @@ def cmd_aggregate(args) -> None:
 
     with work():
         aggregate(args.study, _json(args.study_config), [Path(p).parent for p in args.summaries],
-                  _pairs(args.out, "--out"))
+                  _pairs(args.analyses, "--analyses", path=False), Path(args.analysis_root), Path(args.out_dir))
 
 
-def cmd_aggregate_analysis(args) -> None:
-    from .aggregate import aggregate_analysis
-
-    if len(args.summaries) != len(args.tables):
-        raise SystemExit("bnstudy aggregate-analysis: give one --tables entry per --summaries entry")
-    run_tables = {Path(s).parent: Path(t) for s, t in zip(args.summaries, args.tables)}
-    with work():
-        aggregate_analysis(args.study, _json(args.study_config), args.analysis, run_tables, Path(args.out))
-
-
-def cmd_figure(args) -> None:
-    from .figures import draw
+def cmd_figures(args) -> None:
+    from .figures import draw_study
 
     with work():
-        draw(args.kind, args.study, _json(args.study_config), _pairs(args.table, "--table"), Path(args.out))
+        draw_study(args.study, _json(args.study_config), Path(args.tables), args.kinds, Path(args.out_dir))
 
 
 def cmd_claims(args) -> None:
     from .claims import claims
 
-    tables: dict[str, dict[str, Path]] = {}
-    for key, path in _pairs(args.table, "--table").items():
-        study, _, name = key.partition(":")
-        tables.setdefault(study, {})[name] = path
     with work():
-        claims(_json(args.studies_config), tables, Path(args.out_csv), Path(args.out_md))
+        claims(_json(args.studies_config), _pairs(args.tables, "--tables"), Path(args.out_csv), Path(args.out_md))
 
 
 def cmd_track(args) -> None:
@@ -227,7 +216,8 @@ def cmd_track(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from .config import load_config, plan
+    from .config import load_config
+    from .plan import plan
 
     config = load_config(args.configfile)
     p = plan(config)
@@ -238,9 +228,9 @@ def cmd_plan(args) -> None:
         if args.runs:
             for run in runs:
                 print(f"    {run}")
-    jobs = sum(len(p.study_runs[s]) for s, a in p.study_analyses.items() for _ in a)
-    print(f"{'total (shared runs once)':24s} {len(p.runs):4d} runs, {len(p.analysis_jobs())} analysis "
-          f"jobs ({jobs} study x run x analysis before sharing)")
+    tables = sum(len(p.run_analyses(run)) for run in p.runs)
+    print(f"{'total (shared runs once)':24s} {len(p.runs):4d} runs, {tables} analysis tables of "
+          f"{len(p.analysed_runs())} runs (one analysis job per run)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,40 +257,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("analyze", help="one checkpoint analysis of one run")
+    p = sub.add_parser("analyze", help="every analysis table one run needs, from its checkpoints")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--settings", required=True, help="the analysis settings (JSON, with key analysis)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--jobs", required=True,
+                   help='the tables to compute (JSON): [{"analysis": ..., "digest": ..., "settings": {...}}]')
+    p.add_argument("--out-dir", required=True, help="the run's analysis folder")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("aggregate", help="a study's runs -> its runs/train/eval/layers/units tables")
+    p = sub.add_parser("aggregate", help="a study's runs -> its tables folder (runs, train, eval, "
+                                         "layers, units and each analysis)")
     p.add_argument("--study", required=True)
     p.add_argument("--study-config", required=True)
     p.add_argument("--summaries", nargs="+", required=True, help="the runs' summary.json files")
-    p.add_argument("--out", nargs="+", required=True, help="NAME=PATH for each table to write")
+    p.add_argument("--analyses", nargs="*", default=[], help="ANALYSIS=HASH of each analysis the study reads")
+    p.add_argument("--analysis-root", default="results/analysis", help="the runs' analysis folders")
+    p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("aggregate-analysis", help="one analysis of a study's runs -> one table")
+    p = sub.add_parser("figures", help="draw a study's figure kinds from its tables folder")
     p.add_argument("--study", required=True)
     p.add_argument("--study-config", required=True)
-    p.add_argument("--analysis", required=True, choices=["ics", "landscape", "curvature"])
-    p.add_argument("--summaries", nargs="+", required=True, help="the runs' summary.json files")
-    p.add_argument("--tables", nargs="+", required=True, help="their analysis tables, same order")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_aggregate_analysis)
-
-    p = sub.add_parser("figure", help="draw one figure kind of a study")
-    p.add_argument("--kind", required=True)
-    p.add_argument("--study", required=True)
-    p.add_argument("--study-config", required=True)
-    p.add_argument("--table", nargs="+", required=True, help="NAME=PATH for each table the kind reads")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_figure)
+    p.add_argument("--tables", required=True, help="the study's tables folder")
+    p.add_argument("--kinds", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True, help="<kind>.png and <kind>.pdf land here")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("claims", help="the claims verdict table")
     p.add_argument("--studies-config", required=True)
-    p.add_argument("--table", nargs="*", default=[], help="STUDY:NAME=PATH for each table the claims read")
+    p.add_argument("--tables", nargs="*", default=[], help="STUDY=FOLDER: each study's tables folder")
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=cmd_claims)
@@ -334,39 +319,6 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         raise SystemExit(f"bnstudy {args.command}: {err}") from None
     print(f"[bnstudy] {args.command} work_s={WORK_SECONDS[0]:.3f}", file=sys.stderr)
-
-
-def run(argv: list[str]) -> int:
-    """`main(argv)`'s exit status, as Python would make it of a SystemExit (a message goes to
-    stderr with status 1): for `python -m bnstudy` and the fork server's children, which end
-    with `exit_now` rather than by unwinding."""
-    try:
-        main(argv)
-    except SystemExit as stop:  # argparse, user errors, SIGTERM (see _terminate_as_exception)
-        if stop.code is None or isinstance(stop.code, int):
-            return stop.code or 0
-        print(stop.code, file=sys.stderr)
-        return 1
-    return 0
-
-
-def exit_now(code: int = 0) -> None:
-    """End the process without the interpreter's teardown of its modules: other threads are
-    waited for and atexit handlers run, as at a normal exit, and the streams are flushed; then
-    tearing down torch, pandas and matplotlib (~0.45 s per job here, ~0.15 s after gc.freeze) is
-    skipped, and the OS frees the memory. Every file a job writes is closed (and renamed into
-    place) before this. Never returns, also in a fork server's child (bnstudy.forkserver)."""
-    import atexit
-    import threading
-
-    try:
-        threading._shutdown()  # what the interpreter does first at exit: join non-daemon threads
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-    finally:
-        os._exit(code)
 
 
 if __name__ == "__main__":

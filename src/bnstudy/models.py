@@ -16,6 +16,7 @@ from torch import nn
 
 from .architectures import vgg_channels
 from .norms import make_norm
+from .spec import RunSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
 
@@ -74,64 +75,63 @@ class Network(nn.Module):
         return groups
 
 
-def _block(layer: nn.Module, features: int, spatial: bool, spec: dict, noise: bool,
+def _block(layer: nn.Module, features: int, spatial: bool, spec: RunSpec, noise: bool,
            act: str | None = None, normalise: bool = True) -> Block:
-    norm_cfg = spec["norm"]
-    norm = make_norm(norm_cfg["variant"] if normalise else "standard", features, spatial,
-                     norm_cfg, noise_enabled=noise)
-    return Block(layer, norm, ACTIVATIONS[act or spec["model"]["activation"]]())
+    norm = make_norm(spec.norm.variant if normalise else "standard", features, spatial, spec.norm,
+                     noise_enabled=noise)
+    return Block(layer, norm, ACTIVATIONS[act or spec.model.activation]())
 
 
-def vgg(spec: dict, noise: bool) -> Network:
-    m = spec["model"]
-    channels, size = spec["dataset"]["shape"][0], spec["dataset"]["shape"][1]
+def vgg(spec: RunSpec, noise: bool) -> Network:
+    m = spec.model
+    channels, size = spec.dataset.shape[0], spec.dataset.shape[1]
     features: list[nn.Module] = []
-    for width in vgg_channels(m["depth"], m["width"]):
+    for width in vgg_channels(m.depth, m.width):
         if width == "M":
             features.append(nn.MaxPool2d(2))
             size //= 2
             continue
-        conv = nn.Conv2d(channels, width, 3, padding=1, bias=m["bias"])
+        conv = nn.Conv2d(channels, width, 3, padding=1, bias=m.bias)
         features.append(_block(conv, width, True, spec, noise))
         channels = width
     features.append(nn.Flatten())
     dim = channels * size * size
-    for hidden in m["head"]:
-        features.append(_block(nn.Linear(dim, hidden, bias=m["bias"]), hidden, False, spec, noise))
-        if m["dropout"]:
-            features.append(SeededDropout(m["dropout"]))
+    for hidden in m.head:
+        features.append(_block(nn.Linear(dim, hidden, bias=m.bias), hidden, False, spec, noise))
+        if m.dropout:
+            features.append(SeededDropout(m.dropout))
         dim = hidden
-    if m["dropout"] and not m["head"]:
-        features.append(SeededDropout(m["dropout"]))
-    return Network(features, nn.Linear(dim, spec["dataset"]["classes"], bias=m["bias"]))
+    if m.dropout and not m.head:
+        features.append(SeededDropout(m.dropout))
+    return Network(features, nn.Linear(dim, spec.dataset.classes, bias=m.bias))
 
 
-def mlp(spec: dict, noise: bool) -> Network:
+def mlp(spec: RunSpec, noise: bool) -> Network:
     """Ioffe & Szegedy's MNIST network: fully connected hidden layers (3 x 100 sigmoid units)."""
-    m = spec["model"]
-    dim = math.prod(spec["dataset"]["shape"])
+    m = spec.model
+    dim = math.prod(spec.dataset.shape)
     features: list[nn.Module] = [nn.Flatten()]
-    for hidden in m["hidden"]:
-        features.append(_block(nn.Linear(dim, hidden, bias=m["bias"]), hidden, False, spec, noise))
-        if m["dropout"]:
-            features.append(SeededDropout(m["dropout"]))
+    for hidden in m.hidden:
+        features.append(_block(nn.Linear(dim, hidden, bias=m.bias), hidden, False, spec, noise))
+        if m.dropout:
+            features.append(SeededDropout(m.dropout))
         dim = hidden
-    return Network(features, nn.Linear(dim, spec["dataset"]["classes"], bias=m["bias"]))
+    return Network(features, nn.Linear(dim, spec.dataset.classes, bias=m.bias))
 
 
-def dln(spec: dict, noise: bool) -> Network:
+def dln(spec: RunSpec, noise: bool) -> Network:
     """Santurkar et al.'s deep linear network: `depth` square `width`x`width` linear layers.
 
     Normalisation follows every layer but the last (the paper leaves the placement open; a
     normalised output could not fit the targets A x), so the DLN's "layers" are its `depth` linear
     maps; the last block has no normaliser and the output layer is the identity.
     """
-    m = spec["model"]
-    d = spec["dataset"]["dim"]
+    m = spec.model
+    d = spec.dataset.dim
     blocks = [
         _block(nn.Linear(d, d, bias=False), d, False, spec, noise, act="identity",
-               normalise=i < m["depth"] - 1 or m["norm_last"])
-        for i in range(m["depth"])
+               normalise=i < m.depth - 1 or m.norm_last)
+        for i in range(m.depth)
     ]
     return Network(blocks, nn.Identity())
 
@@ -164,31 +164,31 @@ def initialise(model: nn.Module, scheme: str, scale: float, generator: torch.Gen
             nn.init.zeros_(module.bias)
 
 
-def build_model(spec: dict, noise: bool = True) -> Network:
+def build_model(spec: RunSpec, noise: bool = True) -> Network:
     """The network of a run spec, initialised from the run's seed (no global RNG).
 
     `noise=False` builds noisy variants with Algorithm 1's noise switched off (the analyses probe
     the deterministic loss unless configured otherwise).
     """
-    m = spec["model"]
+    m = spec.model
     # torch's layer constructors draw a default init from the global RNG; we overwrite it below
     # from the run's own generator, and fork_rng keeps the caller's global RNG untouched
     with torch.random.fork_rng(devices=[]):
-        model = ARCHITECTURES[m["arch"]](spec, noise)
-    initialise(model, m["init"], m["init_scale"], torch.Generator().manual_seed(spec["seed"]))
+        model = ARCHITECTURES[m.arch](spec, noise)
+    initialise(model, m.init, m.init_scale, torch.Generator().manual_seed(spec.seed))
     return model
 
 
-def uses_channels_last(spec: dict, device: torch.device | str) -> bool:
+def uses_channels_last(spec: RunSpec, device: torch.device | str) -> bool:
     """Whether the run's network computes in channels_last memory format on `device`.
 
     `runtime.channels_last: auto` turns it on for conv nets on CUDA and on the CPU: oneDNN's
     channels_last kernels made a VGG-11 x0.25 BatchNorm training step 1.5x faster on this
     project's 2-core Xeon (70 -> 48 ms, benchmarks/train_throughput.py). MPS stays NCHW.
     """
-    want = spec["runtime"]["channels_last"]
+    want = spec.runtime.channels_last
     kind = torch.device(device).type
-    return spec["model"]["arch"] == "vgg" and (want == "on" or (want == "auto" and kind in ("cuda", "cpu")))
+    return spec.model.arch == "vgg" and (want == "on" or (want == "auto" and kind in ("cuda", "cpu")))
 
 
 def set_generator(model: nn.Module, generator: torch.Generator | None) -> None:
@@ -208,10 +208,10 @@ def squared_error(reduction: str):
     return loss
 
 
-def loss_fn(spec: dict):
+def loss_fn(spec: RunSpec):
     """Cross-entropy for classification, squared error for the deep linear network, combined over
     a batch as `optim.loss_reduction` says (the config resolves the papers' choice)."""
-    reduction = spec["optim"].get("loss_reduction", "mean")
-    if spec["dataset"]["task"] == "regression":
+    reduction = spec.optim.loss_reduction
+    if spec.dataset.task == "regression":
         return squared_error(reduction)
     return functools.partial(nn.functional.cross_entropy, reduction=reduction)

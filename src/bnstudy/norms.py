@@ -4,12 +4,14 @@ non-linearity. Which variant uses which is the table `bnstudy.variants.VARIANTS`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
 import torch
 from torch import nn
 
+from .spec import NormSpec
 from .variants import VARIANTS
 
 
@@ -77,7 +79,7 @@ class DistributionNoise(nn.Module):
     only; `enabled=False` (analyses) turns it off.
 
     Randomness comes from `self.generator`, which the training loop reseeds every step (see
-    `bnstudy.data.step_generator`) so that resumed runs draw the same noise.
+    `bnstudy.batches.step_generator`) so that resumed runs draw the same noise.
     """
 
     def __init__(self, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float, enabled: bool = True):
@@ -208,22 +210,22 @@ def _cpu_apply_noise(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, r_m
     return y, scale
 
 
-def make_norm(variant: str, features: int, spatial: bool, norm_cfg: dict,
+def make_norm(variant: str, features: int, spatial: bool, norm: NormSpec,
               noise_enabled: bool = True) -> nn.Module:
     """The module that follows a conv (spatial=True) or linear layer for this variant.
 
-    `norm_cfg` is a run spec's `norm` block: eps, lp_scale and Algorithm 1's `noise` constants.
+    `norm` is a run spec's norm block: eps, lp_scale and Algorithm 1's noise constants.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown normalisation variant {variant!r}; known: {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
-    eps = norm_cfg["eps"]
+    eps = norm.eps
     if v.norm == "batch":
-        norm = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, eps=eps)
+        module = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, eps=eps)
     elif v.norm == "lp":
-        norm = LpNorm(features, v.p, eps=eps, centred=norm_cfg.get("lp_scale") == "centred")
+        module = LpNorm(features, v.p, eps=eps, centred=norm.lp_scale == "centred")
     else:
-        norm = nn.Identity()
+        module = nn.Identity()
     if not v.noise:
-        return norm
-    return nn.Sequential(norm, DistributionNoise(**norm_cfg["noise"], enabled=noise_enabled))
+        return module
+    return nn.Sequential(module, DistributionNoise(**dataclasses.asdict(norm.noise), enabled=noise_enabled))

@@ -8,10 +8,12 @@ import contextlib
 
 import torch
 
+from .spec import RuntimeSpec
 
-def resolve_device(runtime: dict) -> torch.device:
+
+def resolve_device(runtime: RuntimeSpec) -> torch.device:
     """`auto` = CUDA, then MPS, then CPU; an explicit device that is absent is an error."""
-    want = runtime["device"]
+    want = runtime.device
     if want == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -23,10 +25,10 @@ def resolve_device(runtime: dict) -> torch.device:
     return torch.device(want)
 
 
-def set_threads(runtime: dict, job_threads: int = 0) -> int:
+def set_threads(runtime: RuntimeSpec, job_threads: int = 0) -> int:
     """torch's intra-op threads: `runtime.threads` when the config sets it (> 0), else the cores
     Snakemake gave the job (`--threads`), else torch's default. Returns the number in use."""
-    wanted = runtime.get("threads") or job_threads
+    wanted = runtime.threads or job_threads
     if wanted:
         torch.set_num_threads(wanted)
     return torch.get_num_threads()

@@ -59,12 +59,6 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> MeanCI:
     return MeanCI(mean, float(mean - half_width), float(mean + half_width), n)
 
 
-def ci_bounds(values) -> tuple[float, float]:
-    """(low, high) of the 95% t interval: the ``errorbar`` callable handed to seaborn."""
-    interval = mean_ci(values)
-    return interval.low, interval.high
-
-
 def sign_flip_p(values, threshold: float = 0.0, alternative: str = "greater") -> float:
     """Exact one-sided sign-flip permutation p-value for "the per-seed values lie above (greater)
     or below (less) `threshold`": the share of the 2^n sign assignments of the deviations whose

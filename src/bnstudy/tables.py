@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .atomic import atomic_write
+from .catalog import ANALYSES
 from .errors import TableError  # noqa: F401  (raised here; defined without torch)
 
 # ---------------------------------------------------------------------------------------------
@@ -47,12 +48,8 @@ def eval_metric(split: str, metric: str) -> str:
     train_batches_<metric> for the training-mode one (training and `bnstudy track` agree on it)."""
     return f"{split}_{metric}" if split == "train_batches" else f"{split}_eval_{metric}"
 
-# checkpoint analyses (results/analysis/{run}/{analysis}-{settings hash}.csv)
-ANALYSIS_TABLES: dict[str, list[str]] = {
-    "ics": ["step", "layer", "l2_diff", "cosine", "grad_norm"],
-    "landscape": ["step", "direction", "eta", "eta_rel", "loss", "grad_diff", "beta"],
-    "curvature": ["step", "grad_quadratic", "top_eigenvalue", "power_iters", "converged"],
-}
+# checkpoint analyses (results/analysis/{run}/{analysis}-{settings hash}.csv): their records
+ANALYSIS_TABLES: dict[str, list[str]] = {name: list(record.columns) for name, record in ANALYSES.items()}
 
 # study tables (results/tables/{study}/): every row labelled with these, then the study's grid columns
 LABEL_COLUMNS = ["run", "variant", "lr", "seed", "status"]
@@ -60,6 +57,12 @@ FINAL_METRICS = [f"{split}_{metric}" for split in EVAL_SPLITS for metric in ("lo
 RUNS_COLUMNS = (["setup", "task"] + [f"final_{name}" for name in FINAL_METRICS]
                 + ["steps", "steps_done", "diverged_step", "wall_seconds"])
 STUDY_TABLES: dict[str, list[str]] = {"runs": RUNS_COLUMNS, **RUN_TABLES, **ANALYSIS_TABLES}
+
+
+def study_tables(study_cfg: Mapping) -> list[str]:
+    """The tables a study's aggregation writes (results/tables/{study}/<name>.csv): runs, the run
+    tables, and one per analysis the study configures."""
+    return ["runs", *RUN_TABLES, *(name for name in ANALYSIS_TABLES if name in study_cfg)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,8 +155,8 @@ def grid_columns(study_cfg: Mapping) -> dict[str, str]:
 class StudyTables:
     """A study's tables, each read once and checked against its contract on first use.
 
-    `paths` maps a table name (runs, train, eval, layers, units, ics, landscape, curvature) to the
-    file the rule declared: figures and claims read exactly the files Snakemake gave them.
+    `paths` maps a table name (runs, a run table, an analysis) to its file; `in_folder` gives the
+    tables a study's aggregation wrote into its folder (results/tables/{study}/).
     Infinite values (a diverging run's last loss) are read as NaN.
     """
 
@@ -181,3 +184,8 @@ class StudyTables:
     @property
     def runs(self):
         return self["runs"]
+
+    @classmethod
+    def in_folder(cls, folder: Path, study_cfg: Mapping, names) -> "StudyTables":
+        """The tables `names` of a study's table folder."""
+        return cls({name: Path(folder) / f"{name}.csv" for name in names}, study_cfg)

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import torch
 
+from .batches import BatchSampler, InputTransform, augment, step_generator
 from .checkpoint import checkpoint_path, latest_good_checkpoint, list_checkpoints, save_checkpoint
-from .data import BatchSampler, InputTransform, augment, load_prepared, step_generator
+from .datasets import load_prepared
 from .models import build_model, loss_fn, set_generator, uses_channels_last
-from .sgd import SGD
 from .runtime import autocast_context, conv_precision, resolve_device, set_threads
+from .sgd import SGD
+from .spec import RunSpec
 from .tables import RUN_TABLES, eval_metric, write_csv, write_json
 
 PERCENTILES = (5, 15, 50, 85, 95)
@@ -41,7 +43,7 @@ READBACK_EVERY = {"cpu": 1}  # steps between reading losses back to the host; 32
 MAX_STAT_SAMPLES = 1 << 14  # values per unit (deterministic stride) for its percentiles
 
 
-def place_model(spec: dict, device: torch.device) -> tuple[torch.nn.Module, bool]:
+def place_model(spec: RunSpec, device: torch.device) -> tuple[torch.nn.Module, bool]:
     """The run's model on `device`, in channels_last when `uses_channels_last` says so."""
     channels_last = uses_channels_last(spec, device)
     model = build_model(spec).to(device)
@@ -244,15 +246,15 @@ class Readback:
 
     On CUDA a `.item()` per step stalls the host every step (measured on an H200: the VGG-11 x0.25
     loop at 0.75x its compute ceiling). Values stay on the device and are read back in one sync
-    every `every` steps (every step on the CPU, where it is free) and before anything that must not
+    every `interval` steps (every step on the CPU, where it is free) and before anything that must not
     see a diverged step: a checkpoint, an evaluation, layer statistics, a progress line, the end.
     A non-finite loss found late still ends the run at its own step; steps taken after it on the
     device are never saved. Read values go into two windows: `train` (a train.csv row every
     `log.train_every` steps) and `since_eval` (the train_batches row of the next evaluation).
     """
 
-    def __init__(self, every: int, train_every: int, state: dict | None = None):
-        self.every, self.train_every = every, train_every
+    def __init__(self, interval: int, train_every: int, state: dict | None = None):
+        self.interval, self.train_every = interval, train_every
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         state = state or {}
         self.train = Window(state.get("train"))
@@ -266,7 +268,7 @@ class Readback:
         self.pending.append((step, loss.detach(), None if accuracy is None else accuracy.detach()))
 
     def due(self) -> bool:
-        return len(self.pending) >= self.every
+        return len(self.pending) >= self.interval
 
     def flush(self, rows: list[dict], log_metrics, log) -> int | None:
         """Move pending values into train.csv rows; return the step of the first non-finite loss."""
@@ -317,38 +319,37 @@ class NullTracker:
 class Run:
     """One training run's state: data, model, optimizer, metric rows; and its named steps."""
 
-    def __init__(self, spec: dict, run_dir: Path, threads: int = 0, log=None):
+    def __init__(self, spec: RunSpec, run_dir: Path, threads: int = 0, log=None):
         self.spec, self.run_dir = spec, Path(run_dir)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        runtime = spec["runtime"]
-        self.threads = set_threads(runtime, threads)
-        self.device = resolve_device(runtime)
-        self.precision = runtime["precision"]
-        optim, self.every = spec["optim"], spec["log"]
-        self.steps, self.seed = optim["steps"], spec["seed"]
+        self.threads = set_threads(spec.runtime, threads)
+        self.device = resolve_device(spec.runtime)
+        self.precision = spec.runtime.precision
+        optim, self.logging = spec.optim, spec.log
+        self.steps, self.seed = optim.steps, spec.seed
 
-        data = load_prepared(spec["dataset"]["path"])
+        data = load_prepared(spec.dataset.path)
         _check_data(spec, data.meta)
         self.data = data.to(self.device)
         self.regression = data.task == "regression"
         self.model, channels_last = place_model(spec, self.device)
         self.transform = InputTransform(data.meta, self.device, channels_last)
-        self.opt = SGD(self.model.parameters(), lr=optim["lr"], momentum=optim["momentum"],
-                       weight_decay=optim["weight_decay"])
+        self.opt = SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                       weight_decay=optim.weight_decay)
         self.loss = loss_fn(spec)
-        self.summed = optim.get("loss_reduction") == "sum"
-        self.sampler = BatchSampler(self.data.train_x.shape[0], optim["batch_size"], self.seed, self.device)
-        n = self.every["eval_samples"]
+        self.summed = optim.loss_reduction == "sum"
+        self.sampler = BatchSampler(self.data.train_x.shape[0], optim.batch_size, self.seed, self.device)
+        n = self.logging.eval_samples
         self.eval_sets = {"train": (self.data.train_x[:n], self.data.train_y[:n])}
         if self.data.test_x.shape[0]:
             self.eval_sets["test"] = (self.data.test_x[:n], self.data.test_y[:n])
         self.random_modules = any(hasattr(m, "generator") for m in self.model.modules())  # noise, dropout
-        self.step_model = self.compiled(runtime.get("compile", "off"))
-        self.augmenting = bool(spec["augment"]["crop"] or spec["augment"]["flip"])
+        self.step_model = self.compiled(spec.runtime.compile)
+        self.augmenting = bool(spec.augment.crop or spec.augment.flip)
 
         self.metrics: dict[str, list[dict]] = {name: [] for name in RUN_TABLES}
-        self.recorder = LayerRecorder(self.model, self.every["units"])
-        self.readback = Readback(READBACK_EVERY.get(self.device.type, 32), self.every["train_every"])
+        self.recorder = LayerRecorder(self.model, self.logging.units)
+        self.readback = Readback(READBACK_EVERY.get(self.device.type, 32), self.logging.train_every)
         self.start, self.elapsed, self.previous_mlflow = 0, 0.0, None
         self.tracker = NullTracker()
         self.t0 = time.perf_counter()
@@ -375,9 +376,9 @@ class Run:
         if state is None:
             return
         theirs = state["spec"]
-        if theirs.get("run") != self.spec["run"]:
+        if theirs.get("run") != self.spec.run:
             raise RuntimeError(f"{self.run_dir}/checkpoints belong to run {theirs.get('run')}, "
-                               f"not {self.spec['run']}: move them away")
+                               f"not {self.spec.run}: move them away")
         their_precision = (theirs.get("runtime") or {}).get("precision", "fp32")
         if their_precision != self.precision:
             raise RuntimeError(f"{self.run_dir}/checkpoints were trained with runtime.precision="
@@ -388,16 +389,16 @@ class Run:
         self.start, self.metrics = state["step"], {name: [] for name in RUN_TABLES} | state["metrics"]
         self.previous_mlflow, self.elapsed = state.get("mlflow_run_id"), state.get("wall_seconds", 0.0)
         loop = state.get("loop") or {}
-        self.readback = Readback(self.readback.every, self.readback.train_every, loop.get("readback"))
+        self.readback = Readback(self.readback.interval, self.readback.train_every, loop.get("readback"))
         self.recorder.load(loop.get("recorder"), self.device)
-        self.log(f"resuming {self.spec['run']} from step {self.start}")
+        self.log(f"resuming {self.spec.run} from step {self.start}")
 
     # -- named steps ---------------------------------------------------------------------------
 
     def checkpoint(self, done: int) -> None:
         save_checkpoint(checkpoint_path(self.run_dir, done), {
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": done,
-            "spec": self.spec,
+            "spec": self.spec.to_dict(),
             "rng": {"scheme": "per-step generators seeded from (seed, step, stream)", "seed": self.seed},
             "metrics": self.metrics, "mlflow_run_id": self.tracker.run_id,
             "loop": {"readback": self.readback.state(), "recorder": self.recorder.state()},
@@ -424,7 +425,7 @@ class Run:
         idx = self.sampler.indices(step)
         x, y = self.transform(self.data.train_x[idx]), self.data.train_y[idx]
         if self.augmenting:
-            x = augment(x, self.spec["augment"]["crop"], self.spec["augment"]["flip"],
+            x = augment(x, self.spec.augment.crop, self.spec.augment.flip,
                         step_generator(self.seed, step, 1, self.device))
         if self.random_modules:
             set_generator(self.model, step_generator(self.seed, step, 2, self.device))
@@ -433,7 +434,7 @@ class Run:
     def recording(self, step: int) -> tuple[bool, bool]:
         """(full statistics, per-unit moments only) for this step: full every `layers_every` steps,
         moments on the step after (Fig. 8 compares successive steps)."""
-        full = step % self.every["layers_every"] == 0
+        full = step % self.logging.layers_every == 0
         return full, full or self.recorder.moments_step == step - 1
 
     def forward_backward(self, step: int, autocast, full: bool, moments: bool):
@@ -458,7 +459,7 @@ class Run:
         now = time.perf_counter()
         rate = images / max(now - self.t0, 1e-9)
         eta = (self.steps - done) * (now - self.t0) / max(done - self.start, 1)
-        self.log(f"[{self.spec['run']}] step {done}/{self.steps} loss {self.readback.last_loss:.4f} "
+        self.log(f"[{self.spec.run}] step {done}/{self.steps} loss {self.readback.last_loss:.4f} "
                  f"{rate:,.0f} img/s eta {eta:,.0f}s")
 
     def wall(self) -> float:
@@ -468,14 +469,14 @@ class Run:
 
     def train(self) -> tuple[str, int | None]:
         """Steps start..steps; returns (status, diverged step)."""
-        schedule, every = set(self.spec["checkpoints"]), self.every
+        saved = set(self.spec.checkpoints)
         autocast = autocast_context(self.device, self.precision)
         self.model.train()
         images, last_report = 0, time.perf_counter()
         with conv_precision(self.device, self.precision):
             if self.start == 0:
                 self.evaluate(0)
-                if 0 in schedule:
+                if 0 in saved:
                     self.checkpoint(0)
             for step in range(self.start, self.steps):
                 full, moments = self.recording(step)
@@ -483,8 +484,8 @@ class Run:
                 self.readback.add(step, value, accuracy)
                 done = step + 1
                 report = time.perf_counter() - last_report > 10 or done in (self.steps, self.start + 1)
-                evaluating = done % every["eval_every"] == 0 or done == self.steps
-                must_read = moments or report or evaluating or done in schedule or self.readback.due()
+                evaluating = done % self.logging.eval_every == 0 or done == self.steps
+                must_read = moments or report or evaluating or done in saved or self.readback.due()
                 if must_read and (diverged := self.read_back()) is not None:
                     return "diverged", diverged  # nothing of the diverged step is recorded
                 if moments:
@@ -493,7 +494,7 @@ class Run:
                 images += self.sampler.batch_size
                 if evaluating:
                     self.evaluate(done)
-                if done in schedule:
+                if done in saved:
                     self.checkpoint(done)
                 if report:
                     self.progress(done, images)
@@ -502,7 +503,7 @@ class Run:
         return ("diverged", diverged) if diverged is not None else ("completed", None)
 
 
-def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int = 0, timer=None) -> dict:
+def train(spec: RunSpec, run_dir: Path, open_tracker=None, log=None, threads: int = 0, timer=None) -> dict:
     """Train the run described by `spec` into `run_dir`, resuming from its last good checkpoint.
 
     `open_tracker(previous_run_id) -> tracker` is called once the checkpoint (if any) is loaded,
@@ -530,18 +531,18 @@ def train(spec: dict, run_dir: Path, open_tracker=None, log=None, threads: int =
     return summary
 
 
-def _check_data(spec: dict, meta: dict) -> None:
-    want = spec["dataset"]
-    if want["task"] != meta["task"]:
-        raise RuntimeError(f"{want['path']} is a {meta['task']} dataset, the run expects {want['task']}")
-    if want["task"] == "classification" and (list(meta["shape"]) != want["shape"]
-                                             or len(meta["classes"]) != want["classes"]):
-        raise RuntimeError(f"{want['path']} holds {meta['shape']} images of {len(meta['classes'])} "
-                           f"classes; config expects {want['shape']} and {want['classes']}: set "
-                           f"datasets.{want['name']}.image_size/channels/classes to match")
+def _check_data(spec: RunSpec, meta: dict) -> None:
+    want = spec.dataset
+    if want.task != meta["task"]:
+        raise RuntimeError(f"{want.path} is a {meta['task']} dataset, the run expects {want.task}")
+    if want.task == "classification" and (tuple(meta["shape"]) != want.shape
+                                          or len(meta["classes"]) != want.classes):
+        raise RuntimeError(f"{want.path} holds {meta['shape']} images of {len(meta['classes'])} "
+                           f"classes; config expects {list(want.shape)} and {want.classes}: set "
+                           f"datasets.{want.name}.image_size/channels/classes to match")
 
 
-def make_summary(spec: dict, run_dir: Path, metrics: dict, status: str, diverged_step: int | None,
+def make_summary(spec: RunSpec, run_dir: Path, metrics: dict, status: str, diverged_step: int | None,
                  device: str, wall: float, mlflow_run_id: str | None, threads: int = 0) -> dict:
     """summary.json: status, final metrics (the last evaluation of each split), checkpoints."""
     last = {row["split"]: row for row in metrics["eval"]}
@@ -551,18 +552,18 @@ def make_summary(spec: dict, run_dir: Path, metrics: dict, status: str, diverged
             value = last[split][key] if split in last and status == "completed" else math.nan
             final[f"{split}_{key}"] = value if isinstance(value, float) and math.isfinite(value) else None
     return {
-        "run": spec["run"], "status": status,
-        "steps_done": diverged_step if status == "diverged" else spec["optim"]["steps"],
+        "run": spec.run, "status": status,
+        "steps_done": diverged_step if status == "diverged" else spec.optim.steps,
         "diverged_step": diverged_step,
         "final": final,
         "checkpoints": [{"step": s, "path": str(p)} for s, p in list_checkpoints(run_dir)],
-        "labels": {"variant": spec["norm"]["variant"], "lr": spec["optim"]["lr"], "seed": spec["seed"]},
+        "labels": {"variant": spec.norm.variant, "lr": spec.optim.lr, "seed": spec.seed},
         "wall_seconds": wall, "device": device, "threads": threads, "mlflow_run_id": mlflow_run_id,
     }
 
 
-def write_tables(spec: dict, run_dir: Path, metrics: dict) -> None:
+def write_tables(spec: RunSpec, run_dir: Path, metrics: dict) -> None:
     """The run's spec and per-run tables (summary.json follows them: see `train`)."""
-    write_json(run_dir / "spec.json", spec)
+    write_json(run_dir / "spec.json", spec.to_dict())
     for name, columns in RUN_TABLES.items():
         write_csv(run_dir / f"{name}.csv", metrics[name], columns)

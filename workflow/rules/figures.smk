@@ -1,33 +1,33 @@
-rule figure:
-    """One figure kind of one study, drawn from exactly the study tables it reads (PNG + PDF)."""
+rule figures:
+    """Every figure kind one study lists, drawn from its tables folder (PNG + PDF per kind)."""
     input:
-        unpack(figure_inputs),
+        tables=f"{RESULTS}/tables/{{study}}",
     output:
-        png=report(
-            f"{RESULTS}/figures/{{study}}/{{kind}}.png",
+        report(
+            directory(f"{RESULTS}/figures/{{study}}"),
+            patterns=["{kind}.png"],
             caption="../report/figure.rst",
             category="{study}",
         ),
-        pdf=f"{RESULTS}/figures/{{study}}/{{kind}}.pdf",
     params:
-        caption=figure_caption,
         study=study_config,
-        tables=figure_table_args,
+        kinds=figure_kinds,
+        captions=figure_captions,
     log:
-        f"{RESULTS}/logs/figure/{{study}}/{{kind}}.log",
+        f"{RESULTS}/logs/figures/{{study}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/figure/{{study}}/{{kind}}.tsv"
+        f"{RESULTS}/benchmarks/figures/{{study}}.tsv"
     conda:
         "../../envs/figures.yaml"
     shell:
-        "python -m bnstudy figure --kind {wildcards.kind} --study {wildcards.study} "
-        "--study-config {params.study:q} --table {params.tables} --out {output.png} > {log} 2>&1"
+        "python -m bnstudy figures --study {wildcards.study} --study-config {params.study:q} "
+        "--tables {input.tables} --kinds {params.kinds} --out-dir {output} > {log} 2>&1"
 
 
 rule claims:
     """The claims verdict table: each claim a study lists, against its measured effect."""
     input:
-        **claim_inputs(),
+        **claim_folders(),
     output:
         csv=report(f"{RESULTS}/claims.csv", caption="../report/claims.rst", category="claims"),
         md=f"{RESULTS}/claims.md",
@@ -41,7 +41,7 @@ rule claims:
     conda:
         "../../envs/figures.yaml"
     shell:
-        "python -m bnstudy claims --studies-config {params.studies:q} --table {params.tables} "
+        "python -m bnstudy claims --studies-config {params.studies:q} --tables {params.tables} "
         "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
@@ -49,9 +49,9 @@ rule track:
     """MLflow, once per execution: the runs (all of them when tracking is not live, else what a
     job could not send), every analysis table, and one 'figures' run holding the figures."""
     input:
-        summaries=all_summaries(),
-        analyses=all_analysis_tables(),
-        figures=figure_files(),
+        summaries=[f"{RESULTS}/runs/{run}/summary.json" for run in PLAN.runs],
+        analyses=[analysis_folder(run) for run in PLAN.analysed_runs()],
+        figures=all_figures(),
     output:
         f"{RESULTS}/tracking/track.json",
     params:

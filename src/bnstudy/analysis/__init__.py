@@ -1,12 +1,6 @@
-"""Checkpoint analyses (Santurkar et al. 2018): internal covariate shift, the loss landscape along
-the gradient, curvature. They read a run's checkpoints, never retrain, and write per-run tables
-(`run.analyze`). The maths lives in pure functions over a parameter dict (`functional.Objective`),
-testable on hand-made modules.
+"""Checkpoint analyses (Santurkar et al. 2018 and the studies beyond it). Each kind is a module
+with `compute(origin, settings) -> rows` and a record in `bnstudy.catalog.ANALYSES`; `run.analyze`
+is the analysis job of one run (its checkpoints -> one table per kind and settings). They read
+checkpoints, never retrain, and probe the loss as a pure function of a parameter dict
+(`functional.Objective`), set fresh from the stored weights for every point.
 """
-
-from .curvature import curvature
-from .functional import Objective, origin_state, sgd_step
-from .ics import ics
-from .landscape import landscape
-
-__all__ = ["Objective", "curvature", "ics", "landscape", "origin_state", "sgd_step"]

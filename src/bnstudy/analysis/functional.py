@@ -227,3 +227,30 @@ def sgd_step(params: Params, grads: Params, optimizer_state: dict | None, fallba
             d = torch.add(d, buf, alpha=m) if h.get("nesterov", False) else buf
         out[name] = torch.add(p, d, alpha=-h["lr"])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the origin of every probe
+
+
+@dataclass
+class Origin:
+    """A checkpoint as every analysis sees it: the loss as a function of the parameters, the stored
+    weights (never written: every probe point is set fresh from them), the normalised layers'
+    parameter names, and what the run's optimizer would do next (for ICS's update)."""
+
+    objective: Objective
+    params: Params
+    layer_groups: list[list[str]]
+    optimizer_state: dict | None
+    optim: dict  # the run spec's optim block: lr, momentum, weight_decay when there is no state
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the run's optimizer at this checkpoint."""
+        groups = (self.optimizer_state or {}).get("param_groups") or [self.optim]
+        return groups[0]["lr"]
+
+    def step(self, grads: Params) -> Params:
+        """The parameters after the update the run's optimizer would make with `grads`."""
+        return sgd_step(self.params, grads, self.optimizer_state, self.optim)

@@ -15,23 +15,22 @@ Choices (the definition leaves them open):
 
 from __future__ import annotations
 
-from .functional import Objective, Params, diff_norm, dot, norm, sgd_step
+from .functional import Origin, diff_norm, dot, norm
 
 
-def ics(objective: Objective, params: Params, layer_groups: list[list[str]],
-        optimizer_state: dict | None, fallback: dict) -> list[dict]:
+def compute(origin: Origin, settings: dict) -> list[dict]:
     """Rows {layer, l2_diff, cosine, grad_norm} for every normalised layer (1-based `layer`).
 
     Cost: one forward-backward for G of all layers and for the update of all earlier layers (both
     from the same gradient), then one forward plus a backward down to layer i for each G' (layer
     1's G' is G itself: it has no earlier layer, so its ICS is exactly 0 and is not recomputed).
-    `fallback`: the spec's optim dict, used when `optimizer_state` is None (see sgd_step).
     """
+    objective, params = origin.objective, origin.params
     _, grads = objective.value_and_grad(params)
-    stepped = sgd_step(params, grads, optimizer_state, fallback)
+    stepped = origin.step(grads)
     rows = []
     moved: dict = {}  # earlier layers' updated parameters, grown one layer at a time
-    for i, group in enumerate(layer_groups, start=1):
+    for i, group in enumerate(origin.layer_groups, start=1):
         main = group[0]
         g = grads[main]
         if i == 1:

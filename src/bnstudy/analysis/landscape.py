@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .functional import Objective, Params, axpy, diff_norm, norm
+from .functional import Origin, Params, axpy, diff_norm, norm
 
 
 def eta_grid(settings: dict, lr: float) -> list[tuple[float, float]]:
@@ -48,20 +48,22 @@ def random_directions(params: Params, scale: float, count: int, seed: int) -> li
     return out
 
 
-def landscape(objective: Objective, params: Params, lr: float, settings: dict) -> list[dict]:
+def compute(origin: Origin, settings: dict) -> list[dict]:
     """Rows {direction, eta, eta_rel, loss, grad_diff, beta} for each direction and eta.
 
-    settings: eta_min, eta_max, points, relative, random_directions (a count), seed.
+    settings: eta_min, eta_max, points, relative, random_directions (a count), seed; the step sizes
+    are relative to the learning rate of the run's optimizer at the checkpoint.
     Cost: one forward-backward for g, then one per (direction, eta). Points are evaluated one
     after the other: batching them with torch.func.vmap measured 1.5-3x slower on the CPU
     (compute-bound; vmap's batch-norm decomposition adds elementwise passes).
     """
+    objective, params = origin.objective, origin.params
     _, g = objective.value_and_grad(params)
     g_norm = norm(g)
     directions = [("gradient", g)]
     extra = random_directions(params, g_norm, settings["random_directions"], settings["seed"])
     directions += [(f"random{k}", d) for k, d in enumerate(extra, start=1)]
-    grid = eta_grid(settings, lr)
+    grid = eta_grid(settings, origin.lr)
     rows = []
     for name, d in directions:
         for eta, eta_rel in grid:

@@ -1,52 +1,78 @@
-"""CLI glue for the analyses: a run's checkpoints -> one per-run table (docs/architecture.md).
+"""The analysis job of one run: its checkpoints -> one table per (analysis kind, settings) that
+some study asks for (docs/architecture.md).
 
-`analyze(settings, run_dir, out)` (settings["analysis"]: ics, landscape or curvature) loads each
-selected checkpoint (never retrains), evaluates the analysis on fixed, seeded analysis batches and writes
-`out` (CSV) atomically. Everything is in training mode (batch statistics, as the loss that
-training optimises); noisy variants' noise and dropout are off unless settings["noise"].
+One job per run, because the work per analysis is small next to starting a process and loading
+the checkpoints: each selected checkpoint is loaded once and every analysis that wants its step
+reads it. Nothing is retrained. Everything is in training mode (batch statistics, the loss that
+training optimises); noisy variants' noise and dropout are off unless a settings block says
+`noise: true`.
 
 Choices:
-- The same analysis batches (drawn once from settings seed) serve every checkpoint, so changes
-  over steps are changes of the weights, not of the batch.
-- A checkpoint with non-finite parameters (a diverged run) is skipped with a warning; the table is
-  still written (possibly header only), so the workflow goes on.
+- The same analysis batches (drawn once from the settings' seed) serve every checkpoint, so
+  changes over steps are changes of the weights, not of the batch.
+- A checkpoint with non-finite parameters (a diverged run) is skipped with a warning; the tables
+  are still written (possibly header only), so the workflow goes on.
 - Requested steps without a checkpoint (e.g. after a run diverged) are skipped with a warning.
-- Precision: optional settings["dtype"] ("float32" | "float64"); absent or None means float64 for
-  the deep linear network and float32 otherwise. The DLN trains at lr 1e-6..1e-7, so its probe
-  steps (eta down to 1e-8) and ICS updates change a weight by a few float32 ulps: measured on a
-  DLN checkpoint, float32 put beta at the smallest eta at 9634 where float64 gives 2581, which
-  would decide the max over eta (ICS differences suffer alike). The DLN is tiny, so float64
-  costs nothing there; the VGG's steps (eta >= lr/2, lr >= 0.01) are far above float32
-  resolution.
+- Precision: settings["dtype"] ("float32" | "float64"); None means float64 for the deep linear
+  network and float32 otherwise. The DLN trains at lr 1e-6..1e-7, so its probe steps (eta down to
+  1e-8) and ICS updates change a weight by a few float32 ulps: measured on a DLN checkpoint,
+  float32 put beta at the smallest eta at 9634 where float64 gives 2581, which would decide the
+  max over eta (ICS differences suffer alike). The DLN is tiny, so float64 costs nothing there;
+  the VGG's steps (eta >= lr/2, lr >= 0.01) are far above float32 resolution.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..batches import analysis_batches
+from ..catalog import ANALYSES
 from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from ..data import analysis_batches, load_prepared
+from ..datasets import load_prepared
 from ..models import build_model, loss_fn, uses_channels_last
 from ..runtime import exact_numerics
-from ..tables import ANALYSIS_TABLES, write_csv
-from .curvature import curvature
-from .functional import Objective, all_finite, origin_state
-from .ics import ics
-from .landscape import landscape
+from ..spec import RunSpec
+from ..tables import write_csv
+from .functional import Objective, Origin, all_finite, origin_state
 
-COMMON = ("steps", "batch_size", "batches", "seed", "noise")
-SETTINGS = {
-    "ics": COMMON,
-    "landscape": COMMON + ("eta_min", "eta_max", "points", "relative", "random_directions"),
-    "curvature": COMMON + ("power_iters", "tol"),
-}
+# the settings every analysis kind has (its record in bnstudy.catalog adds its own)
+COMMON = ("steps", "batch_size", "batches", "seed", "noise", "dtype")
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, eq=False)  # identity: settings is a dict
+class AnalysisJob:
+    """One table of the run's analysis job: an analysis kind with one set of settings."""
+
+    analysis: str
+    digest: str       # the hash of `settings` (bnstudy.plan): the table is <analysis>-<digest>.csv
+    settings: dict
+
+    def __post_init__(self):
+        if self.analysis not in ANALYSES:
+            raise ValueError(f"unknown analysis {self.analysis!r}; known: {', '.join(ANALYSES)}")
+        missing = [k for k in (*COMMON, *ANALYSES[self.analysis].settings) if k not in self.settings]
+        if missing:
+            raise KeyError(f"{self.analysis} settings lack {missing}")
+
+    @property
+    def table(self) -> str:
+        return f"{self.analysis}-{self.digest}.csv"
+
+    def compute(self, origin: Origin) -> list[dict]:
+        module = importlib.import_module(f"{__package__}.{ANALYSES[self.analysis].module}")
+        return module.compute(origin, self.settings)
 
 
 def checkpoints_of(run_dir: Path) -> list[tuple[int, Path]]:
@@ -80,15 +106,15 @@ def select_steps(available: list[tuple[int, Path]], steps: list[int] | None) -> 
     return [(s, by_step[s]) for s in sorted(set(steps)) if s in by_step]
 
 
-def analysis_dtype(spec: dict, settings: dict) -> torch.dtype:
+def analysis_dtype(spec: RunSpec, settings: dict) -> torch.dtype:
     """settings["dtype"] if given, else float64 for the DLN and float32 otherwise (see above)."""
-    name = settings.get("dtype") or ("float64" if spec["model"]["arch"] == "dln" else "float32")
+    name = settings.get("dtype") or ("float64" if spec.model.arch == "dln" else "float32")
     if name not in ("float32", "float64"):
         raise ValueError(f"analysis dtype {name!r}: use float32 or float64")
     return getattr(torch, name)
 
 
-def prepare_model(spec: dict, state: dict, noise: bool, device: str,
+def prepare_model(spec: RunSpec, state: dict, noise: bool, device: str,
                   dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The run's network with the checkpoint's weights, in training mode, in `dtype`, in the
     memory format training used (`analysis_layout` puts the batches in the same one).
@@ -108,71 +134,77 @@ def prepare_model(spec: dict, state: dict, noise: bool, device: str,
     return model
 
 
-def analysis_layout(x: torch.Tensor, spec: dict, device: str) -> torch.Tensor:
+def analysis_layout(x: torch.Tensor, spec: RunSpec, device: str) -> torch.Tensor:
     """An input batch in the memory format of `prepare_model`'s network."""
     return x.contiguous(memory_format=torch.channels_last) if uses_channels_last(spec, device) else x
 
 
-def run_analysis(analysis: str, objective: Objective, params: dict, model, ckpt: dict,
-                 settings: dict) -> list[dict]:
-    """The rows (without step) of one analysis at one checkpoint."""
-    spec = ckpt["spec"]
-    optimizer = ckpt.get("optimizer")
-    if analysis == "ics":
-        return ics(objective, params, model.layer_groups(), optimizer, spec["optim"])
-    if analysis == "landscape":
-        groups = (optimizer or {}).get("param_groups") or [spec["optim"]]
-        return landscape(objective, params, groups[0]["lr"], settings)
-    if analysis == "curvature":
-        return [curvature(objective, params, settings)]
-    raise ValueError(f"unknown analysis {analysis!r}; known: {', '.join(SETTINGS)}")
+class Probes:
+    """The models and analysis batches of one run, built once and shared by every job that asks
+    for the same ones (a model per (noise, dtype), batches per (size, count, seed, dtype))."""
 
+    def __init__(self, device: str):
+        self.device = device
+        self.models: dict = {}   # (noise, dtype) -> [model, the checkpoint it holds]
+        self.batches: dict = {}
 
-def analyze(settings: dict, run_dir: Path, out: Path, device: str = "cpu") -> Path:
-    """Run the analysis `settings["analysis"]` on the selected checkpoints of `run_dir` and write
-    the table to `out`.
-
-    settings (all keys required, defaults applied by the config): analysis, and the common steps,
-    batch_size, batches, seed, noise; landscape also eta_min, eta_max, points, relative,
-    random_directions; curvature also power_iters, tol. Optional: dtype (see the module
-    docstring). Returns `out`.
-    """
-    analysis = settings.get("analysis")
-    if analysis not in SETTINGS:
-        raise ValueError(f"unknown analysis {analysis!r}; known: {', '.join(SETTINGS)}")
-    missing = [k for k in SETTINGS[analysis] if k not in settings]
-    if missing:
-        raise KeyError(f"{analysis} settings lack {missing}")
-    run_dir, out = Path(run_dir), Path(out)
-    selected = select_steps(checkpoints_of(run_dir), settings["steps"])
-    rows: list[dict] = []
-    model = batches = None
-    for k, (step, path) in enumerate(selected, start=1):
-        start = time.perf_counter()
-        ckpt = load_checkpoint(path, map_location=device)  # CheckpointError names the file
-        spec = ckpt["spec"]
+    def model(self, spec: RunSpec, ckpt: dict, path: Path, settings: dict):
+        """The model for `settings` holding checkpoint `path`'s weights (loaded once per step)."""
+        dtype = analysis_dtype(spec, settings)
+        key = (bool(settings["noise"]), dtype)
         try:
-            if model is None:
-                dtype = analysis_dtype(spec, settings)
-                model = prepare_model(spec, ckpt["model"], settings["noise"], device, dtype)
-            else:
-                model.load_state_dict(ckpt["model"])  # copies into the model's dtype
+            if key not in self.models:
+                self.models[key] = [prepare_model(spec, ckpt["model"], key[0], self.device, dtype), path]
+            elif self.models[key][1] != path:
+                self.models[key][0].load_state_dict(ckpt["model"])  # copies into the model's dtype
+                self.models[key][1] = path
         except (RuntimeError, KeyError) as err:
             raise CheckpointError(f"checkpoint {path} does not fit the run's model: {err}") from err
-        params, buffers = origin_state(model)
-        if not all_finite(params):
-            _log(f"warning: {path}: non-finite parameters (diverged run); skipping step {step}")
-            continue
-        if batches is None:
-            prepared = load_prepared(spec["dataset"]["path"])
-            batches = [(analysis_layout(x.to(dtype), spec, device), y.to(dtype) if y.is_floating_point() else y)
-                       for x, y in analysis_batches(prepared, spec, settings["batch_size"],
-                                                    settings["batches"], settings["seed"], device)]
-        objective = Objective(model, buffers, loss_fn(spec), batches, noise_seed=settings["seed"])
-        with exact_numerics(device):
-            for row in run_analysis(analysis, objective, params, model, ckpt, settings):
-                rows.append({"step": step, **row})
-        _log(f"{analysis} {run_dir.name}: step {step} ({k}/{len(selected)}) "
+        return self.models[key][0]
+
+    def batches_for(self, spec: RunSpec, settings: dict):
+        dtype = analysis_dtype(spec, settings)
+        key = (settings["batch_size"], settings["batches"], settings["seed"], dtype)
+        if key not in self.batches:
+            prepared = load_prepared(spec.dataset.path)
+            self.batches[key] = [
+                (analysis_layout(x.to(dtype), spec, self.device), y.to(dtype) if y.is_floating_point() else y)
+                for x, y in analysis_batches(prepared, settings["batch_size"], settings["batches"],
+                                             settings["seed"], self.device)]
+        return self.batches[key]
+
+
+def analyze(jobs: Sequence[AnalysisJob], run_dir: Path, out_dir: Path, device: str = "cpu") -> list[Path]:
+    """Run every job on its selected checkpoints of `run_dir`; write `out_dir/<job.table>` each.
+
+    Returns the tables written (every job's, header-only where no checkpoint could be used).
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    available = checkpoints_of(run_dir)
+    wanted = {job: dict(select_steps(available, job.settings["steps"])) for job in jobs}
+    steps = sorted({step: path for chosen in wanted.values() for step, path in chosen.items()}.items())
+    rows: dict[AnalysisJob, list[dict]] = {job: [] for job in jobs}
+    probes = Probes(device)
+    for k, (step, path) in enumerate(steps, start=1):
+        start = time.perf_counter()
+        ckpt = load_checkpoint(path, map_location=device)  # CheckpointError names the file
+        spec = RunSpec.from_dict(ckpt["spec"], f"checkpoint {path}")
+        done = []
+        for job in (j for j in jobs if step in wanted[j]):
+            model = probes.model(spec, ckpt, path, job.settings)
+            params, buffers = origin_state(model)
+            if not all_finite(params):
+                _log(f"warning: {path}: non-finite parameters (diverged run); skipping step {step}")
+                break
+            objective = Objective(model, buffers, loss_fn(spec), probes.batches_for(spec, job.settings),
+                                  noise_seed=job.settings["seed"])
+            origin = Origin(objective, params, model.layer_groups(), ckpt.get("optimizer"),
+                            {"lr": spec.optim.lr, "momentum": spec.optim.momentum,
+                             "weight_decay": spec.optim.weight_decay})
+            with exact_numerics(device):
+                rows[job] += [{"step": step, **row} for row in job.compute(origin)]
+            done.append(job.analysis)
+        _log(f"{run_dir.name}: step {step} ({k}/{len(steps)}) {', '.join(done) or 'skipped'} "
              f"{time.perf_counter() - start:.1f}s")
-    write_csv(out, rows, ANALYSIS_TABLES[analysis])
-    return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [write_csv(out_dir / job.table, rows[job], list(ANALYSES[job.analysis].columns)) for job in jobs]

@@ -1,10 +1,10 @@
-"""Datasets as one cached tensor file, and the batch helpers that train and analyse from it.
+"""Datasets as one cached tensor file (rule prepare_data), and how jobs load it.
 
 Every source (synthetic, cifar10, imagefolder, gaussian, mnist) is turned once into a single
 `.pt` file holding uint8 images (or float vectors for the deep linear network), int64 labels and
-metadata (class names, normalisation statistics, a checksum). Training then keeps these tensors on
-the training device and draws batches by index, in the style of airbench: no per-sample Python, no
-worker processes, no image decoding in the training loop.
+metadata (class names, normalisation statistics, a checksum). Training and the analyses then keep
+these tensors on their device and draw batches by index (`bnstudy.batches`), in the style of
+airbench: no per-sample Python, no worker processes, no image decoding in the training loop.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Prepared:
 # sources
 
 
-def _generator(seed: int) -> torch.Generator:
+def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
@@ -59,7 +59,7 @@ def synthetic_images(cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     small VGG lands between chance and 100% in a demo budget, and normalisation changes how fast
     it gets there.
     """
-    g = _generator(cfg["seed"])
+    g = seeded_generator(cfg["seed"])
     k, c, s = cfg["classes"], cfg["channels"], cfg["image_size"]
     waves = 3
     freq = 0.5 + 3.5 * torch.rand(k, waves, generator=g)  # cycles per image
@@ -90,14 +90,14 @@ def synthetic_images(cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         x = (128 + 48 * x).round().clamp(0, 255).to(torch.uint8)
         return x, labels
 
-    train_x, train_y = split(cfg["n_train"], _generator(cfg["seed"] + 1))
-    test_x, test_y = split(cfg["n_test"], _generator(cfg["seed"] + 2))
+    train_x, train_y = split(cfg["n_train"], seeded_generator(cfg["seed"] + 1))
+    test_x, test_y = split(cfg["n_test"], seeded_generator(cfg["seed"] + 2))
     return train_x, train_y, test_x, test_y, [f"class{i}" for i in range(k)]
 
 
 def gaussian_regression(cfg: dict) -> tuple[torch.Tensor, ...]:
     """The deep linear network's data: x ~ N(0, I_d), targets A x for a fixed Gaussian A."""
-    g = _generator(cfg["seed"])
+    g = seeded_generator(cfg["seed"])
     d = cfg["dim"]
     a = torch.randn(d, d, generator=g)
     train_x = torch.randn(cfg["n_train"], d, generator=g)
@@ -178,7 +178,7 @@ def image_folder(cfg: dict, key: str):
 
 def balanced_subset(y: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     """Indices of a seeded, class-balanced subset of size n (all indices, shuffled, if n is None)."""
-    g = _generator(seed)
+    g = seeded_generator(seed)
     order = torch.randperm(y.numel(), generator=g)
     if n is None or n >= y.numel():
         return order
@@ -257,97 +257,3 @@ def load_prepared(path: Path | str) -> Prepared:
     except Exception as err:
         raise DataError(f"prepared dataset {path} is corrupt ({type(err).__name__}: {err}): delete "
                         f"it and rerun prepare_data") from err
-
-
-# ----------------------------------------------------------------------------------------------
-# batches
-
-
-class InputTransform:
-    """uint8 images -> normalised float (on the device, per batch); identity for float inputs."""
-
-    def __init__(self, meta: dict, device: torch.device, channels_last: bool = False):
-        self.images = meta["task"] == "classification"
-        self.channels_last = channels_last and self.images
-        if self.images:
-            self.mean = torch.tensor(meta["mean"], device=device).view(1, -1, 1, 1)
-            self.inv_std = 1 / torch.tensor(meta["std"], device=device).view(1, -1, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.images:
-            return x
-        x = (x.float() / 255 - self.mean) * self.inv_std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def step_generator(seed: int, step: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator whose state is a pure function of (seed, step, stream).
-
-    Seeding per step makes every random draw of step t independent of how the run got there,
-    so a run resumed from a checkpoint draws exactly what an uninterrupted run would.
-    """
-    key = hashlib.blake2b(f"{seed}:{step}:{stream}".encode(), digest_size=8).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(key, "little") >> 1)
-
-
-class BatchSampler:
-    """Batch t of a run, as a pure function of (seed, t): epochs are seeded permutations.
-
-    `batch_size=None` is full-batch (the deep linear network's gradient descent).
-    """
-
-    def __init__(self, n: int, batch_size: int | None, seed: int,
-                 device: torch.device | str = "cpu"):
-        self.n, self.seed, self.device = n, seed, torch.device(device)
-        self.batch_size = n if batch_size is None else min(batch_size, n)
-        self.per_epoch = n // self.batch_size  # drop the ragged last batch, as is usual
-        self._epoch, self._perm = -1, None
-
-    def indices(self, step: int) -> torch.Tensor:
-        """Batch `step`'s sample indices, on the sampler's device."""
-        if self.batch_size == self.n:
-            return torch.arange(self.n, device=self.device)
-        epoch, pos = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            # drawn on the CPU (the same permutation on every device), moved once per epoch
-            perm = torch.randperm(self.n, generator=step_generator(self.seed, epoch, 0))
-            self._perm, self._epoch = perm.to(self.device), epoch
-        return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
-
-
-def augment(x: torch.Tensor, crop: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to `crop` pixels (reflect-padded crop) and horizontal flip, on the
-    whole batch at once with one gather: no per-sample Python."""
-    n, _, h, w = x.shape
-    if crop:
-        padded = torch.nn.functional.pad(x, (crop,) * 4, mode="reflect")
-        dx = torch.randint(0, 2 * crop + 1, (n,), generator=gen, device=gen.device).to(x.device)
-        dy = torch.randint(0, 2 * crop + 1, (n,), generator=gen, device=gen.device).to(x.device)
-        rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-        cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-        chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-        x = padded[batch, chans, rows, cols]
-    if flip:
-        mask = torch.rand(n, generator=gen, device=gen.device).to(x.device) < 0.5
-        x = torch.where(mask.view(n, 1, 1, 1), x.flip(-1), x)
-    return x
-
-
-def analysis_batches(prepared: Prepared, spec: dict, batch_size: int | None, batches: int,
-                     seed: int, device: torch.device | str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed, seeded training batches for the checkpoint analyses (normalised, on `device`).
-
-    Drawn from the training set, because the analyses probe the loss being optimised.
-    """
-    n = prepared.train_x.shape[0]
-    size = n if batch_size is None else min(batch_size, n)
-    order = torch.randperm(n, generator=_generator(seed))
-    transform = InputTransform(prepared.meta, torch.device(device))
-    out = []
-    for b in range(batches):
-        idx = order[(b * size) % n:][:size]
-        if idx.numel() < size:  # wrap around for several full-size batches
-            idx = torch.cat([idx, order[:size - idx.numel()]])
-        out.append((transform(prepared.train_x[idx].to(device)), prepared.train_y[idx].to(device)))
-    return out

@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.aggregate import aggregate, aggregate_analysis
-from bnstudy.tables import ANALYSIS_TABLES, RUN_TABLES
+from bnstudy.aggregate import aggregate
+from bnstudy.tables import ANALYSIS_TABLES, RUN_TABLES, study_tables
 
 TRAIN_EVERY, EVAL_EVERY, LAYERS_EVERY, ANALYSIS_EVERY = 10, 50, 20, 50
 N_LAYERS = 13
 UNITS = (0, 21, 42, 63)
 CHANCE = 0.1
 ETA_REL = [0.5, 1.0, 2.0, 4.0]
+FIXTURE_DIGEST = "fixture"  # the fixture's analysis tables are <analysis>-fixture.csv
 
 _VGG = {"setup": "vgg", "lrs": [0.1], "seeds": [0, 1, 2], "grid": {}, "overrides": {}, "enabled": True,
         "description": "", "figures": [], "claims": [], "layers": []}
@@ -252,7 +253,7 @@ def make_study(root: Path, study: str, study_cfg: dict | None = None, outcome: O
         for name in analyses:
             table = _analysis_table(name, rng, np.arange(0, end + 1, ANALYSIS_EVERY), result,
                                     study_cfg.get("layers"))
-            path = root / "analysis" / run / f"{name}-fixture.csv"
+            path = root / "analysis" / run / f"{name}-{FIXTURE_DIGEST}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False)
             analyses[name][run_dir] = path
@@ -264,9 +265,5 @@ def make_tables(root: Path, study: str, study_cfg: dict | None = None, **kwargs)
     study_cfg = study_cfg or STUDIES[study]
     run_dirs, analyses = make_study(root, study, study_cfg, **kwargs)
     out_dir = root / "tables" / study
-    outputs = {name: out_dir / f"{name}.csv" for name in ["runs", *RUN_TABLES]}
-    aggregate(study, study_cfg, run_dirs, outputs)
-    for name, tables in analyses.items():
-        outputs[name] = out_dir / f"{name}.csv"
-        aggregate_analysis(study, study_cfg, name, tables, outputs[name])
-    return outputs
+    aggregate(study, study_cfg, run_dirs, {name: FIXTURE_DIGEST for name in analyses}, root / "analysis", out_dir)
+    return {name: out_dir / f"{name}.csv" for name in study_tables(study_cfg)}

@@ -1,0 +1,420 @@
+"""Study tables -> the tidy frames the figures plot (pure pandas, no matplotlib, no torch).
+
+Each figure kind is two layers: a function here that returns what its panels plot (one row per
+plotted point, labelled by panel `row` and `column`, `variant` and, for curves, `series` and
+`style`), and drawing code in `bnstudy.figures` that only draws such a frame. The tests assert on
+these frames; `bnstudy.figures.figure_data(kind, ...)` gives the frame of any kind.
+
+Conventions (why the figures read alike) are in `bnstudy.figures`' docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from .stats import mean_ci
+from .tables import StudyTables, TableError
+
+MIN_BAND_SEEDS = 3   # fewer seeds: their own lines, not a t band
+MAX_UNITS = 4        # single units drawn per distribution panel
+ACCURACY = (0.0, 1.0)
+SIGNED_UNIT = (-1.0, 1.0)   # cosines, accuracy differences
+TRAIN_MODE = "training mode"
+EVAL_MODE = "eval mode"
+
+
+# ---------------------------------------------------------------------------------------------
+# context: the study's tables and config
+
+
+@dataclass
+class Context:
+    """What every drawer gets: the figure kind, the study, its config and its tables."""
+
+    kind: str
+    study: str
+    study_cfg: Mapping
+    tables: StudyTables
+
+    @cached_property
+    def grid(self) -> list[str]:
+        return list(self.tables.grid)
+
+    @cached_property
+    def runs(self) -> pd.DataFrame:
+        return self.tables.runs
+
+    @cached_property
+    def variants(self) -> list[str]:
+        """Config order first (the order the paper discusses them), then anything else in the data."""
+        configured = list(self.study_cfg.get("variants") or [])
+        seen = [v for v in self.runs["variant"].dropna().unique() if v not in configured]
+        return configured + seen
+
+    @cached_property
+    def diverged_counts(self) -> dict[str, tuple[int, int]]:
+        """variant -> (diverged runs, runs) over the whole study, for the legend."""
+        runs = self.runs
+        counts = runs["status"].eq("diverged").groupby(runs["variant"]).agg(["sum", "count"])
+        return {variant: (int(row["sum"]), int(row["count"])) for variant, row in counts.iterrows()}
+
+    def layers(self, frame: pd.DataFrame) -> list[int]:
+        """The study's configured layers (paper numbering), else every layer in the table."""
+        configured = self.study_cfg.get("layers")
+        return [int(x) for x in configured] if configured else sorted(int(x) for x in frame["layer"].dropna().unique())
+
+    def ordered(self, variants) -> list[str]:
+        present = set(variants)
+        return [v for v in self.variants if v in present]
+
+
+# ---------------------------------------------------------------------------------------------
+# what is plotted: pure pandas
+
+
+def format_value(value) -> str:
+    """Numbers compactly (0.1, 1e-06), anything else as text."""
+    is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    return f"{value:g}" if is_number else str(value)
+
+
+def with_conditions(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Add a ``condition`` label ("lr = 0.1 · init_scale = 2") and return the labels in order.
+
+    Conditions are what must not be averaged together; seeds within one condition are.
+    """
+    columns = [c for c in columns if c in frame.columns]
+    if not columns:
+        return frame.assign(condition=""), [""]
+    combos = frame[columns].drop_duplicates().sort_values(columns, na_position="last")
+    combos["condition"] = [" · ".join(f"{c} = {format_value(v)}" for c, v in zip(columns, values))
+                           for values in combos.itertuples(index=False)]
+    return frame.merge(combos, on=columns, how="left"), list(combos["condition"]) or [""]
+
+
+def split_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of completed runs, rows of diverged runs): a diverged run stops mid-curve, so it is
+    drawn on its own instead of changing which seeds the mean is over halfway through."""
+    diverged = frame["status"].eq("diverged")
+    return frame[~diverged], frame[diverged]
+
+
+def finite_rows(frame: pd.DataFrame, y: str, log: bool) -> pd.DataFrame:
+    """Rows whose ``y`` can be drawn: finite, and positive on a log axis."""
+    values = frame[y].to_numpy(dtype=float)
+    keep = np.isfinite(values) & ((values > 0) if log else True)
+    return frame[keep]
+
+
+def seed_summary(frame: pd.DataFrame, x: str = "step", y: str = "value", log: bool = False,
+                 domain: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Per ``x``: mean over runs (seeds), 95% t band, number of seeds and the seeds' range.
+
+    The band is NaN where fewer than MIN_BAND_SEEDS seeds give a value or they agree exactly;
+    it is clipped to ``domain``. With ``log`` the mean and band are taken over log10 values.
+    """
+    rows = []
+    for at, group in finite_rows(frame, y, log).groupby(x, sort=True):
+        values = group[y].to_numpy(dtype=float)
+        values = np.log10(values) if log else values
+        ci = mean_ci(values)
+        low, high = (ci.low, ci.high) if ci.n >= MIN_BAND_SEEDS else (np.nan, np.nan)
+        rows.append({x: at, "y": ci.mean, "low": low, "high": high, "n": ci.n,
+                     "seed_min": values.min(), "seed_max": values.max()})
+    summary = pd.DataFrame(rows, columns=[x, "y", "low", "high", "n", "seed_min", "seed_max"])
+    if log:
+        for column in ("y", "low", "high", "seed_min", "seed_max"):
+            summary[column] = 10.0 ** summary[column]
+    if domain is not None:
+        summary["low"] = summary["low"].clip(lower=domain[0])
+        summary["high"] = summary["high"].clip(upper=domain[1])
+    return summary
+
+
+def curve_series(frame: pd.DataFrame, x: str = "step", y: str = "value", log: bool = False,
+                 domain: tuple[float, float] | None = None) -> pd.DataFrame:
+    """What one variant's curve in one panel is made of, one row per point.
+
+    ``style`` is "mean" (mean over >= MIN_BAND_SEEDS completed seeds, with low/high band),
+    "seed" (one completed seed's own line, when fewer seeds completed) or "diverged" (a diverged
+    run up to its last finite point); ``series`` names the line (the run id, or "mean").
+    """
+    columns = ["series", "style", x, "y", "low", "high", "n", "seed_min", "seed_max"]
+    completed, diverged = split_runs(finite_rows(frame, y, log))
+    pieces = []
+    if completed["run"].nunique() >= MIN_BAND_SEEDS:
+        pieces.append(seed_summary(completed, x, y, log, domain).assign(series="mean", style="mean"))
+    else:
+        pieces += [_run_line(run, rows, x, y, "seed") for run, rows in completed.groupby("run", sort=True)]
+    pieces += [_run_line(run, rows, x, y, "diverged") for run, rows in diverged.groupby("run", sort=True)]
+    pieces = [p for p in pieces if len(p)]
+    return pd.concat(pieces, ignore_index=True)[columns] if pieces else pd.DataFrame(columns=columns)
+
+
+def _run_line(run: str, rows: pd.DataFrame, x: str, y: str, style: str) -> pd.DataFrame:
+    line = rows.sort_values(x)
+    return pd.DataFrame({"series": run, "style": style, x: line[x].to_numpy(), "y": line[y].to_numpy(),
+                         "low": np.nan, "high": np.nan, "n": 1,
+                         "seed_min": line[y].to_numpy(), "seed_max": line[y].to_numpy()})
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One row of panels in a curves figure: a column of a table, optionally filtered."""
+
+    label: str                                    # the row's y label
+    table: str
+    column: str
+    where: tuple[str, object] | None = None       # (column, value) rows must have
+    scale: str = "linear"                         # linear, log, or auto (log when > 2 decades)
+    domain: tuple[float, float] | None = None     # where the measure lives; bands are clipped to it
+
+
+def resolve_scale(values: pd.Series, scale: str) -> str:
+    """"log" or "linear": "auto" means log when all values are positive and span > 2 decades;
+    "log" falls back to linear when nothing is positive (nothing could be drawn)."""
+    finite = values[np.isfinite(values.to_numpy(dtype=float))]
+    positive = finite[finite > 0]
+    if scale == "auto":
+        spans_decades = len(positive) == len(finite) > 0 and positive.max() > 100 * positive.min()
+        return "log" if spans_decades else "linear"
+    return "log" if scale == "log" and len(positive) else "linear"
+
+
+def _panel(row: str, column: str, scale: str) -> pd.DataFrame:
+    """A placeholder row (no style) that keeps a panel in the layout even when nothing in it can
+    be drawn: the panel then says "no data" instead of vanishing."""
+    return pd.DataFrame({"row": [row], "column": [column], "scale": [scale]})
+
+
+def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = False) -> pd.DataFrame:
+    """Every point of a curves figure: rows = measures, columns = conditions (layer x lr x grid
+    when ``by_layer``), one `curve_series` per variant in each panel."""
+    pieces = []
+    for measure in measures:
+        frame = ctx.tables[measure.table]
+        if measure.where is not None:
+            frame = frame[frame[measure.where[0]] == measure.where[1]]
+        frame = frame.assign(value=frame[measure.column].astype(float))
+        scale = resolve_scale(frame["value"], measure.scale)
+        frame, conditions = with_conditions(frame, ["lr", *ctx.grid])
+        for layer in (ctx.layers(frame) if by_layer else [None]):
+            rows = frame if layer is None else frame[frame["layer"] == layer]
+            for condition in conditions:
+                cell = rows[rows["condition"] == condition]
+                column = " · ".join(p for p in ([f"layer {layer}"] if by_layer else []) + [condition] if p)
+                pieces.append(_panel(measure.label, column, scale))
+                for variant in ctx.ordered(cell["variant"]):
+                    series = curve_series(cell[cell["variant"] == variant], log=scale == "log",
+                                          domain=measure.domain)
+                    pieces.append(series.assign(row=measure.label, column=column, variant=variant,
+                                                scale=scale))
+    return pd.concat(pieces, ignore_index=True)
+
+
+ACCURACY_ROWS = {
+    "train_batches": Measure(f"train accuracy\n({TRAIN_MODE})", "eval", "accuracy",
+                             ("split", "train_batches"), domain=ACCURACY),
+    "train": Measure(f"train accuracy\n({EVAL_MODE})", "eval", "accuracy", ("split", "train"), domain=ACCURACY),
+    "test": Measure(f"test accuracy\n({EVAL_MODE})", "eval", "accuracy", ("split", "test"), domain=ACCURACY),
+}
+
+CURVES: dict[str, tuple[list[Measure], bool]] = {  # kind -> (rows, by layer)
+    "accuracy": ([ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["test"]], False),
+    "train_accuracy": ([ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["train"]], False),
+    "test_accuracy": ([ACCURACY_ROWS["test"]], False),
+    "train_loss": ([Measure("training loss", "train", "loss", scale="log")], False),
+    "moment_changes": ([Measure("|μ(t+1) − μ(t)|\nmean over units", "layers", "unit_mean_change", scale="log"),
+                        Measure("|σ²(t+1) − σ²(t)|\nmean over units", "layers", "unit_var_change", scale="log")],
+                       True),
+    "ics": ([Measure("‖G − G′‖₂", "ics", "l2_diff", scale="log"),
+             Measure("cos(G, G′)", "ics", "cosine", domain=SIGNED_UNIT)], True),
+    "curvature": ([Measure("gᵀHg / ‖g‖²", "curvature", "grad_quadratic", scale="auto"),
+                   Measure("top Hessian eigenvalue", "curvature", "top_eigenvalue", scale="auto")], False),
+}
+EIGENVALUE_ROW = CURVES["curvature"][0][1].label
+
+
+def as_bool(values: pd.Series) -> pd.Series:
+    """A CSV boolean column (True/False, 1/0, true/false; missing = False) as bools."""
+    if values.dtype == bool:
+        return values
+    text = values.astype(str).str.strip().str.lower()
+    return text.isin(["true", "1", "1.0", "yes"])
+
+
+def unconverged_points(ctx: Context) -> pd.DataFrame:
+    """Each run's top-eigenvalue points whose power iteration did not converge (flagged, kept in the mean)."""
+    curvature, conditions = with_conditions(ctx.tables["curvature"], ["lr", *ctx.grid])
+    flagged = curvature[~as_bool(curvature["converged"])]
+    return pd.DataFrame({"row": EIGENVALUE_ROW, "column": flagged["condition"], "variant": flagged["variant"],
+                         "series": flagged["run"], "style": "unconverged", "step": flagged["step"],
+                         "y": flagged["top_eigenvalue"].astype(float)})
+
+
+def curvature_data(ctx: Context) -> pd.DataFrame:
+    """The curvature curves plus one "unconverged" point per flagged eigenvalue."""
+    data = curves_data(ctx, *CURVES["curvature"])
+    flagged = unconverged_points(ctx)
+    scales = data.groupby("row")["scale"].first()
+    flagged = flagged.assign(scale=scales.get(EIGENVALUE_ROW, "linear"))
+    return pd.concat([data, flagged], ignore_index=True) if len(flagged) else data
+
+
+def choose_units(units: Sequence[int], count: int = MAX_UNITS) -> list[int]:
+    """Up to ``count`` evenly spaced units of those recorded (the first one always among them)."""
+    units = sorted(int(u) for u in units)
+    if count <= 1:
+        return units[:count]
+    if len(units) <= count:
+        return units
+    return [units[round(i * (len(units) - 1) / (count - 1))] for i in range(count)]
+
+
+def units_data(ctx: Context, last_layer_first_unit: bool = False) -> pd.DataFrame:
+    """Single units' percentiles over steps, for ONE seed (the lowest) of each variant x condition.
+
+    Rows of the figure are the configured layers (or, for Ioffe & Szegedy's Fig. 1b-c, only the
+    last layer's first recorded unit); averaging over seeds or units would smooth away the
+    per-step, per-unit noise these figures are about.
+    """
+    units, conditions = with_conditions(ctx.tables["units"], ["lr", *ctx.grid])
+    if last_layer_first_unit:
+        layers = [int(units["layer"].max())] if len(units) else []
+    else:
+        layers = ctx.layers(units)
+    pieces = []
+    for layer in layers or [None]:
+        row = "no layers" if layer is None else f"layer {layer}"
+        for condition in conditions:
+            for variant in ctx.variants:
+                column = " · ".join(p for p in (variant, condition) if p)
+                cell = units[(units["layer"] == layer) & (units["variant"] == variant)
+                             & (units["condition"] == condition)]
+                if cell.empty:
+                    pieces.append(pd.DataFrame({"row": [row], "column": [column], "variant": [variant]}))
+                    continue
+                seed = cell["seed"].min()
+                cell = cell[cell["seed"] == seed]
+                chosen = choose_units(cell["unit"].unique(), 1 if last_layer_first_unit else MAX_UNITS)
+                cell = cell[cell["unit"].isin(chosen)].sort_values(["unit", "step"])
+                pieces.append(cell.assign(row=row, column=column))
+    keep = ["row", "column", "variant", "condition", "run", "seed", "status", "layer", "unit", "step",
+            "p15", "p50", "p85"]
+    return pd.concat(pieces, ignore_index=True).reindex(columns=keep)
+
+
+def landscape_summary(landscape: pd.DataFrame, grid: Sequence[str]) -> pd.DataFrame:
+    """Per run and step, over the step sizes eta along the gradient (section 3.2): the loss
+    range, the gradient-difference range and the effective beta-smoothness (max of beta)."""
+    along_gradient = landscape[landscape["direction"] == "gradient"]
+    keys = ["run", "variant", "lr", "seed", "status", *grid, "step"]
+    return along_gradient.groupby(keys, dropna=False, as_index=False).agg(
+        loss_min=("loss", "min"), loss_max=("loss", "max"),
+        grad_diff_min=("grad_diff", "min"), grad_diff_max=("grad_diff", "max"),
+        beta_max=("beta", "max"),
+    )
+
+
+LANDSCAPE_MEASURES = [  # (low column or None, high column, label, scale)
+    ("loss_min", "loss_max", "loss range over η", "auto"),
+    ("grad_diff_min", "grad_diff_max", "‖g − ∇L(W − ηg)‖₂ range over η", "log"),
+    (None, "beta_max", "effective β-smoothness\n(max over η)", "log"),
+]
+
+
+def range_band(frame: pd.DataFrame, low: str, high: str) -> pd.DataFrame:
+    """Per step: the seed-mean of each run's minimum and maximum over eta (the paper's band);
+    a diverged run gets its own band, so the mean is over one set of seeds throughout."""
+    pieces = []
+    completed, diverged = split_runs(frame.dropna(subset=[high]))
+    if len(completed):
+        means = completed.groupby("step", as_index=False)[[low, high]].mean()
+        pieces.append(pd.DataFrame({"series": "mean", "style": "range", "step": means["step"],
+                                    "y": np.nan, "low": means[low], "high": means[high],
+                                    "n": completed["run"].nunique()}))
+    for run, rows in diverged.groupby("run", sort=True):
+        rows = rows.sort_values("step")
+        pieces.append(pd.DataFrame({"series": run, "style": "diverged", "step": rows["step"], "y": rows[high],
+                                    "low": rows[low], "high": rows[high], "n": 1}))
+    return pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=["series", "style", "step"])
+
+
+def landscape_data(ctx: Context) -> pd.DataFrame:
+    """Rows = conditions, columns = (a) loss range, (b) gradient predictiveness, (c) beta."""
+    summary, conditions = with_conditions(landscape_summary(ctx.tables["landscape"], ctx.grid), ["lr", *ctx.grid])
+    pieces = []
+    for low, high, label, scale in LANDSCAPE_MEASURES:
+        scale = resolve_scale(summary[high], scale)
+        for condition in conditions:
+            cell = summary[summary["condition"] == condition]
+            pieces.append(_panel(condition, label, scale))
+            for variant in ctx.ordered(cell["variant"]):
+                rows = cell[cell["variant"] == variant]
+                series = (curve_series(rows, y=high, log=scale == "log") if low is None
+                          else range_band(rows, low, high))
+                pieces.append(series.assign(row=condition, column=label, variant=variant, scale=scale))
+    return pd.concat(pieces, ignore_index=True)
+
+
+FINAL = {  # kind -> (x candidates, y label, value of a runs.csv row, domain, log x)
+    "accuracy_vs_lr": (("lr",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, True),
+    "accuracy_vs_init_scale": (("init_scale",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, True),
+    "accuracy_vs_dropout": (("dropout",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, False),
+    "generalisation_gap": (("dropout", "lr"), f"final train − test accuracy\n({EVAL_MODE})", "gap",
+                           SIGNED_UNIT, False),
+}
+
+
+def final_value(runs: pd.DataFrame, which: str) -> pd.Series:
+    """Final eval-mode test accuracy, or the generalisation gap (eval-mode train - test accuracy)."""
+    if which == "gap":
+        return runs["final_train_accuracy"] - runs["final_test_accuracy"]
+    return runs["final_test_accuracy"]
+
+
+def final_x(ctx: Context, candidates: Sequence[str]) -> str:
+    """The setting on the x axis: the first candidate the study varies (lr always exists)."""
+    for column in candidates:
+        if column in ctx.runs.columns and (column == "lr" or column in ctx.grid):
+            return column
+    raise TableError(f"{ctx.tables.paths['runs']}: figure {ctx.kind!r} plots against {' or '.join(candidates)}, "
+                     f"which study {ctx.study!r} does not vary (add it to the study's grid)")
+
+
+def final_points(cell: pd.DataFrame, x: str, domain: tuple[float, float]) -> pd.DataFrame:
+    """Per x: the mean over completed seeds with its t interval (where >= MIN_BAND_SEEDS seeds),
+    each seed's own point where fewer, and an edge marker per diverged run (it has no final value)."""
+    completed, diverged = split_runs(cell)
+    summary = seed_summary(completed, x=x, y="value", domain=domain).assign(series="mean", style="mean")
+    few = summary.loc[summary["n"] < MIN_BAND_SEEDS, x]
+    seeds = finite_rows(completed[completed[x].isin(few)], "value", False)
+    pieces = [summary,
+              pd.DataFrame({"series": seeds["run"], "style": "seed", x: seeds[x], "y": seeds["value"]}),
+              pd.DataFrame({"series": diverged["run"], "style": "diverged", x: diverged[x], "y": np.nan})]
+    pieces = [p for p in pieces if len(p)]
+    return pd.concat(pieces, ignore_index=True) if pieces else summary
+
+
+def final_data(ctx: Context) -> pd.DataFrame:
+    """A final metric (runs.csv) against a run setting; columns = the other conditions."""
+    candidates, _, which, domain, _ = FINAL[ctx.kind]
+    x = final_x(ctx, candidates)
+    runs = ctx.runs.assign(value=lambda r: final_value(r, which))
+    runs, conditions = with_conditions(runs, [c for c in ["lr", *ctx.grid] if c != x])
+    pieces = []
+    for condition in conditions:
+        cell = runs[runs["condition"] == condition]
+        pieces.append(_panel("", condition, "linear"))
+        for variant in ctx.ordered(cell["variant"]):
+            points = final_points(cell[cell["variant"] == variant], x, domain)
+            pieces.append(points.assign(row="", column=condition, variant=variant, x=points[x]))
+    columns = ["row", "column", "variant", "series", "style", "x", "y", "low", "high", "n"]
+    return pd.concat(pieces, ignore_index=True).reindex(columns=columns)
+
+

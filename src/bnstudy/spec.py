@@ -1,0 +1,212 @@
+"""The run spec: the resolved settings of one training run, as frozen dataclasses.
+
+`bnstudy.plan` builds it once per run from the validated config; training, the models and the
+analyses read it by attribute (`spec.optim.lr`, `spec.log.eval_every`), so a misspelt name fails
+where it is written rather than as a KeyError deep in a job. On disk and on the Snakemake command
+line it is JSON (`spec.json`, a checkpoint's `spec`) with exactly the keys of docs/architecture.md;
+`to_dict()` and `from_dict()` convert, and `from_dict` names what a stored spec lacks.
+
+Torch-free: the Snakemake process builds specs while it plans the DAG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a run needs to know of its dataset before it is prepared (`datasets.<name>`)."""
+
+    name: str
+    path: str                            # the prepared tensor file, results/data/<name>.pt
+    task: str                            # "classification" or "regression" (the DLN)
+    classes: int                         # 0 for regression
+    shape: tuple[int, ...] | None = None  # classification: (channels, height, width)
+    dim: int | None = None               # regression: the dimension of x and A x
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The network (`setups.<setup>.model`; each key is described in the config schema)."""
+
+    arch: str
+    depth: int
+    width: float
+    head: tuple[int, ...]
+    hidden: tuple[int, ...]
+    activation: str
+    init: str
+    init_scale: float
+    dropout: float
+    bias: bool
+    norm_last: bool
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """Algorithm 1's constants (Santurkar et al. 2018, section 2)."""
+
+    n_mu: float
+    n_sigma: float
+    r_mu: float
+    r_sigma: float
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """The normalisation variant (a row of `bnstudy.variants.VARIANTS`) and its settings."""
+
+    variant: str
+    eps: float
+    lp_scale: str
+    noise: NoiseSpec
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Plain SGD: the learning rate, the schedule length and what a step averages over."""
+
+    lr: float
+    steps: int
+    batch_size: int | None       # None = full batch (gradient descent)
+    momentum: float
+    weight_decay: float
+    loss_reduction: str          # "sum" or "mean" over a batch's samples
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    crop: int
+    flip: bool
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """The logging schedule: what training records, how often, on how many samples."""
+
+    train_every: int
+    eval_every: int
+    layers_every: int
+    eval_samples: int
+    units: int
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Where and how a job computes. Only precision (and compile) change the numbers, so only
+    they enter the run id; device, threads and memory layout do not."""
+
+    device: str
+    precision: str
+    channels_last: str
+    threads: int
+    compile: str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. `run` is `{setup}-{variant}-lr{lr}-s{seed}-{hash8}` (bnstudy.plan)."""
+
+    run: str
+    setup: str
+    seed: int
+    dataset: DataSpec
+    model: ModelSpec
+    norm: NormSpec
+    optim: OptimSpec
+    augment: AugmentSpec
+    checkpoints: tuple[int, ...]  # the steps whose weights are saved (analyses read them)
+    log: LogSpec
+    runtime: RuntimeSpec
+
+    def to_dict(self) -> dict:
+        """The JSON form: lists for tuples, and no dataset key that does not apply to the task."""
+        return _plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def updated(self, changes: dict) -> "RunSpec":
+        """A copy with dotted keys replaced, e.g. {"optim.steps": 5, "checkpoints": [5]}
+        (benchmarks and tests derive variants of a planned run this way)."""
+        data = self.to_dict()
+        for dotted, value in changes.items():
+            node = data
+            *parents, last = dotted.split(".")
+            for part in parents:
+                node = node[part]
+            if last not in node:
+                raise ConfigError(f"run spec has no key {dotted!r}")
+            node[last] = value
+        return RunSpec.from_dict(data, f"run {self.run} with {sorted(changes)}")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "run spec") -> "RunSpec":
+        """Build from the JSON form; a missing or unknown key is a ConfigError naming `source`."""
+        return _build(cls, data, source)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "run spec") -> "RunSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{source}: not JSON ({err})") from None
+        return cls.from_dict(data, source)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if item is None and isinstance(value, DataSpec) and f.name in ("shape", "dim"):
+                continue  # a regression dataset has no image shape, an image dataset no dim
+            out[f.name] = _plain(item)
+        return out
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(names)})")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing key {f.name!r}")
+            continue
+        values[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
+    return cls(**values)
+
+
+def _convert(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    return value
