@@ -38,7 +38,7 @@ STUDIES: dict[str, dict] = {
                     "figures": ["accuracy", "distributions"]},
     "noisy_bn": {**_VGG, "variants": ["standard", "batchnorm", "noisy_batchnorm", "standard_noise"],
                  "layers": [2, 9, 13], "figures": ["train_accuracy", "distributions", "moment_changes"],
-                 "claims": ["noisy_bn_trains"]},
+                 "claims": ["noisy_bn_trains", "noise_stops_training"]},
     "ics": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 0.01], "layers": [5, 10],
             "ics": {}, "figures": ["ics"], "claims": ["reduces_ics"]},
     "ics_dln": {**_DLN, "variants": ["standard", "batchnorm"], "layers": [9, 17], "ics": {},
@@ -75,13 +75,16 @@ class Outcome:
     train_accuracy: float = 0.9        # eval mode, on training samples
     test_accuracy: float = 0.8
     diverged_step: int | None = None
-    ics_l2: float = 1.0
+    ics_l2: float = 1.0                # ||G - G'|| / ||G||
+    grad_scale: float = 1.0            # ||G||: scales ||G - G'|| too (the raw ICS)
+    ics_cos: float = 0.8               # cos(G, G')
     beta: float = 10.0
+    init_factor: float = 1.0           # step 0's relative ICS, 1 - cos and beta, as a multiple
     final_loss: float = 0.3            # the training loss goes here from 2.3 (>= 2.3: no training)
     train_batches_accuracy: float | None = None  # training mode; default: train_accuracy
     unit_jitter: float = 0.0           # per-step random shift of single units (Algorithm 1-like)
     rate: float = 5.0                  # how fast the accuracy curves rise
-    converged: bool = True             # curvature power iteration
+    converged: bool = True             # curvature: the Lanczos searches converged
 
     @property
     def train_mode_accuracy(self) -> float:
@@ -166,16 +169,19 @@ def _units_table(rng, steps, variant, outcome) -> pd.DataFrame:
 def _analysis_table(name: str, rng, steps, outcome, layers) -> pd.DataFrame:
     rows = []
     for step in steps:
+        factor = outcome.init_factor if step == 0 else 1.0
         if name == "ics":
-            for layer in layers or [1]:
-                rows.append({"step": step, "layer": layer, "l2_diff": outcome.ics_l2 * rng.lognormal(0, 0.1),
-                             "cosine": float(np.clip(rng.normal(0.8, 0.05), -1, 1)),
-                             "grad_norm": rng.lognormal(0, 0.1)})
+            for layer in layers or [1, 2]:
+                grad_norm = outcome.grad_scale * rng.lognormal(0, 0.1)
+                rows.append({"step": step, "layer": layer,
+                             "l2_diff": factor * outcome.ics_l2 * grad_norm * rng.lognormal(0, 0.1),
+                             "cosine": float(np.clip(1 - factor * (1 - outcome.ics_cos) + rng.normal(0, 0.01), -1, 1)),
+                             "grad_norm": grad_norm})
         elif name == "landscape":
             for direction, eta_rel in product(("gradient", "random1"), ETA_REL):
                 # a random direction must not enter the gradient measures: make it huge and the
                 # same for every variant, so mixing it in would erase any effect
-                beta = outcome.beta if direction == "gradient" else 1e6
+                beta = factor * outcome.beta if direction == "gradient" else 1e6
                 rows.append({"step": step, "direction": direction, "eta": 0.1 * eta_rel, "eta_rel": eta_rel,
                              "loss": (1.0 + 0.1 * eta_rel * beta ** 0.5) * rng.lognormal(0, 0.02),
                              "grad_diff": beta * 0.1 * eta_rel * rng.lognormal(0, 0.1),
@@ -183,7 +189,10 @@ def _analysis_table(name: str, rng, steps, outcome, layers) -> pd.DataFrame:
         else:
             rows.append({"step": step, "grad_quadratic": outcome.beta * rng.lognormal(0, 0.1),
                          "top_eigenvalue": 3 * outcome.beta * rng.lognormal(0, 0.1),
-                         "power_iters": 7 if outcome.converged else 20, "converged": outcome.converged})
+                         "top_residual": 1e-4 if outcome.converged else 0.2,
+                         "bottom_eigenvalue": -0.1 * outcome.beta * rng.lognormal(0, 0.1),
+                         "bottom_residual": 1e-4 if outcome.converged else 0.3,
+                         "products": 60 if outcome.converged else 200, "converged": outcome.converged})
     return pd.DataFrame(rows, columns=ANALYSIS_TABLES[name])
 
 

@@ -21,15 +21,16 @@ FAST = ClaimRules(min_steps=100)  # the fixtures train for 200 steps
 
 
 def verdict_rows(tmp_path, study, outcome, rules=FAST, **cfg_overrides) -> pd.DataFrame:
-    """Build ``study``'s tables from ``outcome``, run claims(), return the study's rows by claim kind."""
+    """Build ``study``'s tables from ``outcome``, run claims(), return the study's rows by key
+    (<claim kind>.<measure>.<window>)."""
     cfg = {**STUDIES[study], **cfg_overrides}
     tables = make_tables(tmp_path, study, cfg, outcome=outcome)
     table = claims({study: cfg}, {study: tables["runs"].parent}, tmp_path / "claims.csv", tmp_path / "claims.md", rules)
-    kinds = [kind for kind in cfg["claims"]]
-    return table.assign(kind=kinds).set_index("kind")
+    return table.set_index("key")
 
 
 def verdict_row(tmp_path, study, outcome, rules=FAST, **cfg_overrides) -> pd.Series:
+    """The first row (a claim's first measure over training, or at the end of training)."""
     rows = verdict_rows(tmp_path, study, outcome, rules, **cfg_overrides)
     return rows.iloc[0]
 
@@ -114,10 +115,48 @@ def test_every_claim_kind_has_a_claim():
 
 def test_bn_with_larger_ics_means_not_supported(tmp_path):
     """The 2018 finding: BN's ICS is not lower, so 'BN reduces ICS' is not supported."""
-    row = verdict_row(tmp_path, "ics", by_variant(standard=Outcome(ics_l2=1.0), batchnorm=Outcome(ics_l2=3.0)))
+    rows = verdict_rows(tmp_path, "ics", by_variant(standard=Outcome(ics_l2=1.0, ics_cos=0.9),
+                                                    batchnorm=Outcome(ics_l2=3.0, ics_cos=0.5)))
+    row = rows.loc["reduces_ics.relative.training"]
     assert row["verdict"] == NOT_SUPPORTED and row["test"] == "t interval"
     assert row["effect"] == pytest.approx(math.log10(3.0), abs=0.05) and row["n_seeds"] == 3
-    assert row["ci_low"] > 0
+    assert row["ci_low"] > 0 and row["window"] == "steps >= 1"
+    angle = rows.loc["reduces_ics.angle.training"]  # 1 - cos: 0.5 vs 0.1
+    assert angle["verdict"] == NOT_SUPPORTED and angle["effect"] == pytest.approx(0.4, abs=0.02)
+
+
+def test_relative_ics_verdict_does_not_follow_the_gradient_scale(tmp_path):
+    """BN's gradients 100x larger, its relative ICS 3x smaller: the raw ||G - G'|| would be ~33x
+    larger for BN (and 'not supported'); the claim's scale-free measure says BN reduces it. Only
+    the gradient scale changes between the two runs of the test, and the verdict does not."""
+    smaller = by_variant(standard=Outcome(ics_l2=0.3), batchnorm=Outcome(ics_l2=0.1))
+    scaled = by_variant(standard=Outcome(ics_l2=0.3), batchnorm=Outcome(ics_l2=0.1, grad_scale=100.0))
+    plain = verdict_rows(tmp_path / "a", "ics", smaller).loc["reduces_ics.relative.training"]
+    rescaled = verdict_rows(tmp_path / "b", "ics", scaled).loc["reduces_ics.relative.training"]
+    assert plain["verdict"] == rescaled["verdict"] == SUPPORTED
+    assert rescaled["effect"] == pytest.approx(plain["effect"], abs=0.05)
+    ics = pd.read_csv(tmp_path / "b" / "tables" / "ics" / "ics.csv")
+    raw = ics.groupby("variant")["l2_diff"].apply(lambda v: np.log10(v).mean())
+    assert raw["batchnorm"] - raw["standard"] > 1  # what the raw measure would have compared
+
+
+def test_initialisation_is_reported_apart_from_training(tmp_path):
+    """At step 0 BN's relative ICS and beta are 10x its training values: the at-initialisation
+    rows say so, the training rows (steps >= from_step) are not moved by it."""
+    outcome = by_variant(standard=Outcome(ics_l2=0.3, beta=100.0),
+                         batchnorm=Outcome(ics_l2=0.1, beta=5.0, init_factor=100.0))
+    rows = verdict_rows(tmp_path, "ics", outcome)
+    assert rows.loc["reduces_ics.relative.training", "verdict"] == SUPPORTED
+    at_init = rows.loc["reduces_ics.relative.initialisation"]
+    assert at_init["window"] == "step 0" and at_init["verdict"] == NOT_SUPPORTED
+    assert at_init["effect"] == pytest.approx(math.log10(10 / 0.3), abs=0.1)
+    landscape = verdict_rows(tmp_path / "l", "landscape", outcome)
+    for quantity in ("loss_range", "grad_change", "beta"):
+        assert landscape.loc[f"smoother_landscape.{quantity}.training", "verdict"] == SUPPORTED, quantity
+    assert landscape.loc["smoother_landscape.beta.initialisation", "verdict"] == NOT_SUPPORTED
+    # a later window start still leaves step 0 out, and says where it starts
+    later = verdict_rows(tmp_path / "w", "ics", outcome, claim_rules={"from_step": 100})
+    assert later.loc["reduces_ics.relative.training", "window"] == "steps >= 100"
 
 
 def test_bn_with_smaller_ics_means_supported_also_for_the_dln(tmp_path):
@@ -136,16 +175,21 @@ def test_seeds_that_disagree_give_a_straddling_ci(tmp_path):
     assert row["ci_low"] < 0 < row["ci_high"]
 
 
-def test_smoother_bn_landscape_is_supported(tmp_path):
+def test_smoother_bn_landscape_is_supported_on_all_three_quantities(tmp_path):
     # the fixture's random-direction rows are 1e6 larger: only direction == gradient may count
-    row = verdict_row(tmp_path, "landscape", by_variant(standard=Outcome(beta=100.0), batchnorm=Outcome(beta=5.0)))
-    assert row["verdict"] == SUPPORTED and row["effect"] == pytest.approx(math.log10(5 / 100), abs=0.1)
+    rows = verdict_rows(tmp_path, "landscape", by_variant(standard=Outcome(beta=100.0), batchnorm=Outcome(beta=5.0)))
+    assert list(rows.index[:3]) == ["smoother_landscape.loss_range.training",
+                                    "smoother_landscape.grad_change.training", "smoother_landscape.beta.training"]
+    assert (rows["verdict"] == SUPPORTED).all()
+    assert rows.loc["smoother_landscape.beta.training", "effect"] == pytest.approx(math.log10(5 / 100), abs=0.1)
+    assert rows.loc["smoother_landscape.grad_change.training", "effect"] == pytest.approx(math.log10(5 / 100), abs=0.1)
 
 
 def test_one_seed_is_inconclusive(tmp_path):
     row = verdict_row(tmp_path, "landscape", by_variant(standard=Outcome(beta=100.0), batchnorm=Outcome(beta=5.0)),
                       seeds=[0])
     assert row["verdict"] == INCONCLUSIVE and row["n_seeds"] == 1 and "< 2" in row["reason"]
+    assert row.name == "smoother_landscape.loss_range.training"
     assert row["effect"] < 0  # the effect is still reported
 
 
@@ -227,9 +271,9 @@ def test_regularisation_uses_the_dropout_grid(tmp_path):
         return Outcome(0.95, (0.75 if dropout == 0 else 0.85 - 0.01 * seed))
 
     rows = verdict_rows(tmp_path, "claim_regularisation", outcome)
-    gain = rows.loc["regularisation"]
+    gain = rows.loc["regularisation.dropout_gain.final"]
     assert gain["verdict"] == SUPPORTED and gain["effect"] == pytest.approx(-0.09, abs=0.011)
-    gap = rows.loc["generalisation_gap"]  # at dropout 0: BN 0.95 - 0.85 vs standard 0.95 - 0.75
+    gap = rows.loc["generalisation_gap.gap.final"]  # at dropout 0: BN 0.95 - 0.85 vs standard 0.95 - 0.75
     assert gap["effect"] == pytest.approx(-0.1, abs=0.01)
 
 
@@ -265,22 +309,66 @@ def test_noisy_bn_non_inferiority_uses_the_training_mode_accuracy(tmp_path, nois
             return Outcome(0.3, 0.8, train_batches_accuracy=noisy_accuracy - 0.002 * seed)
         return default_outcome(variant, lr, seed, grid)
 
-    row = verdict_row(tmp_path, "noisy_bn", outcome)
+    row = verdict_rows(tmp_path, "noisy_bn", outcome).loc["noisy_bn_trains.accuracy.final"]
     assert row["verdict"] == expected
+
+
+@pytest.mark.parametrize("noise_accuracy, expected", [(0.12, SUPPORTED), (0.37, NOT_SUPPORTED)])
+def test_noise_stops_the_standard_network_against_chance(tmp_path, noise_accuracy, expected):
+    """standard + noise's own training-mode accuracy against chance + margin (0.15 here): at 12%
+    it did not train (the paper's sentence), at 37% it did (the claim is not supported)."""
+    def outcome(variant, lr, seed, grid):
+        if variant == "standard_noise":
+            return Outcome(0.1, 0.1, train_batches_accuracy=noise_accuracy + 0.005 * seed)
+        return default_outcome(variant, lr, seed, grid)
+
+    row = verdict_rows(tmp_path, "noisy_bn", outcome).loc["noise_stops_training.accuracy.final"]
+    assert row["verdict"] == expected and row["effect"] == pytest.approx(noise_accuracy + 0.005, abs=1e-3)
+    assert "standard_noise's value per seed" in row["rule"] and "below 0.15" in row["rule"]
 
 
 def test_outputs_open_with_the_short_table(tmp_path):
     verdict_row(tmp_path, "ics", default_outcome)
     table = pd.read_csv(tmp_path / "claims.csv")
-    assert list(table.columns) == COLUMNS and len(table) == 1
+    assert list(table.columns) == COLUMNS and len(table) == 4  # 2 measures x (training, initialisation)
     assert table["rule"].str.contains("supported if").all() and table["paper"].str.len().gt(20).all()
     markdown = (tmp_path / "claims.md").read_text()
     short, detail = markdown.split("## Detail")
-    assert "| claim | study | effect [95% CI] | seeds | verdict |" in short
-    assert "| BN reduces internal covariate shift (2015) | ics | +" in short and "not supported" in short
-    assert "| claim | source | study | measure |" in detail
+    assert "| claim | study | measure | window | effect [95% CI] | seeds | verdict |" in short
+    assert "| BN reduces internal covariate shift (2015) | ics | log10 \\|\\|G - G'\\|\\| / \\|\\|G\\|\\|" in short
+    assert "| steps >= 1 |" in short and "| step 0 |" in short and "not supported" in short
+    assert "| key | claim | source | study | measure |" in detail
 
 
 def test_missing_variants_are_inconclusive(tmp_path):
     row = verdict_row(tmp_path, "ics", default_outcome, variants=["standard"])
     assert row["verdict"] == INCONCLUSIVE and row["reason"].startswith("no batchnorm runs")
+
+
+def test_usable_bar_is_set_by_a_mean_over_seeds_not_one_lucky_run(tmp_path):
+    """One lucky run (0.99 where its seeds reach 0.8) would lift a bar taken from the single best
+    run to 0.545 and make BN's 0.5 at lr 1.0 unusable; the mean over seeds (0.863) puts it at
+    0.48, so BN's lr 1.0 counts. claims.md shows the verdict at usable fractions 0.4-0.6."""
+    from bnstudy.claims import StudyData, usable_bar
+    from bnstudy.tables import StudyTables
+
+    def outcome(variant, lr, seed, grid):
+        if variant == "batchnorm":
+            accuracy = {0.01: 0.99 if seed == 0 else 0.8, 0.1: 0.8, 1.0: 0.5}[lr]
+        else:
+            accuracy = 0.8 if lr < 1.0 else 0.1
+        return Outcome(0.9, accuracy, None if accuracy > 0.1 else 50)
+
+    cfg = {**STUDIES["claim_learning_rate"], "seeds": [0, 1, 2, 3, 4]}
+    paths = make_tables(tmp_path, "claim_learning_rate", cfg, outcome=outcome)
+    data = StudyData(StudyTables(paths, cfg))
+    best_mean = (0.99 + 4 * 0.8) / 5
+    assert usable_bar(data, FAST) == pytest.approx(0.1 + 0.5 * (best_mean - 0.1))
+    rows = verdict_rows(tmp_path / "v", "claim_learning_rate", outcome, seeds=[0, 1, 2, 3, 4])
+    row = rows.loc["higher_learning_rates.usable_lr.final"]
+    assert row["verdict"] == SUPPORTED and row["effect"] == pytest.approx(1.0)  # 1.0 vs 0.1
+    markdown = (tmp_path / "v" / "claims.md").read_text()
+    section = markdown.split("## The learning-rate verdict at other usable fractions")[1].split("## Detail")[0]
+    assert [line.split("|")[2].strip() for line in section.splitlines() if line.startswith("| claim_")] \
+        == ["0.4", "0.5", "0.6"]
+    assert "| claim_learning_rate | 0.6 | 0 | 1 | 5 | not supported |" in section  # BN's 0.5 < 0.55

@@ -255,3 +255,40 @@ def test_paper_config_matches_the_paper():
     assert cfg["datasets"]["linear"]["n_train"] == 1000
     spec = next(s for s in plan(cfg).runs.values() if s.model.arch == "dln")
     assert spec.optim.loss_reduction == "sum"  # ||W X - A X||^2 over the 1000 samples
+
+
+def test_a_claim_its_seeds_cannot_decide_is_refused_at_parse_time():
+    """An exact sign-flip test over n seeds cannot go below p = 1/2^n: at alpha 0.05 a grid-measure
+    claim needs 5 seeds. One line per claim that cannot be decided, naming what it needs."""
+    cfg = raw("config.yaml")
+    study = cfg["studies"]["claim_learning_rate"]
+    study["seeds"] = [0, 1, 2]
+    with pytest.raises(ConfigError) as error:
+        load_config(cfg)
+    message = str(error.value)
+    assert ("studies.claim_learning_rate.seeds: 3 seeds cannot decide claim higher_learning_rates: it needs "
+            "at least 5 seeds at alpha 0.05") in message
+    assert "allow_undecidable" in message
+    study["claim_rules"] = {**study.get("claim_rules", {}), "alpha": 0.125}  # 1/2^3: now decidable
+    load_config(cfg)
+    study["claim_rules"] = {"alpha": 0.05, "allow_undecidable": True}
+    load_config(cfg)
+    cfg["studies"]["ics"]["seeds"] = [0]  # a t interval needs two seeds
+    with pytest.raises(ConfigError, match="1 seeds cannot decide claim reduces_ics: it needs at least 2"):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "cifar10-cpu.yaml"])
+def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
+    from bnstudy.catalog import ClaimRules, seeds_needed
+
+    cfg = raw(name)
+    for dataset in cfg["datasets"].values():
+        if dataset["source"] == "imagefolder":
+            dataset["root"] = str(fake_imagefolder(tmp_path / "images"))
+    config = load_config(cfg)
+    for study in config["studies"].values():
+        rules = ClaimRules().overridden(study.get("claim_rules"))
+        assert not rules.allow_undecidable
+        for kind in study["claims"]:
+            assert len(study["seeds"]) >= seeds_needed(kind, rules), (study, kind)

@@ -263,19 +263,21 @@ def test_unconverged_eigenvalues_are_flagged(tmp_path, tables):
     unconverged = curvature[curvature["variant"] == "batchnorm"]
     data = figures.figure_data("curvature", "curvature", cfg, _given(paths, "curvature"))
     flagged = data[data["style"] == "unconverged"]
-    assert len(flagged) == len(unconverged) > 0 and set(flagged["variant"]) == {"batchnorm"}
-    assert set(flagged["row"]) == {figure_data.EIGENVALUE_ROW}
+    # both eigenvalues of each unconverged checkpoint are flagged, on their own rows
+    assert len(flagged) == 2 * len(unconverged) > 0 and set(flagged["variant"]) == {"batchnorm"}
+    assert set(flagged["row"]) == set(figure_data.EIGENVALUE_ROWS.values())
 
     fig = figures.render("curvature", "curvature", cfg, _given(paths, "curvature"))
     markers = sum(len(artist.get_offsets()) for artist in _artists(fig, "unconverged"))
     legend = _legend_texts(fig)
     figures.plt.close(fig)
-    assert markers == len(unconverged)
-    assert f"eigenvalue whose power iteration did not converge: {len(unconverged)} of {len(curvature)}" in legend
+    assert markers == 2 * len(unconverged)
+    assert f"eigenvalues whose Lanczos search did not converge: {len(unconverged)} of {len(curvature)} checkpoints" \
+        in legend
 
     fig = _render("curvature", "curvature", cfg, tables["curvature"])  # all converged: nothing flagged
     assert not _artists(fig, "unconverged")
-    assert any("converged for all" in text for text in _legend_texts(fig))
+    assert any("converged at all" in text for text in _legend_texts(fig))
     figures.plt.close(fig)
 
 
@@ -305,3 +307,42 @@ def test_table_readers_never_import_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr or "torch was imported"
+
+
+def test_ics_shows_the_scale_free_measure_beside_the_raw_one(tables):
+    """Definition 2.1's ||G - G'|| next to ||G - G'|| / ||G|| (the claim's measure): the relative
+    row is the per-step seed mean of the quotient, not of either part."""
+    cfg = STUDIES["ics"]
+    data = figures.figure_data("ics", "ics", cfg, _given(tables["ics"], "ics"))
+    labels = list(dict.fromkeys(data["row"]))
+    assert labels == [m.label for m in figure_data.CURVES["ics"][0]]
+    relative = figure_data.CURVES["ics"][0][1]
+    assert relative.divide_by == "grad_norm" and "scale-free" in relative.label
+    ics = pd.read_csv(tables["ics"]["ics"])
+    cell = ics[(ics["variant"] == "batchnorm") & (ics["layer"] == cfg["layers"][0]) & (ics["lr"] == 0.1)]
+    expected = (cell["l2_diff"] / cell["grad_norm"]).groupby(cell["step"]).apply(lambda v: 10 ** np.log10(v).mean())
+    drawn = data[(data["row"] == relative.label) & (data["variant"] == "batchnorm") & (data["style"] == "mean")
+                 & (data["column"] == f"layer {cfg['layers'][0]} · lr = 0.1")].set_index("step")["y"]
+    assert np.allclose(drawn.sort_index().to_numpy(), expected.sort_index().to_numpy())
+
+
+def test_range_bands_on_log_axes_are_geometric_means_over_seeds(tmp_path):
+    """One seed's loss range 1e12 times the others' must not set the band (an arithmetic mean
+    would put it at a third of that seed's value): the band is the geometric mean."""
+    cfg = STUDIES["landscape"]
+
+    def outcome(variant, lr, seed, grid):
+        return Outcome(beta=1e24 if seed == 0 else 1.0)
+
+    paths = make_tables(tmp_path, "landscape", cfg, outcome=outcome)
+    data = figures.figure_data("landscape", "landscape", cfg, _given(paths, "landscape"))
+    bands = data[(data["style"] == "range") & (data["variant"] == "batchnorm")]
+    loss_band = bands[bands["column"] == figure_data.LANDSCAPE_MEASURES[0][2]].set_index("step")
+    assert (loss_band["scale"] == "log").all()
+    table = pd.read_csv(paths["landscape"])
+    along = table[(table["direction"] == "gradient") & (table["variant"] == "batchnorm")]
+    highs = along.groupby(["step", "run"])["loss"].max()
+    geometric = highs.groupby("step").apply(lambda v: 10 ** np.log10(v).mean())
+    arithmetic = highs.groupby("step").mean()
+    assert np.allclose(loss_band["high"].sort_index(), geometric.sort_index())
+    assert (arithmetic > 100 * geometric).all()  # what the old band drew

@@ -149,3 +149,27 @@ def test_noisy_batchnorm_is_batchnorm_then_noise():
     per_channel_mean = y.mean((0, 2, 3))
     assert per_channel_mean.abs().max() <= 0.5 + 0.1 + 0.05  # shifted by mu_j, within its range
     assert not torch.allclose(per_channel_mean, torch.zeros(4), atol=1e-3)
+
+
+def test_unit_noise_is_algorithm_1_in_each_units_standardised_coordinates():
+    """standard_unit_noise's reading of "the same noise": the draws applied to z = (a - mean_j) /
+    std_j and mapped back, so the noise has the size relative to a unit's spread it has after
+    BatchNorm. Scaling the input scales the output (absolute noise would not), and the gradient
+    through it is the per-element factor s, as for the absolute noise."""
+    x = conv_input().requires_grad_(True)
+    unit = make_norm("standard_unit_noise", 4, True, replace(NORM, variant="standard_unit_noise")).train()
+    plain = DistributionNoise(**NOISE).train()
+    for layer in (unit[1], plain):
+        layer.generator = torch.Generator().manual_seed(5)
+    y = unit(x)
+    mean = x.detach().mean((0, 2, 3), keepdim=True)
+    std = (x.detach().var((0, 2, 3), unbiased=False, keepdim=True) + NORM.eps).sqrt()
+    assert torch.allclose(y, mean + std * plain((x.detach() - mean) / std), atol=1e-5)
+    for layer in (unit[1], plain):
+        layer.generator = torch.Generator().manual_seed(5)
+    assert torch.allclose(unit(10 * x.detach()), 10 * y.detach(), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain(10 * x.detach()), 10 * plain(x.detach()), atol=1e-2)
+    unit[1].generator = torch.Generator().manual_seed(5)
+    y = unit(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert 0.5 < grad.min() and grad.max() < 2 and grad.std() > 0.01  # s ~ N(sigma_j, 0.1), sigma_j in [1, 1.25]

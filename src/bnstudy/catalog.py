@@ -18,6 +18,8 @@ The tests check that every record has its code and caption.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -57,14 +59,17 @@ ANALYSES: dict[str, AnalysisKind] = {
                          "description": "eta = value x lr (the paper's ranges)"},
             "random_directions": {"type": "integer", "minimum": 0, "default": 0},
         }),
-    # section 4 (Theorem 4.2): curvature along the gradient and the Hessian's top eigenvalue
+    # section 4 (Theorem 4.2): curvature along the gradient, the Hessian's extreme eigenvalues
     "curvature": AnalysisKind(
         module="curvature",
-        columns=("step", "grad_quadratic", "top_eigenvalue", "power_iters", "converged"),
+        columns=("step", "grad_quadratic", "top_eigenvalue", "top_residual", "bottom_eigenvalue",
+                 "bottom_residual", "products", "converged"),
         figures=("curvature",),
         settings={
-            "power_iters": {"type": "integer", "minimum": 1, "default": 20},
-            "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3},
+            "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3,
+                    "description": "Lanczos (ARPACK) relative tolerance of each extreme eigenvalue"},
+            "max_products": {"type": "integer", "minimum": 2, "default": 200,
+                             "description": "Hessian-vector products each eigenvalue search may take"},
         }),
 }
 
@@ -111,6 +116,32 @@ def figure_tables(kind: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class ClaimRules:
+    """Gates and thresholds of the verdict rule (bnstudy.claims); per study overridable via
+    `claim_rules` in the config."""
+
+    min_steps: int = 1000            # shorter runs cannot speak to any claim
+    chance_accuracy: float = 0.1     # CIFAR-10 and MNIST have 10 balanced classes
+    chance_margin: float = 0.05      # "left chance" = accuracy above chance + margin
+    min_loss_drop: float = 0.01      # regression: the loss must fall by this fraction to count as training
+    usable_fraction: float = 0.5     # lr usable if accuracy >= chance + fraction * (best mean - chance)
+    noninferiority_margin: float = 0.05  # "about as well": at most 5 accuracy points worse
+    alpha: float = 0.05              # level of the exact sign-flip tests
+    # the part of training the checkpoint-analysis claims average over: steps >= from_step. The
+    # default leaves out only initialisation, whose values are reported in rows of their own
+    from_step: int = 1
+    # the config check refuses a claim its study's seeds can never decide; true lets such a study
+    # run anyway (its rows then say inconclusive): for smoke tests of the pipeline
+    allow_undecidable: bool = False
+
+    def overridden(self, overrides: Mapping | None) -> "ClaimRules":
+        unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown claim_rules keys {sorted(unknown)}")
+        return dataclasses.replace(self, **dict(overrides or {}))
+
+
+@dataclass(frozen=True)
 class ClaimNeeds:
     """What a claim kind reads and what its study must contain for the test to be fair."""
 
@@ -119,20 +150,33 @@ class ClaimNeeds:
     min_lrs: int = 1                                    # a learning-rate grid of at least this size
     grid: str | None = None                             # a setup key the study must vary
     activation: str | None = None                       # the setup's non-linearity
+    exact: bool = False                                 # a measure on a grid: exact sign-flip test
 
 
 CLAIM_KINDS: dict[str, ClaimNeeds] = {
-    "higher_learning_rates": ClaimNeeds(min_lrs=2),
+    "higher_learning_rates": ClaimNeeds(min_lrs=2, exact=True),
     # each variant at its own best learning rate, per init scale
     "initialisation": ClaimNeeds(min_lrs=2, grid="model.init_scale"),
     "regularisation": ClaimNeeds(grid="model.dropout"),
     "generalisation_gap": ClaimNeeds(),
     "sigmoid": ClaimNeeds(min_lrs=2, activation="sigmoid"),
-    "faster_training": ClaimNeeds(tables=("eval",)),
+    "faster_training": ClaimNeeds(tables=("eval",), exact=True),
     "reduces_ics": ClaimNeeds(tables=("train", "ics")),
     "smoother_landscape": ClaimNeeds(tables=("train", "landscape")),
     "noisy_bn_trains": ClaimNeeds(variants=("noisy_batchnorm", "batchnorm")),
+    # the noise alone, on the network without a normaliser (the standard network must train)
+    "noise_stops_training": ClaimNeeds(variants=("standard_noise", "standard")),
+    "unit_noise_stops_training": ClaimNeeds(variants=("standard_unit_noise", "standard")),
 }
+
+
+def seeds_needed(kind: str, rules: ClaimRules) -> int:
+    """The fewest seeds with which claim `kind` can reach a decision at all: an exact sign-flip
+    test over n seeds cannot go below p = 1/2^n, so it needs 2^-n <= alpha; a t interval needs
+    two seeds to have a spread."""
+    if CLAIM_KINDS[kind].exact:
+        return max(2, math.ceil(math.log2(1 / rules.alpha) - 1e-9))
+    return 2
 
 
 def claim_design_problem(kind: str, study: dict, setup: dict) -> str | None:

@@ -1,21 +1,30 @@
-"""Study tables -> one verdict per (study, claim) (``claims.csv`` + ``claims.md``).
+"""Study tables -> the verdict rows of the claims table (``claims.csv`` + ``claims.md``).
 
-A study lists the claims it tests (`claims:` in its config, kinds in `bnstudy.catalog`). Claims of
-Ioffe & Szegedy 2015: BN allows higher learning rates, makes training less sensitive to
-initialisation, regularises (less need for dropout; a smaller train-test gap), makes sigmoid
-networks usable, trains faster (their MNIST Fig. 1). Findings of Santurkar et al. 2018: BN does not
-reduce internal covariate shift, BN smooths the loss landscape, noisy BN trains about as well as
-BN. Reads tables only; never imports torch.
+A study lists the claims it tests (`claims:` in its config; the kinds and what each needs are in
+`bnstudy.catalog.CLAIM_KINDS`). Claims of Ioffe & Szegedy 2015: BN allows higher learning rates,
+makes training less sensitive to initialisation, regularises (less need for dropout; a smaller
+train-test gap), makes sigmoid networks usable, trains faster (their MNIST Fig. 1). Findings of
+Santurkar et al. 2018: BN does not reduce internal covariate shift, BN smooths the loss landscape,
+noisy BN trains about as well as BN, the same noise stops a network without BN from training.
+Reads tables only; never imports torch.
+
+Rows
+    A claim is one or more rows, each one measure over one part of training: "end of training"
+    (final accuracies), "steps >= N" (the checkpoint analyses over training, initialisation left
+    out: `claim_rules.from_step`) or "step 0" (the same measure at initialisation, reported apart,
+    because there the networks differ by their initial gradient scale rather than by training).
+    ICS rows are scale-free forms of Definition 2.1 (||G - G'|| / ||G|| and 1 - cos(G, G')); the
+    landscape has one row per quantity of Fig. 4 (loss range, gradient change, effective beta).
 
 Effect
-    A per-run measure of the treated variant (batchnorm, or noisy_batchnorm) and of the reference
-    (standard, or batchnorm), paired on everything but the variant (seed, lr, grid values),
-    differenced (treated minus reference; ratios in log10 first), averaged within each seed.
-    Seeds are the unit: `effect` is the mean of the per-seed differences. Where a claim compares
-    "each variant at its own best learning rate", the lr is chosen per variant (and grid point) by
-    the mean over seeds, then runs are paired by seed at those lrs.
+    A per-run measure of the treated variant and of the reference, paired on everything but the
+    variant (seed, lr, grid values), differenced (treated minus reference; ratios in log10 first),
+    averaged within each seed. Seeds are the unit: `effect` is the mean of the per-seed
+    differences. Where a claim compares "each variant at its own best learning rate", the lr is
+    chosen per variant (and grid point) by the mean over seeds, then runs are paired by seed. A
+    claim about one variant alone (the noise claims) takes that variant's per-seed values.
 
-Verdict rule (each claim holds "above" or "below" a threshold T)
+Verdict rule (each row holds "above" or "below" a threshold T)
     * continuous measures: the 95% Student-t interval over seeds (scipy). Supported if it lies
       entirely on the claim's side of T; not supported if it lies entirely on the other side or
       touches T (no effect is not support); inconclusive if it straddles T.
@@ -23,8 +32,8 @@ Verdict rule (each claim holds "above" or "below" a threshold T)
       whose seeds agree exactly (a zero-width interval is no evidence): an exact one-sided
       sign-flip test over seeds at level `alpha`. Supported if p <= alpha towards the claim; not
       supported if p <= alpha the other way, or if every seed shows no effect with enough seeds
-      that the test could have spoken (1/2^n <= alpha); else inconclusive (with 2 seeds the
-      smallest attainable p is 0.25).
+      that the test could have spoken (1/2^n <= alpha); else inconclusive. The config check
+      refuses a study whose seeds could never reach alpha (`catalog.seeds_needed`).
     * always inconclusive: fewer than 2 paired seeds, the study or its tables missing, runs too
       short (`min_steps`), the network that must train never leaving chance (or, for the DLN,
       never lowering its loss by `min_loss_drop`), or a claim-specific check failing.
@@ -34,7 +43,6 @@ Verdict rule (each claim holds "above" or "below" a threshold T)
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,32 +50,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import CLAIM_KINDS, claim_tables
+from .catalog import CLAIM_KINDS, ClaimRules, claim_tables
 from .stats import mean_ci, paired_differences, sign_flip_p, smallest_p
 from .tables import StudyTables, TableError, write_csv, write_text
 
-COLUMNS = ["claim", "source", "study", "measure", "effect", "ci_low", "ci_high", "p_value", "test",
-           "n_seeds", "paper", "verdict", "rule", "reason"]
+COLUMNS = ["key", "claim", "source", "study", "measure", "window", "effect", "ci_low", "ci_high", "p_value",
+           "test", "n_seeds", "paper", "verdict", "rule", "reason"]
+FINAL, TRAINING, INITIALISATION = "final", "training", "initialisation"  # the parts of training a row speaks of
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-
-
-@dataclass(frozen=True)
-class ClaimRules:
-    """Gates and thresholds of the verdict rule; per study overridable via ``claim_rules``."""
-
-    min_steps: int = 1000            # shorter runs cannot speak to any claim
-    chance_accuracy: float = 0.1     # CIFAR-10 and MNIST have 10 balanced classes
-    chance_margin: float = 0.05      # "left chance" = accuracy above chance + margin
-    min_loss_drop: float = 0.01      # regression: the loss must fall by this fraction to count as training
-    usable_fraction: float = 0.5     # lr usable if accuracy >= chance + fraction * (best - chance)
-    noninferiority_margin: float = 0.05  # "about as well": at most 5 accuracy points worse
-    alpha: float = 0.05              # level of the exact sign-flip tests
-
-    def overridden(self, overrides: Mapping | None) -> "ClaimRules":
-        unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown claim_rules keys {sorted(unknown)}")
-        return dataclasses.replace(self, **dict(overrides or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,16 +146,23 @@ def best_lr_test_accuracy(data: StudyData, variant: str, rules: ClaimRules) -> p
     return indexed(chosen, chosen["value"], data.condition_keys(exclude=["lr"]))
 
 
-def largest_usable_log_lr(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
-    """log10 of the largest lr at which ``variant`` completes with a usable test accuracy.
+def usable_bar(data: StudyData, rules: ClaimRules) -> float:
+    """The test accuracy a run must reach for its lr to count as usable: chance +
+    usable_fraction * (best - chance), best = the highest mean over seeds of any (variant, lr,
+    grid point) in the study (diverged = chance). A mean, so one lucky run cannot move the bar;
+    the same bar for both variants."""
+    runs = data.runs.assign(value=accuracy_or_chance(data.runs, "final_test_accuracy", rules))
+    best = runs.groupby(["variant", "lr", *data.grid], dropna=False)["value"].mean().max()
+    return rules.chance_accuracy + rules.usable_fraction * (best - rules.chance_accuracy)
 
-    Usable = completed and final test accuracy >= chance + usable_fraction * (best - chance), the
-    best taken over the whole study, so both variants face the same bar. A condition with no usable
-    lr scores one grid step below the smallest lr. A measure on the lr grid: exact test.
+
+def largest_usable_log_lr(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """log10 of the largest lr at which ``variant`` completes with a usable test accuracy
+    (`usable_bar`), per seed and grid point. A condition with no usable lr scores one grid step
+    below the smallest lr. A measure on the lr grid: exact test.
     """
     runs = data.runs
-    best = runs["final_test_accuracy"].max()
-    bar = rules.chance_accuracy + rules.usable_fraction * (best - rules.chance_accuracy)
+    bar = usable_bar(data, rules)
     mine = runs[runs["variant"] == variant]
     usable = mine[(mine["status"] == "completed") & (mine["final_test_accuracy"] >= bar)]
     keys = data.condition_keys(exclude=["lr"])
@@ -248,28 +245,68 @@ def log_steps_to_reach_standard(data: StudyData, variant: str, rules: ClaimRules
     return pd.Series(list(out.values()), index=index, dtype=float)
 
 
-def mean_log10_per_run(frame: pd.DataFrame, column: str) -> pd.Series:
-    """Mean over rows of log10(column) per run, over finite positive values only."""
-    values = frame[column]
-    keep = values.notna() & (values > 0)
-    return np.log10(values[keep]).groupby(frame.loc[keep, "run"]).mean()
+def in_window(frame: pd.DataFrame, window: str, rules: ClaimRules) -> pd.DataFrame:
+    """The rows of an analysis table in the part of training `window` speaks of."""
+    if window == INITIALISATION:
+        return frame[frame["step"] == 0]
+    return frame[frame["step"] >= rules.from_step]
 
 
-def ics_log_l2(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
-    """Mean over steps and the configured layers of log10 ||G - G'||_2 (Definition 2.1)."""
-    ics = data.table("ics")
+def window_label(window: str, rules: ClaimRules) -> str:
+    return {FINAL: "end of training", INITIALISATION: "step 0"}.get(window, f"steps >= {rules.from_step}")
+
+
+def mean_per_run(frame: pd.DataFrame, values: pd.Series, log: bool) -> pd.Series:
+    """Mean over rows of `values` (log10 first when `log`, then over positive values only) per run."""
+    keep = values.notna() & np.isfinite(values) & ((values > 0) if log else True)
+    kept = np.log10(values[keep]) if log else values[keep]
+    return kept.groupby(frame.loc[keep, "run"]).mean()
+
+
+def ics_rows(data: StudyData, variant: str, rules: ClaimRules, window: str) -> pd.DataFrame:
+    """The variant's ICS rows in the window, on the configured layers (layer 1 has no earlier
+    layer: its G' is G, so it is left out when no layers are configured)."""
+    ics = in_window(data.table("ics"), window, rules)
     ics = ics[ics["variant"] == variant]
-    if data.study_cfg.get("layers"):
-        ics = ics[ics["layer"].isin([int(x) for x in data.study_cfg["layers"]])]
-    return by_condition(mean_log10_per_run(ics, "l2_diff"), data)
+    layers = [int(x) for x in data.study_cfg.get("layers") or []]
+    return ics[ics["layer"].isin(layers)] if layers else ics[ics["layer"] > 1]
 
 
-def landscape_log_beta(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
-    """Mean over steps of log10 of the effective beta-smoothness (max over eta along the gradient)."""
-    landscape = data.table("landscape")
+def ics_relative(window: str):
+    """Mean over steps and layers of log10 ||G - G'|| / ||G||: Definition 2.1 without the scale of
+    the layer's gradient (a BN network's is 60-130x larger at initialisation)."""
+    def metric(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+        ics = ics_rows(data, variant, rules, window)
+        return by_condition(mean_per_run(ics, ics["l2_diff"] / ics["grad_norm"], log=True), data)
+    return metric
+
+
+def ics_angle(window: str):
+    """Mean over steps and layers of 1 - cos(G, G') (0: the update of the earlier layers leaves
+    the gradient's direction unchanged)."""
+    def metric(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+        ics = ics_rows(data, variant, rules, window)
+        return by_condition(mean_per_run(ics, 1 - ics["cosine"], log=False), data)
+    return metric
+
+
+def landscape_per_step(data: StudyData, variant: str, rules: ClaimRules, window: str) -> pd.DataFrame:
+    """Per run and step along the gradient (section 3.2): the loss range over eta, the largest
+    gradient change ||g - grad L(W - eta g)|| over eta, and the effective beta (the max over eta)."""
+    landscape = in_window(data.table("landscape"), window, rules)
     landscape = landscape[(landscape["variant"] == variant) & (landscape["direction"] == "gradient")]
-    beta = landscape.groupby(["run", "step"], as_index=False)["beta"].max()
-    return by_condition(mean_log10_per_run(beta, "beta"), data)
+    grouped = landscape.groupby(["run", "step"])
+    return pd.DataFrame({"loss_range": grouped["loss"].max() - grouped["loss"].min(),
+                         "grad_change": grouped["grad_diff"].max(),
+                         "beta": grouped["beta"].max()}).reset_index()
+
+
+def landscape_log(column: str, window: str):
+    """Mean over the window's steps of log10 of a landscape quantity (`landscape_per_step`)."""
+    def metric(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+        per_step = landscape_per_step(data, variant, rules, window)
+        return by_condition(mean_per_run(per_step, per_step[column], log=True), data)
+    return metric
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,17 +351,28 @@ def reference_fails_within_grid(data: StudyData, claim: "Claim", rules: ClaimRul
 
 
 @dataclass(frozen=True)
+class Row:
+    """One row of a claim: a measure over one part of training, and which side of a threshold
+    supports the claim. Its key in the table is <claim kind>.<name>.<window>."""
+
+    name: str
+    measure: str
+    metric: Callable[[StudyData, str, ClaimRules], pd.Series]
+    holds: str  # "above" or "below" the threshold
+    window: str = FINAL
+    discrete: bool = False  # a measure on a grid: exact sign-flip test instead of a t interval
+    threshold: Callable[[ClaimRules], float] = lambda rules: 0.0
+
+
+@dataclass(frozen=True)
 class Claim:
     kind: str  # its name in bnstudy.catalog.CLAIM_KINDS (which also names the two variants)
     claim: str
     source: str
-    measure: str
     paper: str
-    metric: Callable[[StudyData, str, ClaimRules], pd.Series]
-    holds: str  # "above" or "below" the threshold
-    discrete: bool = False  # a measure on a grid: exact sign-flip test instead of a t interval
+    rows: tuple[Row, ...]
     must_train: str = "standard"
-    threshold: Callable[[ClaimRules], float] = lambda rules: 0.0
+    paired: bool = True  # False: the treated variant's own values (the reference only must train)
     checks: tuple[Callable[[StudyData, "Claim", ClaimRules], str | None], ...] = ()
 
     @property
@@ -335,81 +383,113 @@ class Claim:
     def reference(self) -> str:
         return CLAIM_KINDS[self.kind].variants[1]
 
-    def rule(self, rules: ClaimRules) -> str:
-        treated, reference = self.treated, self.reference
-        threshold = self.threshold(rules)
-        other = "below" if self.holds == "above" else "above"
-        test = (f"exact one-sided sign-flip test over seeds at alpha {rules.alpha:g}" if self.discrete else
+    def rule(self, row: Row, rules: ClaimRules) -> str:
+        threshold = row.threshold(rules)
+        other = "below" if row.holds == "above" else "above"
+        test = (f"exact one-sided sign-flip test over seeds at alpha {rules.alpha:g}" if row.discrete else
                 "95% t interval over seeds (exact sign-flip test when the seeds agree exactly)")
-        return (f"effect = {treated} minus {reference}, paired by seed; {test}; supported if the effect"
-                f" lies {self.holds} {threshold:g}, not supported if at or {other}; inconclusive if"
-                f" undecided, with < 2 seeds, runs < {rules.min_steps} steps, or {self.must_train}"
-                f" never training")
+        effect = (f"{self.treated} minus {self.reference}, paired by seed" if self.paired
+                  else f"{self.treated}'s value per seed")
+        return (f"effect = {effect}; {test}; supported if the effect lies {row.holds} {threshold:g}, not"
+                f" supported if at or {other}; inconclusive if undecided, with < 2 seeds, runs <"
+                f" {rules.min_steps} steps, or {self.must_train} never training")
 
 
 _PAIRING = "batchnorm minus standard, paired by seed, lr and grid values, averaged per seed"
 _BEST_LR = "batchnorm minus standard, each at its own best lr (chosen by the mean over seeds), paired by seed"
+_LAYERS = "over the study's layers"
+
+
+def _windows(*measures: tuple[str, Callable, str, str]) -> tuple[Row, ...]:
+    """Each (name, metric factory, measure, holds) over training (the verdicts), then each at
+    initialisation (reported apart)."""
+    return tuple(Row(name, measure, make(window), holds, window)
+                 for window in (TRAINING, INITIALISATION) for name, make, measure, holds in measures)
+
 
 _CLAIMS = [
     Claim(
         "higher_learning_rates", "BN allows higher learning rates", "2015",
-        "log10 of the largest lr whose run completes with final test accuracy >= chance +"
-        " usable_fraction x (best - chance); batchnorm minus standard per seed (log10 ratio)",
         "2015: BN enables much higher learning rates; BN-x5 (5x the lr) reaches the Inception"
         " baseline's 72.2% in 14x fewer steps and BN-x30 (30x) also trains",
-        largest_usable_log_lr, "above", discrete=True, checks=(reference_fails_within_grid,)),
+        (Row("usable_lr", "log10 of the largest lr whose run completes with final test accuracy (whole test set)"
+             " >= chance + usable_fraction x (best mean over seeds - chance); batchnorm minus"
+             " standard per seed (log10 ratio)", largest_usable_log_lr, "above", discrete=True),),
+        checks=(reference_fails_within_grid,)),
     Claim(
         "initialisation", "BN makes training less sensitive to initialisation", "2015",
-        "spread (max - min) over init scales of final test accuracy, each variant at its own best lr"
-        " per init scale (diverged = chance); batchnorm minus standard per seed",
         "2015: with BN one can be less careful about initialisation (no number given)",
-        accuracy_spread_over_init, "below"),
+        (Row("spread", "spread (max - min) over init scales of final test accuracy, each variant at its own"
+             " best lr per init scale (diverged = chance); batchnorm minus standard per seed",
+             accuracy_spread_over_init, "below"),)),
     Claim(
         "regularisation", "BN regularises (less need for dropout)", "2015",
-        "test accuracy gained by dropout (best rate > 0 minus none, each at its own best lr);"
-        " batchnorm minus standard per seed",
         "2015: BN regularises; BN-Inception drops dropout without more overfitting",
-        dropout_gain, "below"),
+        (Row("dropout_gain", "test accuracy gained by dropout (best rate > 0 minus none, each at its own best lr);"
+             " batchnorm minus standard per seed", dropout_gain, "below"),)),
     Claim(
         "generalisation_gap", "BN reduces the train-test gap", "2015",
-        "final train minus test accuracy (eval mode) without dropout; " + _BEST_LR,
         "2015: BN regularises; 2018: test accuracy 83% with BN vs 80% without (CIFAR-10, VGG)",
-        generalisation_gap, "below"),
+        (Row("gap", "final train minus test accuracy (eval mode) without dropout; " + _BEST_LR,
+             generalisation_gap, "below"),)),
     Claim(
         "sigmoid", "BN makes sigmoid networks usable", "2015",
-        "final test accuracy of sigmoid networks (diverged = chance); " + _BEST_LR,
         "2015: a sigmoid Inception with BN reaches 69.8% top-1; without BN it never trains",
-        best_lr_test_accuracy, "above", must_train="batchnorm"),
+        (Row("accuracy", "final test accuracy of sigmoid networks (diverged = chance); " + _BEST_LR,
+             best_lr_test_accuracy, "above"),), must_train="batchnorm"),
     Claim(
         "faster_training", "BN trains faster", "2015",
-        "log10 of the steps to reach the standard network's final test accuracy (same seed);"
-        " batchnorm minus standard per seed (negative = BN faster)",
         "2015 (Fig. 1, MNIST): the BN network trains faster and reaches higher test accuracy;"
         " BN-x5 reaches the Inception baseline in 14x fewer steps",
-        log_steps_to_reach_standard, "below", discrete=True),
+        (Row("steps", "log10 of the steps to reach the standard network's final test accuracy (same seed);"
+             " batchnorm minus standard per seed (negative = BN faster)", log_steps_to_reach_standard,
+             "below", discrete=True),)),
     Claim(
         "reduces_ics", "BN reduces internal covariate shift", "2015",
-        "mean over steps and configured layers of log10 ||G - G'||_2 (Definition 2.1); "
-        + _PAIRING + " (log10 ratio)",
         "2018 (Fig. 3): BN does NOT reduce ICS; BN networks often show larger ||G - G'|| and, in"
         " the DLN, a cosine near 0",
-        ics_log_l2, "below"),
+        _windows(("relative", ics_relative, "log10 ||G - G'|| / ||G|| (Definition 2.1 without the gradient's"
+                  f" scale), mean over steps and {_LAYERS}; " + _PAIRING + " (log10 ratio)", "below"),
+                 ("angle", ics_angle, "1 - cos(G, G') (Definition 2.1), mean over steps and " + _LAYERS + "; "
+                  + _PAIRING, "below"))),
     Claim(
         "smoother_landscape", "BN smooths the loss landscape", "2018",
-        "mean over steps of log10 effective beta-smoothness (max over eta along the gradient); "
-        + _PAIRING + " (log10 ratio)",
         "2018 (Figs. 4, 10): without BN the loss varies widely early, gradient predictiveness is"
         " ~2 orders of magnitude worse early on, beta-smoothness is consistently worse",
-        landscape_log_beta, "below"),
+        _windows(("loss_range", lambda w: landscape_log("loss_range", w), "Fig. 4a: log10 of the loss range"
+                  " (max - min over eta of L(W - eta g)), mean over steps; " + _PAIRING + " (log10 ratio)", "below"),
+                 ("grad_change", lambda w: landscape_log("grad_change", w), "Fig. 4b: log10 of the largest"
+                  " gradient change ||g - grad L(W - eta g)|| over eta, mean over steps; " + _PAIRING
+                  + " (log10 ratio)", "below"),
+                 ("beta", lambda w: landscape_log("beta", w), "Fig. 4c: log10 effective beta-smoothness (max over"
+                  " eta of ||g - grad L(W - eta g)|| / ||eta g||), mean over steps; " + _PAIRING
+                  + " (log10 ratio)", "below"))),
     Claim(
         "noisy_bn_trains", "Noisy BN trains about as well as BN", "2018",
-        "final training-mode train accuracy (batch statistics and noise on, mean over the last"
-        " evaluation window; diverged = chance); noisy_batchnorm minus batchnorm, paired by seed;"
-        " holds if not worse than -noninferiority_margin",
         "2018 (Fig. 2): noisy BN trains almost as well as BN and better than standard, despite"
-        " unstable distributions; standard + noise fails to train",
-        final_accuracy("final_train_batches_accuracy"), "above", must_train="batchnorm",
-        threshold=lambda rules: -rules.noninferiority_margin),
+        " unstable distributions",
+        (Row("accuracy", "final training-mode train accuracy (batch statistics and noise on, mean over the last"
+             " evaluation window; diverged = chance); noisy_batchnorm minus batchnorm, paired by seed;"
+             " holds if not worse than -noninferiority_margin",
+             final_accuracy("final_train_batches_accuracy"), "above",
+             threshold=lambda rules: -rules.noninferiority_margin),), must_train="batchnorm"),
+    Claim(
+        "noise_stops_training", "The same noise stops a network without BN from training", "2018",
+        "2018 (section 2.1): injecting the same noise into the standard network \"prevented the"
+        " network from training entirely\" (one sentence, no figure)",
+        (Row("accuracy", "final training-mode train accuracy of standard_noise (Algorithm 1's draws on the raw"
+             " pre-activations; diverged = chance); holds if below chance + chance_margin",
+             final_accuracy("final_train_batches_accuracy"), "below",
+             threshold=lambda rules: rules.chance_accuracy + rules.chance_margin),), paired=False),
+    Claim(
+        "unit_noise_stops_training", "The same noise, scaled to each unit, stops a network without BN"
+        " from training", "2018",
+        "2018 (section 2.1): injecting the same noise into the standard network \"prevented the"
+        " network from training entirely\" (one sentence, no figure)",
+        (Row("accuracy", "final training-mode train accuracy of standard_unit_noise (Algorithm 1's draws in each"
+             " unit's standardised coordinates; diverged = chance); holds if below chance +"
+             " chance_margin", final_accuracy("final_train_batches_accuracy"), "below",
+             threshold=lambda rules: rules.chance_accuracy + rules.chance_margin),), paired=False),
 ]
 CLAIMS: dict[str, Claim] = {claim.kind: claim for claim in _CLAIMS}
 
@@ -460,22 +540,25 @@ def decide(effects, threshold: float, holds: str, discrete: bool, rules: ClaimRu
                       f" (the smallest attainable with {n} seeds is {floor:.3g})"}
 
 
-def seed_effects(data: StudyData, claim: Claim, rules: ClaimRules) -> pd.Series:
-    """Per-seed mean of the paired treated-minus-reference differences."""
-    differences = paired_differences(claim.metric(data, claim.treated, rules),
-                                     claim.metric(data, claim.reference, rules))
-    if differences.empty:
+def seed_effects(data: StudyData, claim: Claim, row: Row, rules: ClaimRules) -> pd.Series:
+    """Per-seed mean of the paired treated-minus-reference differences (or, for a claim about one
+    variant, of its own values)."""
+    treated = row.metric(data, claim.treated, rules)
+    if claim.paired:
+        values = paired_differences(treated, row.metric(data, claim.reference, rules))
+    else:
+        values = treated[np.isfinite(treated.to_numpy(dtype=float))]
+    if values.empty:
         return pd.Series(dtype=float)
-    return differences.groupby(level="seed").mean()
+    return values.groupby(level="seed").mean()
 
 
-def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Path | None, rules: ClaimRules) -> dict:
-    """One claims-table row: claim `kind` as tested by `study`, from its tables folder."""
+def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Path | None, rules: ClaimRules) -> list[dict]:
+    """The claims-table rows of claim `kind` as tested by `study`, from its tables folder."""
     claim = CLAIMS[kind]
     rules = rules.overridden(study_cfg.get("claim_rules"))
-    row = {"claim": claim.claim, "source": claim.source, "study": study, "measure": claim.measure,
-           "paper": claim.paper, "rule": claim.rule(rules)}
-    effects = pd.Series(dtype=float)
+    blockers: list[str] = []
+    data = None
     try:
         if tables is None:
             raise TableError(f"no tables folder given for study {study}")
@@ -485,10 +568,39 @@ def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Path | None, rul
         if not blockers:
             blockers = [reason for check in (runs_long_enough, network_trains, *claim.checks)
                         if (reason := check(data, claim, rules))]
-            effects = seed_effects(data, claim, rules)
     except TableError as error:
-        blockers = [f"tables missing or malformed: {error}"]
-    return {**row, **decide(effects, claim.threshold(rules), claim.holds, claim.discrete, rules, blockers)}
+        blockers, data = [f"tables missing or malformed: {error}"], None
+    out = []
+    for row in claim.rows:
+        effects = pd.Series(dtype=float)
+        reasons = list(blockers)
+        if data is not None and not blockers:
+            try:
+                effects = seed_effects(data, claim, row, rules)
+            except TableError as error:
+                reasons = [f"tables missing or malformed: {error}"]
+        verdict = decide(effects, row.threshold(rules), row.holds, row.discrete, rules, reasons)
+        out.append({"key": f"{kind}.{row.name}.{row.window}", "claim": claim.claim, "source": claim.source,
+                    "study": study, "measure": row.measure,
+                    "window": window_label(row.window, rules), "paper": claim.paper,
+                    "rule": claim.rule(row, rules), **verdict})
+    return out
+
+
+def usable_fraction_sensitivity(studies_cfg: Mapping, tables: Mapping[str, Path], rules: ClaimRules,
+                                fractions=(0.4, 0.5, 0.6)) -> pd.DataFrame:
+    """The learning-rate verdicts again at other usable fractions (how much they hang on it)."""
+    rows = []
+    for study, cfg in studies_cfg.items():
+        if not cfg.get("enabled", True) or "higher_learning_rates" not in cfg.get("claims", []):
+            continue
+        for fraction in fractions:
+            overrides = {**(cfg.get("claim_rules") or {}), "usable_fraction": fraction}
+            (row,) = evaluate(study, "higher_learning_rates", {**cfg, "claim_rules": overrides},
+                              tables.get(study), rules)
+            rows.append({"study": study, "usable_fraction": fraction, **{k: row[k] for k in
+                         ("effect", "p_value", "n_seeds", "verdict")}})
+    return pd.DataFrame(rows, columns=["study", "usable_fraction", "effect", "p_value", "n_seeds", "verdict"])
 
 
 def _cell(value) -> str:
@@ -508,19 +620,35 @@ def _effect_text(row) -> str:
     return text
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def to_markdown(table: pd.DataFrame, sensitivity: pd.DataFrame | None = None) -> str:
     """The claims table as GitHub Markdown: the short table first, the full detail below it."""
     header = ("# Claims\n\n"
               "Effect = treated minus reference variant, paired by seed (log10 ratio where the measure"
-              " is a ratio), with its 95% t interval over seeds, or the p-value of an exact sign-flip"
-              " test over seeds for measures on a grid. The rule and the reason for each verdict are in"
-              " the detail table below.\n\n")
-    short = ["| claim | study | effect [95% CI] | seeds | verdict |", "| --- | --- | --- | --- | --- |"]
-    short += [f"| {_cell(r['claim'])} ({r['source']}) | {r['study']} | {_effect_text(r)} | {r['n_seeds']} |"
-              f" {r['verdict']} |" for _, r in table.iterrows()]
+              " is a ratio; a claim about one variant gives its own value), with its 95% t interval over"
+              " seeds, or the p-value of an exact sign-flip test over seeds for measures on a grid. The"
+              " window is the part of training a row measures: the checkpoint analyses' verdicts are"
+              " over training with initialisation left out, their value at initialisation is a row of its"
+              " own. The rule and the reason for each verdict are in the detail table below.\n\n")
+    short = ["| claim | study | measure | window | effect [95% CI] | seeds | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    short += [f"| {_cell(r['claim'])} ({r['source']}) | {r['study']} | {_cell(short_measure(r['measure']))} |"
+              f" {r['window']} | {_effect_text(r)} | {r['n_seeds']} | {r['verdict']} |" for _, r in table.iterrows()]
     detail = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
     detail += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return header + "\n".join(short) + "\n\n## Detail\n\n" + "\n".join(detail) + "\n"
+    text = header + "\n".join(short) + "\n"
+    if sensitivity is not None and len(sensitivity):
+        text += ("\n## The learning-rate verdict at other usable fractions\n\nA learning rate is usable when"
+                 " its run reaches chance + fraction x (best mean - chance) test accuracy; the verdict"
+                 " above uses the configured fraction.\n\n| study | usable fraction | effect (log10 lr) |"
+                 " exact p | seeds | verdict |\n| --- | --- | --- | --- | --- | --- |\n")
+        text += "".join(f"| {r.study} | {r.usable_fraction:g} | {_cell(r.effect)} | {_cell(r.p_value)} |"
+                        f" {r.n_seeds} | {r.verdict} |\n" for r in sensitivity.itertuples(index=False))
+    return text + "\n## Detail\n\n" + "\n".join(detail) + "\n"
+
+
+def short_measure(measure: str) -> str:
+    """The measure's name, up to its first ';' (the detail table has all of it)."""
+    return measure.split(";")[0]
 
 
 def claims(studies_cfg: Mapping, tables: Mapping[str, Path], out_csv: Path, out_md: Path,
@@ -528,9 +656,9 @@ def claims(studies_cfg: Mapping, tables: Mapping[str, Path], out_csv: Path, out_
     """Evaluate every claim each enabled study lists, from its tables folder in ``tables``
     (study -> results/tables/<study>); write the CSV and Markdown tables."""
     rules = rules or ClaimRules()
-    rows = [evaluate(study, kind, cfg, tables.get(study), rules)
-            for study, cfg in studies_cfg.items() if cfg.get("enabled", True) for kind in cfg.get("claims", [])]
+    rows = [row for study, cfg in studies_cfg.items() if cfg.get("enabled", True)
+            for kind in cfg.get("claims", []) for row in evaluate(study, kind, cfg, tables.get(study), rules)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_csv(out_csv, table)
-    write_text(out_md, to_markdown(table))
+    write_text(out_md, to_markdown(table, usable_fraction_sensitivity(studies_cfg, tables, rules)))
     return table

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from .architectures import VGG_CONFIGS, VGG_POOLS, normalised_layers
-from .catalog import ANALYSES, FIGURE_KINDS, claim_design_problem, claim_tables, figure_tables
+from .catalog import (ANALYSES, FIGURE_KINDS, ClaimRules, claim_design_problem, claim_tables, figure_tables,
+                      seeds_needed)
 from .errors import ConfigError
 from .plan import SOURCE_SIZES, checkpoint_steps, setup_for, setups_of
 from .schema import load_schema, read_yaml, validate
@@ -212,5 +213,23 @@ def check_study(config: dict, name: str, schema: dict | None = None) -> None:
         problem = claim_design_problem(kind, cfg, setup_for(config, name, schema))
         if problem:
             raise _bad(f"{key}.claims.{i}", kind, problem)
+    check_decidable(name, cfg)
+
+
+def check_decidable(name: str, cfg: dict) -> None:
+    """Every claim the study lists can reach a verdict with its seeds (one line per claim that
+    cannot), unless `claim_rules.allow_undecidable` says the study is a smoke test."""
+    rules = ClaimRules().overridden(cfg.get("claim_rules"))
+    if rules.allow_undecidable:
+        return
+    n = len(cfg["seeds"])
+    short = [(kind, need) for kind in cfg["claims"] if n < (need := seeds_needed(kind, rules))]
+    if short:
+        lines = [f"config key studies.{name}.seeds: {n} seeds cannot decide claim {kind}: it needs at least "
+                 f"{need} seeds at alpha {rules.alpha:g}" + (f" (an exact sign-flip test over n seeds cannot go "
+                 f"below p = 1/2^n)" if need > 2 else " (a t interval needs a spread)") for kind, need in short]
+        raise ConfigError("\n".join(lines + [f"  give the study more seeds, or set studies.{name}.claim_rules."
+                                             f"allow_undecidable: true to run it anyway (its rows then say "
+                                             f"inconclusive)"]))
 
 

@@ -165,7 +165,8 @@ def _run_line(run: str, rows: pd.DataFrame, x: str, y: str, style: str) -> pd.Da
 
 @dataclass(frozen=True)
 class Measure:
-    """One row of panels in a curves figure: a column of a table, optionally filtered."""
+    """One row of panels in a curves figure: a column of a table (or a quotient of two),
+    optionally filtered."""
 
     label: str                                    # the row's y label
     table: str
@@ -173,6 +174,11 @@ class Measure:
     where: tuple[str, object] | None = None       # (column, value) rows must have
     scale: str = "linear"                         # linear, log, or auto (log when > 2 decades)
     domain: tuple[float, float] | None = None     # where the measure lives; bands are clipped to it
+    divide_by: str | None = None                  # plot column / divide_by (a scale-free form)
+
+    def values(self, frame: pd.DataFrame) -> pd.Series:
+        values = frame[self.column].astype(float)
+        return values / frame[self.divide_by].astype(float) if self.divide_by else values
 
 
 def resolve_scale(values: pd.Series, scale: str) -> str:
@@ -200,7 +206,7 @@ def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = Fals
         frame = ctx.tables[measure.table]
         if measure.where is not None:
             frame = frame[frame[measure.where[0]] == measure.where[1]]
-        frame = frame.assign(value=frame[measure.column].astype(float))
+        frame = frame.assign(value=measure.values(frame))
         scale = resolve_scale(frame["value"], measure.scale)
         frame, conditions = with_conditions(frame, ["lr", *ctx.grid])
         for layer in (ctx.layers(frame) if by_layer else [None]):
@@ -233,11 +239,14 @@ CURVES: dict[str, tuple[list[Measure], bool]] = {  # kind -> (rows, by layer)
                         Measure("|σ²(t+1) − σ²(t)|\nmean over units", "layers", "unit_var_change", scale="log")],
                        True),
     "ics": ([Measure("‖G − G′‖₂", "ics", "l2_diff", scale="log"),
+             Measure("‖G − G′‖₂ / ‖G‖₂\n(scale-free)", "ics", "l2_diff", scale="log", divide_by="grad_norm"),
              Measure("cos(G, G′)", "ics", "cosine", domain=SIGNED_UNIT)], True),
     "curvature": ([Measure("gᵀHg / ‖g‖²", "curvature", "grad_quadratic", scale="auto"),
-                   Measure("top Hessian eigenvalue", "curvature", "top_eigenvalue", scale="auto")], False),
+                   Measure("largest Hessian\neigenvalue", "curvature", "top_eigenvalue", scale="auto"),
+                   Measure("smallest Hessian\neigenvalue", "curvature", "bottom_eigenvalue", scale="auto")], False),
 }
-EIGENVALUE_ROW = CURVES["curvature"][0][1].label
+EIGENVALUE_ROWS = {"top_eigenvalue": CURVES["curvature"][0][1].label,
+                   "bottom_eigenvalue": CURVES["curvature"][0][2].label}
 
 
 def as_bool(values: pd.Series) -> pd.Series:
@@ -249,12 +258,13 @@ def as_bool(values: pd.Series) -> pd.Series:
 
 
 def unconverged_points(ctx: Context) -> pd.DataFrame:
-    """Each run's top-eigenvalue points whose power iteration did not converge (flagged, kept in the mean)."""
+    """Each run's eigenvalue points whose Lanczos search did not converge (flagged, kept in the mean)."""
     curvature, conditions = with_conditions(ctx.tables["curvature"], ["lr", *ctx.grid])
     flagged = curvature[~as_bool(curvature["converged"])]
-    return pd.DataFrame({"row": EIGENVALUE_ROW, "column": flagged["condition"], "variant": flagged["variant"],
-                         "series": flagged["run"], "style": "unconverged", "step": flagged["step"],
-                         "y": flagged["top_eigenvalue"].astype(float)})
+    return pd.concat([pd.DataFrame({"row": row, "column": flagged["condition"], "variant": flagged["variant"],
+                                    "series": flagged["run"], "style": "unconverged", "step": flagged["step"],
+                                    "y": flagged[column].astype(float)})
+                      for column, row in EIGENVALUE_ROWS.items()], ignore_index=True)
 
 
 def curvature_data(ctx: Context) -> pd.DataFrame:
@@ -262,7 +272,7 @@ def curvature_data(ctx: Context) -> pd.DataFrame:
     data = curves_data(ctx, *CURVES["curvature"])
     flagged = unconverged_points(ctx)
     scales = data.groupby("row")["scale"].first()
-    flagged = flagged.assign(scale=scales.get(EIGENVALUE_ROW, "linear"))
+    flagged = flagged.assign(scale=flagged["row"].map(lambda row: scales.get(row, "linear")))
     return pd.concat([data, flagged], ignore_index=True) if len(flagged) else data
 
 
@@ -328,13 +338,21 @@ LANDSCAPE_MEASURES = [  # (low column or None, high column, label, scale)
 ]
 
 
-def range_band(frame: pd.DataFrame, low: str, high: str) -> pd.DataFrame:
-    """Per step: the seed-mean of each run's minimum and maximum over eta (the paper's band);
-    a diverged run gets its own band, so the mean is over one set of seeds throughout."""
+def range_band(frame: pd.DataFrame, low: str, high: str, log: bool = False) -> pd.DataFrame:
+    """Per step: the seed-mean of each run's minimum and maximum over eta (the paper's band),
+    geometric on a log axis (an arithmetic mean would let one seed's 1e13 set the band); a
+    diverged run gets its own band, so the mean is over one set of seeds throughout."""
     pieces = []
     completed, diverged = split_runs(frame.dropna(subset=[high]))
+    if log:  # a non-positive edge has no logarithm: such points are left out of the mean
+        completed = completed[(completed[low] > 0) & (completed[high] > 0)]
     if len(completed):
-        means = completed.groupby("step", as_index=False)[[low, high]].mean()
+        if log:
+            logs = completed.assign(**{c: np.log10(completed[c].astype(float)) for c in (low, high)})
+            means = logs.groupby("step", as_index=False)[[low, high]].mean()
+            means[[low, high]] = 10.0 ** means[[low, high]]
+        else:
+            means = completed.groupby("step", as_index=False)[[low, high]].mean()
         pieces.append(pd.DataFrame({"series": "mean", "style": "range", "step": means["step"],
                                     "y": np.nan, "low": means[low], "high": means[high],
                                     "n": completed["run"].nunique()}))
@@ -357,7 +375,7 @@ def landscape_data(ctx: Context) -> pd.DataFrame:
             for variant in ctx.ordered(cell["variant"]):
                 rows = cell[cell["variant"] == variant]
                 series = (curve_series(rows, y=high, log=scale == "log") if low is None
-                          else range_band(rows, low, high))
+                          else range_band(rows, low, high, log=scale == "log"))
                 pieces.append(series.assign(row=condition, column=label, variant=variant, scale=scale))
     return pd.concat(pieces, ignore_index=True)
 

@@ -257,9 +257,9 @@ def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
         flagged, total = int((~converged).sum()), len(converged)
         if flagged:
             marker = Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor=GREY, linestyle="")
-            entries.append((marker, f"eigenvalue whose power iteration did not converge: {flagged} of {total}"))
+            entries.append((marker, f"eigenvalues whose Lanczos search did not converge: {flagged} of {total} checkpoints"))
         else:
-            entries.append((Line2D([], [], linestyle=""), f"power iteration converged for all {total} eigenvalues"))
+            entries.append((Line2D([], [], linestyle=""), f"Lanczos converged at all {total} checkpoints"))
     legend(fig, ctx, data["variant"].dropna(), entries)
     return fig
 

@@ -78,23 +78,40 @@ class DistributionNoise(nn.Module):
     the paper does not say, and at initialisation both readings coincide). Active in training mode
     only; `enabled=False` (analyses) turns it off.
 
+    `unit_scale` is for a network without a normaliser ("the same noise" on the standard network,
+    section 2.1, has two readings): False applies the draws to the raw pre-activations as they are;
+    True applies them in each unit's standardised coordinates, a <- mean_j + std_j * (s * z + m)
+    with z = (a - mean_j) / std_j (batch statistics of this step, held constant for the gradient),
+    i.e. noise of the size relative to the unit's spread that it has after BatchNorm.
+
     Randomness comes from `self.generator`, which the training loop reseeds every step (see
     `bnstudy.batches.step_generator`) so that resumed runs draw the same noise.
     """
 
-    def __init__(self, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float, enabled: bool = True):
+    def __init__(self, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float, enabled: bool = True,
+                 unit_scale: bool = False, eps: float = 1e-5):
         super().__init__()
         self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
-        self.enabled = enabled
+        self.enabled, self.unit_scale, self.eps = enabled, unit_scale, eps
         self.generator: torch.Generator | None = None
 
     def extra_repr(self) -> str:
         return (f"n_mu={self.n_mu}, n_sigma={self.n_sigma}, r_mu={self.r_mu}, "
-                f"r_sigma={self.r_sigma}, enabled={self.enabled}")
+                f"r_sigma={self.r_sigma}, unit_scale={self.unit_scale}, enabled={self.enabled}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.enabled):
             return x
+        if self.unit_scale:
+            dims = _reduce_dims(x)
+            with torch.no_grad():
+                mean = _per_unit(x.mean(dims), x)
+                std = _per_unit((x.var(dims, unbiased=False) + self.eps).sqrt(), x)
+            return mean + std * self.perturb((x - mean) / std)
+        return self.perturb(x)
+
+    def perturb(self, x: torch.Tensor) -> torch.Tensor:
+        """a <- s * a + m with this step's draws."""
         gen_device = self.generator.device if self.generator is not None else x.device
         if x.device.type == "cpu" and gen_device.type == "cpu" and x.dtype in CPU_NOISE_DTYPES:
             mu, sigma = _unit_params(x.shape[1], self.n_mu, self.n_sigma, self.generator, gen_device)
@@ -228,4 +245,6 @@ def make_norm(variant: str, features: int, spatial: bool, norm: NormSpec,
         module = nn.Identity()
     if not v.noise:
         return module
-    return nn.Sequential(module, DistributionNoise(**dataclasses.asdict(norm.noise), enabled=noise_enabled))
+    noise = DistributionNoise(**dataclasses.asdict(norm.noise), enabled=noise_enabled,
+                              unit_scale=v.noise == "unit", eps=norm.eps)
+    return nn.Sequential(module, noise)

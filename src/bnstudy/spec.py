@@ -96,6 +96,7 @@ class LogSpec:
     layers_every: int
     eval_samples: int
     units: int
+    final_test_samples: int | None  # None = the whole test set
 
 
 @dataclass(frozen=True)

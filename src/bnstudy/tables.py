@@ -29,7 +29,8 @@ RUN_TABLES: dict[str, list[str]] = {
     # training mode, the network that is trained: mean over the `log.train_every` batches ending at `step`
     "train": ["step", "loss", "accuracy"],
     # split train/test: eval mode (running statistics, noise and dropout off) on `log.eval_samples`
-    # samples; split train_batches: training mode on the batches trained on since the last evaluation
+    # samples (the final evaluation: `log.final_test_samples` test samples, default all); split
+    # train_batches: training mode on the batches trained on since the last evaluation
     "eval": ["step", "split", "loss", "accuracy"],
     # one row per (step, normalised layer): gradient norms wrt the layer's weight and output, mean
     # |gamma_j| / sigma_j (BatchNorm layers), and the change of each unit's mean and variance of the

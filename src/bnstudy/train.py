@@ -343,6 +343,11 @@ class Run:
         self.eval_sets = {"train": (self.data.train_x[:n], self.data.train_y[:n])}
         if self.data.test_x.shape[0]:
             self.eval_sets["test"] = (self.data.test_x[:n], self.data.test_y[:n])
+        # the final evaluation, whose accuracy the claims compare, on the whole test set (by default)
+        final_n = self.logging.final_test_samples or self.data.test_x.shape[0]
+        self.final_sets = dict(self.eval_sets)
+        if "test" in self.eval_sets:
+            self.final_sets["test"] = (self.data.test_x[:final_n], self.data.test_y[:final_n])
         self.random_modules = any(hasattr(m, "generator") for m in self.model.modules())  # noise, dropout
         self.step_model = self.compiled(spec.runtime.compile)
         self.augmenting = bool(spec.augment.crop or spec.augment.flip)
@@ -405,10 +410,12 @@ class Run:
             "wall_seconds": self.wall()})
 
     def evaluate(self, done: int) -> None:
-        """Eval-mode loss/accuracy on the fixed train and test samples, and the training-mode
-        mean over the batches trained on since the last evaluation (split train_batches)."""
+        """Eval-mode loss/accuracy on the fixed train and test samples (the final evaluation on
+        `log.final_test_samples` test samples), and the training-mode mean over the batches
+        trained on since the last evaluation (split train_batches)."""
         logged = {}
-        for split, (x, y) in self.eval_sets.items():
+        sets = self.final_sets if done == self.steps else self.eval_sets
+        for split, (x, y) in sets.items():
             loss, accuracy = evaluate(self.model, x, y, self.transform, self.loss, self.regression, self.summed)
             self.metrics["eval"].append({"step": done, "split": split, "loss": loss, "accuracy": accuracy})
             logged.update({eval_metric(split, "loss"): loss, eval_metric(split, "accuracy"): accuracy})

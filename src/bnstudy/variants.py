@@ -8,7 +8,10 @@ is one row here, plus a normaliser class in `bnstudy.norms` if it needs a new on
     standard         no normalisation
     batchnorm        BatchNorm (Ioffe & Szegedy 2015)
     noisy_batchnorm  BatchNorm, then Algorithm 1's noise (Santurkar et al. 2018, Fig. 2)
-    standard_noise   the same noise on the un-normalised network
+    standard_noise   the same noise on the un-normalised network: the draws as they are, on the
+                     raw pre-activations (the literal reading of section 2.1)
+    standard_unit_noise  the same noise relative to each unit's spread: applied in the unit's
+                     standardised coordinates, as it is after BatchNorm (the other reading)
     l1, l2, linf     lp normalisation (Santurkar et al. 2018, section 3.3)
 """
 
@@ -21,14 +24,15 @@ from dataclasses import dataclass
 class Variant:
     norm: str | None  # "batch", "lp" or None
     p: float | None = None  # for lp normalisation
-    noise: bool = False
+    noise: str | None = None  # Algorithm 1 after the normaliser: "absolute" draws, or "unit" (scaled)
 
 
 VARIANTS: dict[str, Variant] = {
     "standard": Variant(None),
     "batchnorm": Variant("batch"),
-    "noisy_batchnorm": Variant("batch", noise=True),
-    "standard_noise": Variant(None, noise=True),
+    "noisy_batchnorm": Variant("batch", noise="absolute"),
+    "standard_noise": Variant(None, noise="absolute"),
+    "standard_unit_noise": Variant(None, noise="unit"),
     "l1": Variant("lp", p=1.0),
     "l2": Variant("lp", p=2.0),
     "linf": Variant("lp", p=float("inf")),

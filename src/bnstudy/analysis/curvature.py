@@ -3,29 +3,36 @@ Hessian spectrum).
 
 - grad_quadratic = g^T H g / ||g||^2, the curvature along the gradient (Theorem 4.2's quadratic
   form), with g and H the gradient and Hessian of L over all parameters.
-- top_eigenvalue: the Hessian eigenvalue of largest magnitude (sign kept), by power iteration
-  from a seeded random start. The table records the iterations used and whether the Rayleigh
-  quotient converged (changed by at most tol * |value|): an unconverged value is an estimate, and
-  the figures flag it.
+- top_eigenvalue and bottom_eigenvalue: the largest and the smallest (most negative) eigenvalue of
+  H, each by Lanczos (`hessian.extreme_eigenvalue`), with the relative residual
+  ||H v - lambda v|| / |lambda| of the returned eigenvector. Both matter: the largest bounds the
+  stable step size of gradient descent, the smallest says how far from convex the point is.
+  (A power iteration would return the eigenvalue of largest *magnitude*, which near
+  initialisation can be a large negative one.) `converged` is false when either search ran out of
+  its product budget before meeting `tol`; the figures flag those points.
 
-Both come from one `hessian.Hessian` (one forward and backward, then a double backward per
-product).
+All come from one `hessian.Hessian` (one forward and backward, then a double backward per product).
 """
 
 from __future__ import annotations
 
 from .functional import Origin
-from .hessian import Hessian, power_iteration, random_unit
+from .hessian import Hessian, extreme_eigenvalue
 
 
 def compute(origin: Origin, settings: dict) -> list[dict]:
-    """One row {grad_quadratic, top_eigenvalue, power_iters, converged}.
+    """One row {grad_quadratic, top_eigenvalue, top_residual, bottom_eigenvalue, bottom_residual,
+    products, converged}.
 
-    settings: power_iters (max products of the power iteration), tol, seed (the start vector).
-    Cost: one forward + backward(create_graph), then 1 + (at most power_iters) double backwards.
+    settings: tol (ARPACK's relative tolerance), max_products (Hessian-vector products each
+    eigenvalue search may take), seed (its start vector).
     """
     hessian = Hessian(origin.objective, origin.params)
-    quad = hessian.quadratic_form(hessian.gradient)
-    start = random_unit(origin.params, settings["seed"])
-    eig, iters, converged = power_iteration(hessian, start, settings["power_iters"], settings["tol"])
-    return [{"grad_quadratic": quad, "top_eigenvalue": eig, "power_iters": iters, "converged": converged}]
+    row = {"grad_quadratic": hessian.quadratic_form(hessian.gradient)}
+    converged = True
+    for name, which in (("top", "LA"), ("bottom", "SA")):
+        found = extreme_eigenvalue(hessian, which, settings["tol"], settings["max_products"], settings["seed"])
+        row[f"{name}_eigenvalue"], row[f"{name}_residual"] = found["value"], found["residual"]
+        converged &= found["converged"]
+    row.update(products=hessian.products, converged=converged)
+    return [row]

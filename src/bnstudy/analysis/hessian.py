@@ -15,8 +15,6 @@ graph of all of them is kept, so memory grows with `batches`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .functional import Objective, Params, dot, norm
@@ -63,22 +61,67 @@ def random_unit(params: Params, seed: int) -> Params:
     return {k: t / scale for k, t in v.items()}
 
 
-def power_iteration(hessian: Hessian, start: Params, iters: int, tol: float) -> tuple[float, int, bool]:
-    """(eigenvalue of largest magnitude, sign kept; iterations; converged) from `start` (norm 1).
+class Budget(Exception):
+    """The product budget of one eigenvalue search is spent."""
 
-    Converged = the Rayleigh quotient changed by at most tol * |value| between iterations.
+
+def as_operator(hessian: Hessian, budget: int):
+    """H as a scipy LinearOperator on flat float64 vectors (the order of `hessian.names`); the
+    products are taken in the model's dtype and device. Raises Budget after `budget` products."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator
+
+    like = hessian.gradient
+    shapes = [(k, like[k].shape, like[k].numel()) for k in hessian.names]
+    size = sum(n for _, _, n in shapes)
+    start = hessian.products
+
+    def unflatten(vector) -> Params:
+        flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64).reshape(-1))
+        out, offset = {}, 0
+        for k, shape, n in shapes:
+            out[k] = flat[offset:offset + n].view(shape).to(like[k].device, like[k].dtype)
+            offset += n
+        return out
+
+    def matvec(vector):
+        if hessian.products - start >= budget:
+            raise Budget
+        hv = hessian(unflatten(vector))
+        return torch.cat([hv[k].reshape(-1).double().cpu() for k, _, _ in shapes]).numpy()
+
+    return LinearOperator((size, size), matvec=matvec, dtype=np.float64), unflatten
+
+
+def extreme_eigenvalue(hessian: Hessian, which: str, tol: float, budget: int, seed: int) -> dict:
+    """The largest ("LA") or smallest ("SA") eigenvalue of H by Lanczos (ARPACK's implicitly
+    restarted Lanczos, `scipy.sparse.linalg.eigsh`), from a seeded start vector.
+
+    Returns {value, residual, products, converged}: residual = ||H v - value v|| / |value| for the
+    returned unit eigenvector v (one more product); converged = ARPACK met `tol` within `budget`
+    products. An unconverged search returns its best Ritz value (NaN if it had none yet).
     """
-    v = start
-    eig, used, converged = float("nan"), 0, False
-    for used in range(1, iters + 1):
+    import numpy as np
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    operator, unflatten = as_operator(hessian, budget)
+    v0 = np.random.default_rng(seed).standard_normal(operator.shape[0])
+    ncv = min(operator.shape[0], 20)
+    before = hessian.products
+    value, vector, converged = float("nan"), None, False
+    try:
+        values, vectors = eigsh(operator, k=1, which=which, v0=v0, tol=tol, ncv=ncv,
+                                maxiter=max(1, budget // ncv))
+        value, vector, converged = float(values[0]), vectors[:, 0], True
+    except ArpackNoConvergence as err:
+        if len(err.eigenvalues):
+            value, vector = float(err.eigenvalues[0]), err.eigenvectors[:, 0]
+    except Budget:
+        pass
+    products = hessian.products - before
+    residual = float("nan")
+    if vector is not None:
+        v = unflatten(vector / np.linalg.norm(vector))
         hv = hessian(v)
-        new = dot(v, hv)  # Rayleigh quotient, ||v|| = 1
-        hv_norm = norm(hv)
-        converged = math.isfinite(eig) and abs(new - eig) <= tol * abs(new)
-        eig = new
-        if hv_norm == 0:  # v is in the null space: the top eigenvalue along it is exactly 0
-            converged = True
-        if converged or hv_norm == 0 or not math.isfinite(hv_norm):
-            break
-        v = {k: t / hv_norm for k, t in hv.items()}
-    return eig, used, converged
+        residual = norm({k: hv[k].double() - value * v[k].double() for k in v}) / max(abs(value), 1e-30)
+    return {"value": value, "residual": residual, "products": products, "converged": converged}
