@@ -65,6 +65,12 @@ STUDIES: dict[str, dict] = {
                       "figures": ["accuracy", "accuracy_vs_lr"], "claims": ["sigmoid"]},
     "mnist_2015": {**_VGG, "setup": "mlp", "variants": ["standard", "batchnorm"], "layers": [1, 2, 3],
                    "figures": ["test_accuracy", "unit_input"], "claims": ["faster_training"]},
+    "hessian_spectrum": {**_VGG, "variants": ["standard", "batchnorm"], "spectrum": {}, "density": {},
+                         "figures": ["hessian_spectrum", "spectral_density"], "claims": ["hessian_outliers"]},
+    "edge_of_stability": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.02, 0.05], "spectrum": {},
+                          "figures": ["edge_of_stability"], "claims": ["edge_of_stability"]},
+    "landscape_2d": {**_VGG, "variants": ["standard", "batchnorm"], "surface": {},
+                     "figures": ["loss_surface"], "claims": ["wider_basin"]},
 }
 
 
@@ -79,7 +85,12 @@ class Outcome:
     grad_scale: float = 1.0            # ||G||: scales ||G - G'|| too (the raw ICS)
     ics_cos: float = 0.8               # cos(G, G')
     beta: float = 10.0
-    init_factor: float = 1.0           # step 0's relative ICS, 1 - cos and beta, as a multiple
+    init_factor: float = 1.0           # step 0's relative ICS, 1 - cos, beta, outlier and share, as a multiple
+    sharpness: float = 10.0            # the Hessian's largest eigenvalue (an outlier above the bulk)
+    bulk: float = 1.0                  # where the bulk of the spectral density ends
+    share: float = 0.3                 # share of ||g||^2 in the top-k eigenvectors
+    eos_level: float | None = None     # full-batch GD: lr x sharpness settles here (None: no such rise)
+    basin: float = 0.5                 # the 2-D surface's loss doubles at this distance
     final_loss: float = 0.3            # the training loss goes here from 2.3 (>= 2.3: no training)
     train_batches_accuracy: float | None = None  # training mode; default: train_accuracy
     unit_jitter: float = 0.0           # per-step random shift of single units (Algorithm 1-like)
@@ -166,7 +177,7 @@ def _units_table(rng, steps, variant, outcome) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_TABLES["units"])
 
 
-def _analysis_table(name: str, rng, steps, outcome, layers) -> pd.DataFrame:
+def _analysis_table(name: str, rng, steps, outcome, layers, lr: float) -> pd.DataFrame:
     rows = []
     for step in steps:
         factor = outcome.init_factor if step == 0 else 1.0
@@ -186,6 +197,30 @@ def _analysis_table(name: str, rng, steps, outcome, layers) -> pd.DataFrame:
                              "loss": (1.0 + 0.1 * eta_rel * beta ** 0.5) * rng.lognormal(0, 0.02),
                              "grad_diff": beta * 0.1 * eta_rel * rng.lognormal(0, 0.1),
                              "beta": beta * rng.lognormal(0, 0.1)})
+        elif name == "spectrum":
+            top = factor * outcome.sharpness
+            if outcome.eos_level is not None:  # lr x sharpness rises from 1, then settles at eos_level
+                top = min(1.0 + 0.05 * step, outcome.eos_level) / lr * rng.lognormal(0, 0.01)
+            share = min(1.0, factor * outcome.share * rng.lognormal(0, 0.02))
+            for rank in (1, 2, 3):
+                rows.append({"step": step, "bn_mode": "batch", "rank": rank, "eigenvalue": top / rank,
+                             "residual": 1e-5, "converged": True, "gradient_share": share * (0.8 + 0.1 * rank),
+                             "trace": 5 * top, "trace_se": 0.1 * top, "products": 80})
+            rows.append({"step": step, "bn_mode": "batch", "rank": -1, "eigenvalue": -0.1 * top, "residual": 1e-5,
+                         "converged": True, "gradient_share": np.nan, "trace": 5 * top, "trace_se": 0.1 * top,
+                         "products": 80})
+        elif name == "density":
+            for start in range(2):
+                bulk = np.linspace(-0.1, 1.0, 20) * outcome.bulk * rng.lognormal(0, 0.01)
+                nodes = np.append(bulk, factor * outcome.sharpness)
+                weights = np.append(np.full(20, 0.999 / 20), 0.001)
+                rows += [{"step": step, "bn_mode": "batch", "start": start, "node": node, "weight": weight,
+                          "n_params": 1000} for node, weight in zip(nodes, weights)]
+        elif name == "surface":
+            for x, y in product(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)):
+                rows.append({"step": step, "bn_mode": "batch", "x": x, "y": y,
+                             "loss": 0.5 * (1 + (x * x + y * y) / outcome.basin ** 2) * rng.lognormal(0, 0.01)
+                             if (x or y) else 0.5, "accuracy": 0.8})
         else:
             rows.append({"step": step, "grad_quadratic": outcome.beta * rng.lognormal(0, 0.1),
                          "top_eigenvalue": 3 * outcome.beta * rng.lognormal(0, 0.1),
@@ -261,7 +296,7 @@ def make_study(root: Path, study: str, study_cfg: dict | None = None, outcome: O
         end = steps if result.diverged_step is None else result.diverged_step
         for name in analyses:
             table = _analysis_table(name, rng, np.arange(0, end + 1, ANALYSIS_EVERY), result,
-                                    study_cfg.get("layers"))
+                                    study_cfg.get("layers"), lr)
             path = root / "analysis" / run / f"{name}-{FIXTURE_DIGEST}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False)

@@ -123,6 +123,10 @@ def test_bn_with_larger_ics_means_not_supported(tmp_path):
     assert row["ci_low"] > 0 and row["window"] == "steps >= 1"
     angle = rows.loc["reduces_ics.angle.training"]  # 1 - cos: 0.5 vs 0.1
     assert angle["verdict"] == NOT_SUPPORTED and angle["effect"] == pytest.approx(0.4, abs=0.02)
+    assert (row["unit"], angle["unit"]) == ("log10 ratio", "difference")
+    # the 2015 paper claims it, the 2018 paper finds it does not: the verdict sides with 2018
+    assert row["agreement"] == angle["agreement"] == "disagrees with 2015; agrees with 2018"
+    assert rows.loc["reduces_ics.relative.initialisation", "agreement"] == ""  # not compared
 
 
 def test_relative_ics_verdict_does_not_follow_the_gradient_scale(tmp_path):
@@ -372,3 +376,35 @@ def test_usable_bar_is_set_by_a_mean_over_seeds_not_one_lucky_run(tmp_path):
     assert [line.split("|")[2].strip() for line in section.splitlines() if line.startswith("| claim_")] \
         == ["0.4", "0.5", "0.6"]
     assert "| claim_learning_rate | 0.6 | 0 | 1 | 5 | not supported |" in section  # BN's 0.5 < 0.55
+
+
+def test_hessian_outliers_without_bn_is_supported_when_its_outliers_and_share_are_larger(tmp_path):
+    """Outlier ratio (largest eigenvalue over the density's bulk edge) and gradient share in the
+    top eigenvectors, BN against standard, over training and at initialisation."""
+    outcome = by_variant(standard=Outcome(sharpness=50.0, share=0.8), batchnorm=Outcome(sharpness=5.0, share=0.2))
+    rows = verdict_rows(tmp_path, "hessian_spectrum", outcome)
+    ratio = rows.loc["hessian_outliers.outlier_ratio.training"]
+    assert ratio["verdict"] == SUPPORTED and ratio["effect"] == pytest.approx(-1.0, abs=0.05)
+    share = rows.loc["hessian_outliers.gradient_share.training"]
+    assert share["verdict"] == SUPPORTED and share["unit"] == "share"
+    assert share["agreement"] == "agrees with Ghorbani 2019"
+    assert "hessian_outliers.outlier_ratio.initialisation" in rows.index
+
+
+@pytest.mark.parametrize("level, expected", [(2.2, SUPPORTED), (4.0, NOT_SUPPORTED)])
+def test_edge_of_stability_places_lr_times_sharpness_in_its_band(tmp_path, level, expected):
+    """The median of lr x sharpness after its first crossing of 2: 2.2 lies in [1.8, 2.6] (Cohen
+    et al.'s finding), 4.0 does not; the BN row is reported beside it, not compared."""
+    outcome = by_variant(standard=Outcome(eos_level=level), batchnorm=Outcome(eos_level=3.5))
+    rows = verdict_rows(tmp_path, "edge_of_stability", outcome)
+    standard = rows.loc["edge_of_stability.standard_ratio.final"]
+    assert standard["verdict"] == expected and standard["effect"] == pytest.approx(level, rel=0.02)
+    bn = rows.loc["edge_of_stability.batchnorm_ratio.final"]
+    assert bn["effect"] == pytest.approx(3.5, rel=0.02) and bn["agreement"] == ""
+    assert "within [1.8, 2.6]" in standard["rule"]
+
+
+def test_wider_basin_compares_the_radius_at_the_last_step(tmp_path):
+    outcome = by_variant(standard=Outcome(basin=0.3), batchnorm=Outcome(basin=0.7))
+    row = verdict_rows(tmp_path, "landscape_2d", outcome).loc["wider_basin.radius.final"]
+    assert row["verdict"] == SUPPORTED and row["effect"] > 0 and row["agreement"] == ""

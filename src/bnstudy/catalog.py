@@ -40,6 +40,11 @@ class AnalysisKind:
     settings: Mapping[str, dict] = field(default_factory=dict)
 
 
+# which statistics normalisers use in an analysis that offers the choice (recorded in its table)
+BN_MODE = {"type": "string", "enum": ["batch", "running"], "default": "batch",
+           "description": "batch: the batch's statistics (training mode: the loss SGD descends); running: "
+                          "the checkpoint's running statistics (eval mode, as PyHessian and loss-landscape use)"}
+
 ANALYSES: dict[str, AnalysisKind] = {
     # Definition 2.1 (Santurkar et al. 2018, Fig. 3)
     "ics": AnalysisKind(
@@ -70,6 +75,46 @@ ANALYSES: dict[str, AnalysisKind] = {
                     "description": "Lanczos (ARPACK) relative tolerance of each extreme eigenvalue"},
             "max_products": {"type": "integer", "minimum": 2, "default": 200,
                              "description": "Hessian-vector products each eigenvalue search may take"},
+        }),
+    # Ghorbani et al. 2019; Cohen et al. 2021: the extreme eigenvalues, gradient share, trace
+    "spectrum": AnalysisKind(
+        module="spectrum",
+        columns=("step", "bn_mode", "rank", "eigenvalue", "residual", "converged", "gradient_share",
+                 "trace", "trace_se", "products"),
+        figures=("hessian_spectrum", "edge_of_stability"),
+        settings={
+            "top_k": {"type": "integer", "minimum": 1, "default": 5,
+                      "description": "largest eigenvalues (and the gradient share in their span)"},
+            "smallest": {"type": "boolean", "default": True, "description": "also the smallest eigenvalue"},
+            "trace_probes": {"type": "integer", "minimum": 0, "default": 10,
+                             "description": "Hutchinson probes for the trace; 0 = no trace"},
+            "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3},
+            "max_products": {"type": "integer", "minimum": 2, "default": 300},
+            "bn_mode": BN_MODE,
+        }),
+    # Ghorbani et al. 2019: the spectral density by stochastic Lanczos quadrature
+    "density": AnalysisKind(
+        module="density",
+        columns=("step", "bn_mode", "start", "node", "weight", "n_params"),
+        figures=("spectral_density",),
+        settings={
+            "lanczos_steps": {"type": "integer", "minimum": 2, "default": 80,
+                              "description": "Lanczos steps per start (the reference: 80)"},
+            "starts": {"type": "integer", "minimum": 1, "default": 10,
+                       "description": "random start vectors (the reference: 10)"},
+            "bn_mode": BN_MODE,
+        }),
+    # Li et al. 2018: the loss on a plane of two filter-normalised random directions
+    "surface": AnalysisKind(
+        module="surface",
+        columns=("step", "bn_mode", "x", "y", "loss", "accuracy"),
+        figures=("loss_surface",),
+        settings={
+            "points": {"type": "integer", "minimum": 3, "default": 21,
+                       "description": "grid points per axis (odd: the checkpoint itself is on the grid; the reference: 51)"},
+            "span": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+                     "description": "the grid covers [-span, span]^2 in units of the filter-normalised directions"},
+            "bn_mode": BN_MODE,
         }),
 }
 
@@ -102,6 +147,10 @@ FIGURE_KINDS: dict[str, FigureKind] = {
     "accuracy_vs_init_scale": FigureKind(axis="model.init_scale"),
     "accuracy_vs_dropout": FigureKind(axis="model.dropout"),
     "generalisation_gap": FigureKind(),           # final train - test accuracy against dropout / lr
+    "hessian_spectrum": FigureKind(),             # lambda_max, trace, gradient share, lambda_min (spectrum)
+    "spectral_density": FigureKind(),             # SLQ density per checkpoint (density)
+    "edge_of_stability": FigureKind(("train",)),  # loss and sharpness against 2/lr (spectrum)
+    "loss_surface": FigureKind(),                 # 2-D surfaces and the basin radius (surface)
 }
 
 
@@ -130,6 +179,13 @@ class ClaimRules:
     # the part of training the checkpoint-analysis claims average over: steps >= from_step. The
     # default leaves out only initialisation, whose values are reported in rows of their own
     from_step: int = 1
+    # Ghorbani et al.'s outliers: the bulk of the spectral density ends where it leaves this mass
+    # above it (its 1 - bulk_mass quantile); the outlier ratio is the largest eigenvalue over it
+    bulk_mass: float = 0.05
+    # Cohen et al.'s edge of stability: after the first crossing, lr x sharpness "hovers just above
+    # 2"; the claim holds if the interval of its median lies in [eos_low, eos_high]
+    eos_low: float = 1.8
+    eos_high: float = 2.6
     # the config check refuses a claim its study's seeds can never decide; true lets such a study
     # run anyway (its rows then say inconclusive): for smoke tests of the pipeline
     allow_undecidable: bool = False
@@ -167,6 +223,10 @@ CLAIM_KINDS: dict[str, ClaimNeeds] = {
     # the noise alone, on the network without a normaliser (the standard network must train)
     "noise_stops_training": ClaimNeeds(variants=("standard_noise", "standard")),
     "unit_noise_stops_training": ClaimNeeds(variants=("standard_unit_noise", "standard")),
+    # the studies beyond the paper
+    "hessian_outliers": ClaimNeeds(tables=("train", "spectrum", "density")),
+    "edge_of_stability": ClaimNeeds(tables=("train", "spectrum"), variants=("standard", "batchnorm")),
+    "wider_basin": ClaimNeeds(tables=("train", "surface")),
 }
 
 

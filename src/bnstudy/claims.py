@@ -50,12 +50,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import derived
 from .catalog import CLAIM_KINDS, ClaimRules, claim_tables
 from .stats import mean_ci, paired_differences, sign_flip_p, smallest_p
 from .tables import StudyTables, TableError, write_csv, write_text
 
-COLUMNS = ["key", "claim", "source", "study", "measure", "window", "effect", "ci_low", "ci_high", "p_value",
-           "test", "n_seeds", "paper", "verdict", "rule", "reason"]
+COLUMNS = ["key", "claim", "source", "study", "measure", "window", "unit", "effect", "ci_low", "ci_high",
+           "p_value", "test", "n_seeds", "paper", "verdict", "agreement", "rule", "reason"]
 FINAL, TRAINING, INITIALISATION = "final", "training", "initialisation"  # the parts of training a row speaks of
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -309,6 +310,43 @@ def landscape_log(column: str, window: str):
     return metric
 
 
+def outlier_log_ratio(window: str):
+    """Mean over the window's steps of log10 (largest eigenvalue / bulk edge of the density)."""
+    def metric(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+        spectrum = in_window(data.table("spectrum"), window, rules)
+        density = in_window(data.table("density"), window, rules)
+        frame = derived.outlier_ratio(spectrum[spectrum["variant"] == variant],
+                                      density[density["variant"] == variant], rules.bulk_mass)
+        return by_condition(mean_per_run(frame, frame["outlier_ratio"], log=True), data)
+    return metric
+
+
+def top_gradient_share(window: str):
+    """Mean over the window's steps of the share of ||g||^2 in the top-k Hessian eigenvectors."""
+    def metric(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+        spectrum = in_window(data.table("spectrum"), window, rules)
+        frame = derived.spectrum_summary(spectrum[spectrum["variant"] == variant])
+        return by_condition(mean_per_run(frame, frame["gradient_share"], log=False), data)
+    return metric
+
+
+def eos_median_ratio(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per run: the median of lr x sharpness over the checkpoints from the first one at which it
+    reached 2 (runs that never reach it have none)."""
+    spectrum = data.table("spectrum")
+    ratios = derived.eos_ratios(spectrum[spectrum["variant"] == variant])
+    after = ratios[ratios["after_crossing"]]
+    return by_condition(after.groupby("run")["ratio"].median(), data)
+
+
+def log_basin_radius(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """log10 of the basin radius (derived.basin_radii) at each run's last analysed step."""
+    surface = data.table("surface")
+    radii = derived.basin_radii(surface[surface["variant"] == variant])
+    last = radii[radii["step"] == radii.groupby("run")["step"].transform("max")]
+    return by_condition(mean_per_run(last, last["radius"], log=True), data)
+
+
 # ---------------------------------------------------------------------------------------------
 # checks: (data, claim, rules) -> reason the claim cannot be tested, or None
 
@@ -361,7 +399,9 @@ class Row:
     holds: str  # "above" or "below" the threshold
     window: str = FINAL
     discrete: bool = False  # a measure on a grid: exact sign-flip test instead of a t interval
-    threshold: Callable[[ClaimRules], float] = lambda rules: 0.0
+    threshold: Callable[[ClaimRules], float] = lambda rules: 0.0  # (low, high) when holds is "within"
+    unit: str = "log10 ratio"  # what the effect is in: "log10 ratio", "accuracy", "share", "difference", "value"
+    variant: str | None = None  # an unpaired claim's row about another variant than the treated one
 
 
 @dataclass(frozen=True)
@@ -371,6 +411,9 @@ class Claim:
     source: str
     paper: str
     rows: tuple[Row, ...]
+    # what the papers found, as the verdict each predicts: (source, verdict), e.g. 2015 claims BN
+    # reduces ICS ("supported"), 2018 finds it does not ("not supported")
+    findings: tuple[tuple[str, str], ...] = ()
     must_train: str = "standard"
     paired: bool = True  # False: the treated variant's own values (the reference only must train)
     checks: tuple[Callable[[StudyData, "Claim", ClaimRules], str | None], ...] = ()
@@ -383,13 +426,30 @@ class Claim:
     def reference(self) -> str:
         return CLAIM_KINDS[self.kind].variants[1]
 
+    def agreement(self, row: Row, verdict: str) -> str:
+        """Which papers' findings a verdict agrees with (the checkpoint analyses at initialisation
+        are reported, not compared: the papers speak of training)."""
+        if row.window == INITIALISATION or not self.findings or (row.variant and row.variant != self.treated):
+            return ""
+        if verdict == INCONCLUSIVE:
+            return "undecided"
+        return "; ".join(f"{'agrees with' if verdict == expected else 'disagrees with'} {source}"
+                         for source, expected in self.findings)
+
     def rule(self, row: Row, rules: ClaimRules) -> str:
         threshold = row.threshold(rules)
         other = "below" if row.holds == "above" else "above"
+        if row.holds == "within":
+            threshold = tuple(threshold)
         test = (f"exact one-sided sign-flip test over seeds at alpha {rules.alpha:g}" if row.discrete else
                 "95% t interval over seeds (exact sign-flip test when the seeds agree exactly)")
         effect = (f"{self.treated} minus {self.reference}, paired by seed" if self.paired
-                  else f"{self.treated}'s value per seed")
+                  else f"{row.variant or self.treated}'s value per seed")
+        if row.holds == "within":
+            low, high = threshold
+            return (f"effect = {effect}; 95% t interval over seeds; supported if it lies within [{low:g},"
+                    f" {high:g}], not supported if entirely outside; inconclusive if it crosses an edge or"
+                    f" with < 2 seeds")
         return (f"effect = {effect}; {test}; supported if the effect lies {row.holds} {threshold:g}, not"
                 f" supported if at or {other}; inconclusive if undecided, with < 2 seeds, runs <"
                 f" {rules.min_steps} steps, or {self.must_train} never training")
@@ -400,11 +460,11 @@ _BEST_LR = "batchnorm minus standard, each at its own best lr (chosen by the mea
 _LAYERS = "over the study's layers"
 
 
-def _windows(*measures: tuple[str, Callable, str, str]) -> tuple[Row, ...]:
-    """Each (name, metric factory, measure, holds) over training (the verdicts), then each at
-    initialisation (reported apart)."""
-    return tuple(Row(name, measure, make(window), holds, window)
-                 for window in (TRAINING, INITIALISATION) for name, make, measure, holds in measures)
+def _windows(*measures: tuple) -> tuple[Row, ...]:
+    """Each (name, metric factory, measure, holds[, unit]) over training (the verdicts), then each
+    at initialisation (reported apart)."""
+    return tuple(Row(name, measure, make(window), holds, window, unit=unit[0] if unit else "log10 ratio")
+                 for window in (TRAINING, INITIALISATION) for name, make, measure, holds, *unit in measures)
 
 
 _CLAIMS = [
@@ -415,35 +475,37 @@ _CLAIMS = [
         (Row("usable_lr", "log10 of the largest lr whose run completes with final test accuracy (whole test set)"
              " >= chance + usable_fraction x (best mean over seeds - chance); batchnorm minus"
              " standard per seed (log10 ratio)", largest_usable_log_lr, "above", discrete=True),),
-        checks=(reference_fails_within_grid,)),
+        findings=(("2015", SUPPORTED),), checks=(reference_fails_within_grid,)),
     Claim(
         "initialisation", "BN makes training less sensitive to initialisation", "2015",
         "2015: with BN one can be less careful about initialisation (no number given)",
         (Row("spread", "spread (max - min) over init scales of final test accuracy, each variant at its own"
              " best lr per init scale (diverged = chance); batchnorm minus standard per seed",
-             accuracy_spread_over_init, "below"),)),
+             accuracy_spread_over_init, "below", unit="accuracy"),), findings=(("2015", SUPPORTED),)),
     Claim(
         "regularisation", "BN regularises (less need for dropout)", "2015",
         "2015: BN regularises; BN-Inception drops dropout without more overfitting",
         (Row("dropout_gain", "test accuracy gained by dropout (best rate > 0 minus none, each at its own best lr);"
-             " batchnorm minus standard per seed", dropout_gain, "below"),)),
+             " batchnorm minus standard per seed", dropout_gain, "below", unit="accuracy"),),
+        findings=(("2015", SUPPORTED),)),
     Claim(
         "generalisation_gap", "BN reduces the train-test gap", "2015",
         "2015: BN regularises; 2018: test accuracy 83% with BN vs 80% without (CIFAR-10, VGG)",
         (Row("gap", "final train minus test accuracy (eval mode) without dropout; " + _BEST_LR,
-             generalisation_gap, "below"),)),
+             generalisation_gap, "below", unit="accuracy"),), findings=(("2015", SUPPORTED),)),
     Claim(
         "sigmoid", "BN makes sigmoid networks usable", "2015",
         "2015: a sigmoid Inception with BN reaches 69.8% top-1; without BN it never trains",
         (Row("accuracy", "final test accuracy of sigmoid networks (diverged = chance); " + _BEST_LR,
-             best_lr_test_accuracy, "above"),), must_train="batchnorm"),
+             best_lr_test_accuracy, "above", unit="accuracy"),), findings=(("2015", SUPPORTED),),
+        must_train="batchnorm"),
     Claim(
         "faster_training", "BN trains faster", "2015",
         "2015 (Fig. 1, MNIST): the BN network trains faster and reaches higher test accuracy;"
         " BN-x5 reaches the Inception baseline in 14x fewer steps",
         (Row("steps", "log10 of the steps to reach the standard network's final test accuracy (same seed);"
              " batchnorm minus standard per seed (negative = BN faster)", log_steps_to_reach_standard,
-             "below", discrete=True),)),
+             "below", discrete=True),), findings=(("2015", SUPPORTED),)),
     Claim(
         "reduces_ics", "BN reduces internal covariate shift", "2015",
         "2018 (Fig. 3): BN does NOT reduce ICS; BN networks often show larger ||G - G'|| and, in"
@@ -451,7 +513,7 @@ _CLAIMS = [
         _windows(("relative", ics_relative, "log10 ||G - G'|| / ||G|| (Definition 2.1 without the gradient's"
                   f" scale), mean over steps and {_LAYERS}; " + _PAIRING + " (log10 ratio)", "below"),
                  ("angle", ics_angle, "1 - cos(G, G') (Definition 2.1), mean over steps and " + _LAYERS + "; "
-                  + _PAIRING, "below"))),
+                  + _PAIRING, "below", "difference")), findings=(("2015", SUPPORTED), ("2018", NOT_SUPPORTED))),
     Claim(
         "smoother_landscape", "BN smooths the loss landscape", "2018",
         "2018 (Figs. 4, 10): without BN the loss varies widely early, gradient predictiveness is"
@@ -463,7 +525,7 @@ _CLAIMS = [
                   + " (log10 ratio)", "below"),
                  ("beta", lambda w: landscape_log("beta", w), "Fig. 4c: log10 effective beta-smoothness (max over"
                   " eta of ||g - grad L(W - eta g)|| / ||eta g||), mean over steps; " + _PAIRING
-                  + " (log10 ratio)", "below"))),
+                  + " (log10 ratio)", "below")), findings=(("2018", SUPPORTED),)),
     Claim(
         "noisy_bn_trains", "Noisy BN trains about as well as BN", "2018",
         "2018 (Fig. 2): noisy BN trains almost as well as BN and better than standard, despite"
@@ -471,16 +533,18 @@ _CLAIMS = [
         (Row("accuracy", "final training-mode train accuracy (batch statistics and noise on, mean over the last"
              " evaluation window; diverged = chance); noisy_batchnorm minus batchnorm, paired by seed;"
              " holds if not worse than -noninferiority_margin",
-             final_accuracy("final_train_batches_accuracy"), "above",
-             threshold=lambda rules: -rules.noninferiority_margin),), must_train="batchnorm"),
+             final_accuracy("final_train_batches_accuracy"), "above", unit="accuracy",
+             threshold=lambda rules: -rules.noninferiority_margin),), findings=(("2018", SUPPORTED),),
+        must_train="batchnorm"),
     Claim(
         "noise_stops_training", "The same noise stops a network without BN from training", "2018",
         "2018 (section 2.1): injecting the same noise into the standard network \"prevented the"
         " network from training entirely\" (one sentence, no figure)",
         (Row("accuracy", "final training-mode train accuracy of standard_noise (Algorithm 1's draws on the raw"
              " pre-activations; diverged = chance); holds if below chance + chance_margin",
-             final_accuracy("final_train_batches_accuracy"), "below",
-             threshold=lambda rules: rules.chance_accuracy + rules.chance_margin),), paired=False),
+             final_accuracy("final_train_batches_accuracy"), "below", unit="accuracy",
+             threshold=lambda rules: rules.chance_accuracy + rules.chance_margin),),
+        findings=(("2018", SUPPORTED),), paired=False),
     Claim(
         "unit_noise_stops_training", "The same noise, scaled to each unit, stops a network without BN"
         " from training", "2018",
@@ -488,8 +552,39 @@ _CLAIMS = [
         " network from training entirely\" (one sentence, no figure)",
         (Row("accuracy", "final training-mode train accuracy of standard_unit_noise (Algorithm 1's draws in each"
              " unit's standardised coordinates; diverged = chance); holds if below chance +"
-             " chance_margin", final_accuracy("final_train_batches_accuracy"), "below",
-             threshold=lambda rules: rules.chance_accuracy + rules.chance_margin),), paired=False),
+             " chance_margin", final_accuracy("final_train_batches_accuracy"), "below", unit="accuracy",
+             threshold=lambda rules: rules.chance_accuracy + rules.chance_margin),),
+        findings=(("2018", SUPPORTED),), paired=False),
+]
+_CLAIMS += [
+    Claim(
+        "hessian_outliers", "Without BN, isolated Hessian outliers hold the gradient", "Ghorbani 2019",
+        "Ghorbani et al. 2019: without BN large isolated eigenvalues appear early in training and the"
+        " gradient concentrates in their eigenspace; with BN both are almost absent",
+        _windows(("outlier_ratio", outlier_log_ratio, "log10 (largest eigenvalue / edge of the bulk: the"
+                  " 1 - bulk_mass quantile of the SLQ density), mean over steps; " + _PAIRING + " (log10 ratio)",
+                  "below"),
+                 ("gradient_share", top_gradient_share, "share of ||g||^2 in the top-k Hessian eigenvectors,"
+                  " mean over steps; " + _PAIRING, "below", "share")),
+        findings=(("Ghorbani 2019", SUPPORTED),)),
+    Claim(
+        "edge_of_stability", "Full-batch gradient descent runs at the edge of stability", "Cohen 2021",
+        "Cohen et al. 2021: under full-batch GD the top Hessian eigenvalue rises until it reaches 2/lr,"
+        " then hovers just above it while the loss keeps falling non-monotonically",
+        (Row("standard_ratio", "median of lr x largest Hessian eigenvalue over the checkpoints from its first"
+             " crossing of 2, standard network, mean over learning rates", eos_median_ratio, "within",
+             threshold=lambda rules: (rules.eos_low, rules.eos_high), unit="value", variant="standard"),
+         Row("batchnorm_ratio", "the same, BN network (reported beside it: the source states no finding"
+             " for BN)", eos_median_ratio, "within", threshold=lambda rules: (rules.eos_low, rules.eos_high),
+             unit="value", variant="batchnorm")),
+        findings=(("Cohen 2021", SUPPORTED),), paired=False),
+    Claim(
+        "wider_basin", "BN widens the basin around the trained weights", "Li 2018 (method)",
+        "Li et al. 2018 measure surfaces with filter-normalised directions and find skip connections,"
+        " not BN, decide how chaotic they are: no stated finding for BN",
+        (Row("radius", "log10 of the basin radius (distance along the filter-normalised directions at"
+             " which the loss reaches twice its centre value) at the last analysed step; " + _PAIRING
+             + " (log10 ratio)", log_basin_radius, "above"),)),
 ]
 CLAIMS: dict[str, Claim] = {claim.kind: claim for claim in _CLAIMS}
 
@@ -500,9 +595,13 @@ CLAIMS: dict[str, Claim] = {claim.kind: claim for claim in _CLAIMS}
 
 def decide(effects, threshold: float, holds: str, discrete: bool, rules: ClaimRules,
            blockers: Sequence[str] = ()) -> dict:
-    """The verdict rule of the module docstring: effect, CI, p-value, test, verdict and reason."""
+    """The verdict rule of the module docstring: effect, CI, p-value, test, verdict and reason.
+    `holds` "within" takes `threshold` as a band (low, high): supported if the interval lies in
+    it, not supported if it lies entirely outside."""
+    if holds == "within":
+        return decide_band(effects, threshold, blockers)
     if holds not in ("above", "below"):
-        raise ValueError(f"holds must be 'above' or 'below', got {holds!r}")
+        raise ValueError(f"holds must be 'above', 'below' or 'within', got {holds!r}")
     interval = mean_ci(effects)
     out = {"effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high,
            "n_seeds": interval.n, "p_value": np.nan, "test": "none"}
@@ -540,10 +639,30 @@ def decide(effects, threshold: float, holds: str, discrete: bool, rules: ClaimRu
                       f" (the smallest attainable with {n} seeds is {floor:.3g})"}
 
 
+def decide_band(effects, band: tuple[float, float], blockers: Sequence[str] = ()) -> dict:
+    """A 95% t interval over seeds against a band: inside it = supported, wholly outside = not
+    supported, across an edge = inconclusive."""
+    low, high = band
+    interval = mean_ci(effects)
+    out = {"effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high, "n_seeds": interval.n,
+           "p_value": np.nan, "test": "t interval"}
+    if blockers:
+        return {**out, "test": "none", "verdict": INCONCLUSIVE, "reason": "; ".join(blockers)}
+    if interval.n < 2 or not np.isfinite(interval.low):
+        return {**out, "test": "none", "verdict": INCONCLUSIVE,
+                "reason": f"{interval.n} seed(s) without a spread: no interval to place in [{low:g}, {high:g}]"}
+    text = f"95% CI [{interval.low:.3g}, {interval.high:.3g}]"
+    if low <= interval.low and interval.high <= high:
+        return {**out, "verdict": SUPPORTED, "reason": f"{text} within [{low:g}, {high:g}]"}
+    if interval.high < low or interval.low > high:
+        return {**out, "verdict": NOT_SUPPORTED, "reason": f"{text} entirely outside [{low:g}, {high:g}]"}
+    return {**out, "verdict": INCONCLUSIVE, "reason": f"{text} crosses an edge of [{low:g}, {high:g}]"}
+
+
 def seed_effects(data: StudyData, claim: Claim, row: Row, rules: ClaimRules) -> pd.Series:
     """Per-seed mean of the paired treated-minus-reference differences (or, for a claim about one
     variant, of its own values)."""
-    treated = row.metric(data, claim.treated, rules)
+    treated = row.metric(data, row.variant or claim.treated, rules)
     if claim.paired:
         values = paired_differences(treated, row.metric(data, claim.reference, rules))
     else:
@@ -574,16 +693,18 @@ def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Path | None, rul
     for row in claim.rows:
         effects = pd.Series(dtype=float)
         reasons = list(blockers)
-        if data is not None and not blockers:
+        if data is not None and not blockers and row.variant and row.variant not in set(data.runs["variant"]):
+            reasons = [f"no {row.variant} runs in the study"]
+        if data is not None and not reasons:
             try:
                 effects = seed_effects(data, claim, row, rules)
             except TableError as error:
                 reasons = [f"tables missing or malformed: {error}"]
         verdict = decide(effects, row.threshold(rules), row.holds, row.discrete, rules, reasons)
         out.append({"key": f"{kind}.{row.name}.{row.window}", "claim": claim.claim, "source": claim.source,
-                    "study": study, "measure": row.measure,
-                    "window": window_label(row.window, rules), "paper": claim.paper,
-                    "rule": claim.rule(row, rules), **verdict})
+                    "study": study, "measure": row.measure, "window": window_label(row.window, rules),
+                    "unit": row.unit, "paper": claim.paper, "rule": claim.rule(row, rules),
+                    "agreement": claim.agreement(row, verdict["verdict"]), **verdict})
     return out
 
 

@@ -215,6 +215,20 @@ def cmd_track(args) -> None:
                          + "; ".join(report["failed"][:5]))
 
 
+def cmd_results(args) -> None:
+    """The README's results section from a run's digest (and the digest from the run first)."""
+    from .results import rewrite, save_digest, section
+
+    if args.results:
+        copied = save_digest(Path(args.results), Path(args.digest))
+        print(f"bnstudy results: {len(copied)} files of {args.results} copied to {args.digest}", file=sys.stderr)
+    changed = rewrite(Path(args.readme), section(Path(args.digest), args.accuracy_studies), check=args.check)
+    if args.check and changed:
+        raise SystemExit(f"bnstudy results: {args.readme}'s results section differs from what {args.digest} "
+                         f"gives: run `bnstudy results --digest {args.digest} --readme {args.readme}`")
+    print(f"bnstudy results: {args.readme} {'is up to date' if not changed else 'rewritten'}", file=sys.stderr)
+
+
 def cmd_plan(args) -> None:
     from .config import load_config
     from .plan import plan
@@ -302,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", nargs="*", default=[], help="this execution's figures: one 'figures' run holds them")
     p.add_argument("--out", default=None, help="write the report here (JSON)")
     p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("results", help="write the README's results section from a run's tables")
+    p.add_argument("--results", default=None, help="a finished run's results folder: refresh the digest from it")
+    p.add_argument("--digest", required=True, help="the committed digest folder (claims.csv, runs/, figures/)")
+    p.add_argument("--readme", default="README.md")
+    p.add_argument("--accuracy-studies", nargs="*", default=["performance", "noisy_bn"],
+                   help="studies whose runs the final-accuracy table lists")
+    p.add_argument("--check", action="store_true", help="only say whether the README is up to date")
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("plan", help="what a config expands to (studies, runs, analyses)")
     p.add_argument("configfile")

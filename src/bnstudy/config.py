@@ -193,6 +193,9 @@ def check_study(config: dict, name: str, schema: dict | None = None) -> None:
             if settings["batch_size"] is not None and n_train is not None and settings["batch_size"] > n_train:
                 raise _bad(f"{key}.{analysis}.batch_size", settings["batch_size"],
                            f"the training set has {n_train} samples: use at most {n_train}, or null")
+    if "surface" in cfg and cfg["surface"]["points"] % 2 == 0:
+        raise _bad(f"{key}.surface.points", cfg["surface"]["points"],
+                   "use an odd number, so that the checkpoint itself is a grid point")
     if "landscape" in cfg and cfg["landscape"]["eta_min"] >= cfg["landscape"]["eta_max"]:
         raise _bad(f"{key}.landscape.eta_min", cfg["landscape"]["eta_min"],
                    f"it must be below eta_max ({cfg['landscape']['eta_max']!r})")

@@ -17,6 +17,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from . import derived
 from .stats import mean_ci
 from .tables import StudyTables, TableError
 
@@ -198,12 +199,15 @@ def _panel(row: str, column: str, scale: str) -> pd.DataFrame:
     return pd.DataFrame({"row": [row], "column": [column], "scale": [scale]})
 
 
-def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = False) -> pd.DataFrame:
+def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = False,
+                frames: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Every point of a curves figure: rows = measures, columns = conditions (layer x lr x grid
-    when ``by_layer``), one `curve_series` per variant in each panel."""
+    when ``by_layer``), one `curve_series` per variant in each panel. `frames` supplies derived
+    tables (e.g. `derived.spectrum_summary`) by the name a measure's `table` gives."""
     pieces = []
     for measure in measures:
-        frame = ctx.tables[measure.table]
+        frame = (frames or {}).get(measure.table)
+        frame = ctx.tables[measure.table] if frame is None else frame
         if measure.where is not None:
             frame = frame[frame[measure.where[0]] == measure.where[1]]
         frame = frame.assign(value=measure.values(frame))
@@ -436,3 +440,103 @@ def final_data(ctx: Context) -> pd.DataFrame:
     return pd.concat(pieces, ignore_index=True).reindex(columns=columns)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# the studies beyond the paper: Hessian spectra, edge of stability, 2-D surfaces
+
+
+SPECTRUM_ROWS = [
+    Measure("largest Hessian\neigenvalue", "spectrum_summary", "lambda_max", scale="auto"),
+    Measure("trace of the Hessian\n(Hutchinson)", "spectrum_summary", "trace", scale="auto"),
+    Measure("share of ‖g‖² in the\ntop-k eigenvectors", "spectrum_summary", "gradient_share", domain=(0.0, 1.0)),
+    Measure("smallest Hessian\neigenvalue", "spectrum_summary", "lambda_min", scale="auto"),
+]
+
+
+def spectrum_data(ctx: Context) -> pd.DataFrame:
+    """λ_max, trace, gradient share in the top-k eigenvectors and λ_min against step."""
+    summary = derived.spectrum_summary(ctx.tables["spectrum"])
+    rows = [m for m in SPECTRUM_ROWS if summary[m.column].notna().any()]
+    return curves_data(ctx, rows, frames={"spectrum_summary": summary})
+
+
+EOS_ROWS = [Measure("training loss\n(full batch)", "train", "loss", scale="log"),
+            Measure("largest Hessian eigenvalue\n(sharpness)", "spectrum_summary", "lambda_max", scale="log")]
+
+
+def eos_data(ctx: Context) -> pd.DataFrame:
+    """Training loss and sharpness against step per learning rate, with 2/lr drawn in the
+    sharpness row (a "reference" line: gradient descent on a quadratic diverges above it)."""
+    summary = derived.spectrum_summary(ctx.tables["spectrum"])
+    data = curves_data(ctx, EOS_ROWS, frames={"spectrum_summary": summary})
+    lines = []
+    sharpness = data[(data["row"] == EOS_ROWS[1].label) & data["style"].notna()]
+    for column, cell in sharpness.groupby("column"):
+        lr = float(column.split("lr = ")[1].split(" ")[0])  # conditions start with the lr
+        steps = cell["step"].dropna()
+        lines.append(pd.DataFrame({"row": EOS_ROWS[1].label, "column": column, "variant": "2/lr",
+                                   "series": "2/lr", "style": "reference", "step": [steps.min(), steps.max()],
+                                   "y": 2.0 / lr, "scale": "log"}))
+    return pd.concat([data, *lines], ignore_index=True)
+
+
+ROWS_OF = {"hessian_spectrum": SPECTRUM_ROWS, "edge_of_stability": EOS_ROWS}  # custom-data curves figures
+DENSITY_POINTS = 400
+DENSITY_VARIANCE = 1e-5  # Ghorbani et al. / PyHessian: kernel variance 1e-5 x max(1, spectrum range)
+
+
+def density_data(ctx: Context) -> pd.DataFrame:
+    """The smoothed spectral density per analysed step (rows) and condition (columns), one curve
+    per variant: the mean over seeds of each seed's density (its starts pooled)."""
+    density, conditions = with_conditions(ctx.tables["density"], ["lr", *ctx.grid])
+    pooled = derived.pooled_quadrature(density)
+    pieces = []
+    for step in sorted(pooled["step"].unique()):
+        for condition in conditions:
+            cell = pooled[(pooled["step"] == step) & (pooled["condition"] == condition)]
+            row, column = f"step {int(step)}", condition
+            if cell.empty:
+                pieces.append(_panel(row, column, "log"))
+                continue
+            low, high = float(cell["node"].min()), float(cell["node"].max())
+            spread = max(high - low, 1e-12)
+            grid = np.linspace(low - 0.05 * spread, high + 0.05 * spread, DENSITY_POINTS)
+            sigma = (DENSITY_VARIANCE * max(1.0, spread)) ** 0.5
+            for variant in ctx.ordered(cell["variant"]):
+                runs = cell[cell["variant"] == variant]
+                curves = [derived.density_curve(r["node"], r["weight"], grid, sigma)
+                          for _, r in runs.groupby("run")]
+                pieces.append(pd.DataFrame({"row": row, "column": column, "variant": variant, "series": "mean",
+                                            "style": "density", "x": grid, "y": np.mean(curves, axis=0),
+                                            "n": len(curves), "scale": "log"}))
+    return pd.concat(pieces, ignore_index=True)
+
+
+def surface_data(ctx: Context) -> pd.DataFrame:
+    """The 2-D surface of the lowest seed per variant and analysed step (contours), and the
+    basin radius per step over seeds (`derived.basin_radii`)."""
+    surface = ctx.tables["surface"]
+    surface, conditions = with_conditions(surface, ["lr", *ctx.grid])
+    pieces = []
+    for step in sorted(surface["step"].unique()):
+        for condition in conditions:
+            for variant in ctx.variants:
+                cell = surface[(surface["step"] == step) & (surface["condition"] == condition)
+                               & (surface["variant"] == variant)]
+                column = " · ".join(p for p in (variant, condition) if p)
+                if cell.empty:
+                    continue
+                seed = cell["seed"].min()
+                cell = cell[cell["seed"] == seed]
+                pieces.append(cell.assign(row=f"step {int(step)}", column=column, style="contour",
+                                          series=cell["run"]))
+    radii, conditions = with_conditions(derived.basin_radii(ctx.tables["surface"]), ["lr", *ctx.grid])
+    for condition in conditions:
+        cell = radii[radii["condition"] == condition]
+        for variant in ctx.ordered(cell["variant"]):
+            series = curve_series(cell[cell["variant"] == variant], y="radius")
+            pieces.append(series.assign(row="basin radius", column=condition, variant=variant, scale="linear"))
+    keep = ["row", "column", "variant", "series", "style", "x", "y", "loss", "step", "low", "high", "n",
+            "seed_min", "seed_max", "scale"]
+    return pd.concat(pieces, ignore_index=True).reindex(columns=keep)

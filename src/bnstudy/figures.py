@@ -48,8 +48,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from .atomic import atomic_write  # noqa: E402
 from .catalog import figure_tables  # noqa: E402
 from .figure_data import (  # noqa: E402
-    CURVES, EVAL_MODE, FINAL, MIN_BAND_SEEDS, TRAIN_MODE, Context, as_bool, curvature_data, curves_data,
-    final_data, final_x, format_value, landscape_data, units_data,
+    CURVES, EVAL_MODE, FINAL, MIN_BAND_SEEDS, ROWS_OF, TRAIN_MODE, Context, as_bool, curvature_data, curves_data,
+    density_data, eos_data, final_data, final_x, format_value, landscape_data, spectrum_data, surface_data,
+    units_data,
 )
 from .tables import StudyTables, TableError  # noqa: E402
 
@@ -128,6 +129,8 @@ def draw_series(ax: plt.Axes, series: pd.DataFrame, colour, x: str = "step") -> 
         elif style == "unconverged":
             ax.scatter(xs, ys, marker="o", s=28, facecolors="none", edgecolors=colour, linewidths=1.1,
                        zorder=6, gid="unconverged")
+        elif style == "reference":
+            ax.plot(xs, ys, color="0.1", linewidth=1.0, linestyle=":", gid="reference")
 
 
 def plotted_values(data: pd.DataFrame) -> np.ndarray:
@@ -181,6 +184,7 @@ def panels_figure(ctx: Context, data: pd.DataFrame, sharey: str | bool = "row",
             drawable = cell.dropna(subset=["style"])
             for variant in ctx.ordered(drawable["variant"]):
                 draw_series(ax, drawable[drawable["variant"] == variant], ctx.palette[variant])
+            draw_series(ax, drawable[drawable["style"] == "reference"], "0.1")  # e.g. 2 / lr
             if not _has_values(drawable):
                 _no_data(ax)
             measure = column if measures_in_columns else row
@@ -249,9 +253,12 @@ def legend(fig: plt.Figure, ctx: Context, variants: Sequence[str], entries: Sequ
 
 def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     """Rows: measures; columns: conditions (x layer); x: step; hue: variant."""
-    measures, _ = CURVES[ctx.kind]
+    measures = CURVES[ctx.kind][0] if ctx.kind in CURVES else ROWS_OF[ctx.kind]
     fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures})
     entries = style_entries(data)
+    if data["style"].eq("reference").any():
+        entries.append((Line2D([], [], color="0.1", linewidth=1.0, linestyle=":"),
+                        "2 / lr: gradient descent on a quadratic with this sharpness diverges"))
     if ctx.kind == "curvature":
         converged = as_bool(ctx.tables["curvature"]["converged"])
         flagged, total = int((~converged).sum()), len(converged)
@@ -385,6 +392,74 @@ def final_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def density_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
+    """Rows: analysed steps; columns: conditions; each panel the smoothed spectral density per
+    variant on a log scale (outliers show as isolated bumps far right of the bulk)."""
+    rows, columns = _order(data["row"]), _order(data["column"])
+    fig, axes = _grid(len(rows), len(columns), sharex=False, sharey=False)
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            cell = data[(data["row"] == row) & (data["column"] == column)].dropna(subset=["style"])
+            ax.set_yscale("log")
+            for variant in ctx.ordered(cell["variant"]):
+                line = cell[cell["variant"] == variant]
+                ax.plot(line["x"], line["y"].clip(lower=1e-12), color=ctx.palette[variant], linewidth=1.2,
+                        gid="density")
+            if cell.empty:
+                _no_data(ax)
+            else:
+                ax.set_ylim(1e-8, max(10.0, float(cell["y"].max()) * 3))
+            _label(ax, f"{row} · {column}" if column else row, "Hessian eigenvalue", "spectral density")
+    entries = [(Line2D([], [], color=GREY, linewidth=1.2),
+                "density: stochastic Lanczos quadrature, Gaussian-smoothed, mean over seeds")]
+    legend(fig, ctx, data["variant"].dropna(), entries)
+    return fig
+
+
+def surface_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
+    """Rows: analysed steps (contours of log10 loss over the plane of two filter-normalised
+    directions, one seed), then the basin radius against step; columns: variant x condition."""
+    contours = data[data["style"] == "contour"]
+    steps, columns = _order(contours["row"]), _order(contours["column"])
+    radius = data[data["row"] == "basin radius"]
+    fig, axes = _grid(len(steps) + 1, max(len(columns), 1), sharex=False, sharey=False)
+    levels = None
+    finite = np.log10(contours["loss"].where(contours["loss"] > 0)).dropna()
+    if len(finite):
+        levels = np.linspace(float(finite.min()), float(np.quantile(finite, 0.98)), 15)
+    for i, row in enumerate(steps):
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            cell = contours[(contours["row"] == row) & (contours["column"] == column)]
+            if cell.empty or levels is None:
+                _no_data(ax)
+            else:
+                table = cell.pivot_table(index="y", columns="x", values="loss")
+                z = np.log10(table.to_numpy(dtype=float).clip(min=1e-12))
+                ax.contourf(table.columns, table.index, np.minimum(z, levels[-1]), levels=levels, cmap="viridis")
+                ax.contour(table.columns, table.index, z, levels=levels, colors="white", linewidths=0.3)
+                ax.plot([0], [0], marker="+", color="red", markersize=8, gid="centre")
+                ax.set_aspect("equal")
+            _label(ax, f"{row} · {column}", "direction 1", "direction 2")
+    for j in range(max(len(columns), 1)):
+        ax = axes[len(steps), j]
+        if j:
+            ax.set_visible(False)
+            continue
+        for column in _order(radius["column"]):
+            for variant in ctx.ordered(radius["variant"]):
+                draw_series(ax, radius[(radius["column"] == column) & (radius["variant"] == variant)]
+                            .dropna(subset=["style"]), ctx.palette[variant])
+        if not _has_values(radius.dropna(subset=["style"])):
+            _no_data(ax)
+        _label(ax, "basin radius (loss reaches 2x its centre value)", "step", "distance")
+    entries = [(Patch(color=plt.get_cmap("viridis")(0.5)), "log10 loss, lowest seed; + the checkpoint")]
+    entries += style_entries(radius)
+    legend(fig, ctx, data["variant"].dropna(), entries)
+    return fig
+
+
 @dataclass(frozen=True)
 class Drawer:
     """A figure kind: its title, what it plots (a tidy frame) and how it draws that frame."""
@@ -423,6 +498,14 @@ DRAWERS: dict[str, Drawer] = {
                                      final_figure),
     "accuracy_vs_dropout": Drawer("final test accuracy against the dropout rate", final_data, final_figure),
     "generalisation_gap": Drawer("generalisation gap (final train − test accuracy)", final_data, final_figure),
+    "hessian_spectrum": Drawer("Hessian: extreme eigenvalues, trace, gradient share in the top eigenvectors",
+                               spectrum_data, curves_figure),
+    "spectral_density": Drawer("Hessian spectral density (stochastic Lanczos quadrature)", density_data,
+                               density_figure),
+    "edge_of_stability": Drawer("full-batch gradient descent: loss and sharpness against 2/lr", eos_data,
+                                curves_figure),
+    "loss_surface": Drawer("loss on a plane of two filter-normalised directions, and the basin radius",
+                           surface_data, surface_figure),
 }
 
 

@@ -85,7 +85,8 @@ def axpy(x: Params, alpha: float, d: Params) -> Params:
 class Objective:
     """The analysis loss L (see module docstring) as a function of a parameter dict.
 
-    model     a module in training mode; only its structure is used (`functional_call`)
+    model     a module in training mode (or entirely in eval mode when `statistics` is
+              "running"); only its structure is used (`functional_call`)
     buffers   its buffers (running statistics); cloned for every forward, never written
     loss_fn   callable(outputs, targets) -> scalar
     batches   the fixed analysis batches [(x, y), ...]
@@ -96,6 +97,10 @@ class Objective:
               numbers): differences between probe points are then differences of the loss
               surface, not of the noise, and torch's global RNG is never used. Whether noise is
               on is decided by how the model was built (run.prepare_model), not here.
+    statistics  "batch" (the default: normalisers use the batch's statistics, the loss SGD
+              descends) or "running" (the checkpoint's running statistics, eval mode, what
+              PyHessian and loss-landscape use): a named choice, because the two are different
+              functions of the weights with different Hessians.
     """
 
     model: nn.Module
@@ -103,11 +108,19 @@ class Objective:
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     batches: list[Batch]
     noise_seed: int = 0
+    statistics: str = "batch"
     _random_modules: list[nn.Module] = field(init=False, repr=False)
 
     def __post_init__(self):
         if not self.batches:
             raise ValueError("an Objective needs at least one batch")
+        if self.statistics == "running":
+            if any(m.training for m in self.model.modules()):
+                raise ValueError("running statistics: the model must be in eval mode")
+            self._random_modules = []
+            return
+        if self.statistics != "batch":
+            raise ValueError(f"statistics {self.statistics!r}: use batch or running")
         stale = [n for n, m in self.model.named_modules() if not m.training]
         if stale:
             # Eval mode would use running statistics: a different loss than the one trained.
@@ -122,13 +135,30 @@ class Objective:
 
     # -- one batch -------------------------------------------------------------------------------
 
-    def batch_loss(self, params: Params, index: int) -> Tensor:
-        """loss_fn on batch `index` at `params` (differentiable wrt params)."""
-        x, y = self.batches[index]
+    def batch_outputs(self, params: Params, index: int) -> Tensor:
+        """The network's outputs on batch `index` at `params` (differentiable wrt params)."""
+        x, _ = self.batches[index]
         buffers = {k: v.clone() for k, v in self.buffers.items()}
         with self._noise(index, x.device):
-            out = functional_call(self.model, (params, buffers), (x,))
-        return self.loss_fn(out, y)
+            return functional_call(self.model, (params, buffers), (x,))
+
+    def batch_loss(self, params: Params, index: int) -> Tensor:
+        """loss_fn on batch `index` at `params` (differentiable wrt params)."""
+        return self.loss_fn(self.batch_outputs(params, index), self.batches[index][1])
+
+    def evaluate(self, params: Params) -> tuple[float, float]:
+        """(L(params), accuracy) averaged over the batches, no gradient; accuracy is NaN for
+        regression targets."""
+        losses, correct, total = [], 0, 0
+        with torch.no_grad():
+            for b in range(len(self.batches)):
+                y = self.batches[b][1]
+                out = self.batch_outputs(params, b)
+                losses.append(float(self.loss_fn(out, y)))
+                if not y.is_floating_point():
+                    correct += int((out.argmax(1) == y).sum())
+                    total += y.numel()
+        return math.fsum(losses) / len(losses), (correct / total if total else float("nan"))
 
     @contextmanager
     def _noise(self, index: int, device: torch.device):

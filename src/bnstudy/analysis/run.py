@@ -106,6 +106,12 @@ def select_steps(available: list[tuple[int, Path]], steps: list[int] | None) -> 
     return [(s, by_step[s]) for s in sorted(set(steps)) if s in by_step]
 
 
+def statistics(settings: dict) -> str:
+    """Which statistics the normalisers use: the batch's (the default) or the running ones, for
+    the analysis kinds that offer the choice (`bn_mode`)."""
+    return settings.get("bn_mode") or "batch"
+
+
 def analysis_dtype(spec: RunSpec, settings: dict) -> torch.dtype:
     """settings["dtype"] if given, else float64 for the DLN and float32 otherwise (see above)."""
     name = settings.get("dtype") or ("float64" if spec.model.arch == "dln" else "float32")
@@ -115,18 +121,22 @@ def analysis_dtype(spec: RunSpec, settings: dict) -> torch.dtype:
 
 
 def prepare_model(spec: RunSpec, state: dict, noise: bool, device: str,
-                  dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+                  dtype: torch.dtype = torch.float32, statistics: str = "batch") -> torch.nn.Module:
     """The run's network with the checkpoint's weights, in training mode, in `dtype`, in the
     memory format training used (`analysis_layout` puts the batches in the same one).
 
     Stochastic modules (those with a `generator`: Algorithm 1's noise, dropout) are switched to
     eval mode (off) unless `noise`; build_model(noise=False) already disables the noise itself.
+    With `statistics` "running" the whole network is in eval mode: normalisers use the
+    checkpoint's running statistics, noise and dropout are off.
     """
     model = build_model(spec, noise=noise)
     model.load_state_dict(state)
     model.to(device=device, dtype=dtype).train()
     if uses_channels_last(spec, device):  # as in training, and for the same speed (models.py)
         model.to(memory_format=torch.channels_last)
+    if statistics == "running":
+        return model.eval()
     if not noise:
         for module in model.modules():
             if hasattr(module, "generator"):
@@ -151,10 +161,10 @@ class Probes:
     def model(self, spec: RunSpec, ckpt: dict, path: Path, settings: dict):
         """The model for `settings` holding checkpoint `path`'s weights (loaded once per step)."""
         dtype = analysis_dtype(spec, settings)
-        key = (bool(settings["noise"]), dtype)
+        key = (bool(settings["noise"]), dtype, statistics(settings))
         try:
             if key not in self.models:
-                self.models[key] = [prepare_model(spec, ckpt["model"], key[0], self.device, dtype), path]
+                self.models[key] = [prepare_model(spec, ckpt["model"], key[0], self.device, dtype, key[2]), path]
             elif self.models[key][1] != path:
                 self.models[key][0].load_state_dict(ckpt["model"])  # copies into the model's dtype
                 self.models[key][1] = path
@@ -197,7 +207,7 @@ def analyze(jobs: Sequence[AnalysisJob], run_dir: Path, out_dir: Path, device: s
                 _log(f"warning: {path}: non-finite parameters (diverged run); skipping step {step}")
                 break
             objective = Objective(model, buffers, loss_fn(spec), probes.batches_for(spec, job.settings),
-                                  noise_seed=job.settings["seed"])
+                                  noise_seed=job.settings["seed"], statistics=statistics(job.settings))
             origin = Origin(objective, params, model.layer_groups(), ckpt.get("optimizer"),
                             {"lr": spec.optim.lr, "momentum": spec.optim.momentum,
                              "weight_decay": spec.optim.weight_decay})
