@@ -71,6 +71,15 @@ STUDIES: dict[str, dict] = {
                           "figures": ["edge_of_stability"], "claims": ["edge_of_stability"]},
     "landscape_2d": {**_VGG, "variants": ["standard", "batchnorm"], "surface": {},
                      "figures": ["loss_surface"], "claims": ["wider_basin"]},
+    "normalisers": {**_VGG, "variants": ["standard", "batchnorm", "layernorm", "groupnorm", "instancenorm",
+                                         "weightnorm"], "landscape": {}, "activations": {},
+                    "figures": ["accuracy", "landscape", "layer_measures"],
+                    "claims": ["smoother_than_none", "bn_trains_better"]},
+    "group_size": {**_VGG, "variants": ["groupnorm"], "grid": {"norm.group_size": [1, 2, 4, 8]},
+                   "activations": {}, "figures": ["gradient_vs_group_size"], "claims": ["group_size_gradients"]},
+    "scale_invariance": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 1.0], "layers": [2, 7],
+                         "overrides": {"log": {"layers_every": 1}}, "figures": ["weight_norm", "accuracy_vs_lr"],
+                         "claims": ["scale_invariance"]},
 }
 
 
@@ -96,6 +105,8 @@ class Outcome:
     unit_jitter: float = 0.0           # per-step random shift of single units (Algorithm 1-like)
     rate: float = 5.0                  # how fast the accuracy curves rise
     converged: bool = True             # curvature: the Lanczos searches converged
+    first_grad: float = 1.0            # activations: the first layer's gradient norm at step 0
+    scale_invariant: bool = False      # layers: |cos(w, g)| ~ 0 and ||w||^2 = ||w_0||^2 + lr^2 sum ||g||^2
 
     @property
     def train_mode_accuracy(self) -> float:
@@ -115,7 +126,10 @@ def default_outcome(variant: str, lr: float, seed: int, grid: dict) -> Outcome:
         return Outcome(0.85, 0.78, diverged, ics_l2=0.5, beta=100.0)
     if variant == "noisy_batchnorm":
         return Outcome(0.7, 0.8, None, ics_l2=1.5, beta=5.0, train_batches_accuracy=0.93, unit_jitter=0.3)
-    return Outcome(0.95, 0.83, None, ics_l2=1.5, beta=5.0)
+    if variant == "groupnorm":  # Lubana et al.: smaller groups, larger first-layer gradients
+        return Outcome(0.9, 0.8, None, ics_l2=1.5, beta=8.0,
+                       first_grad=(8 / grid.get("norm.group_size", 8)) ** 0.5)
+    return Outcome(0.95, 0.83, None, ics_l2=1.5, beta=5.0, scale_invariant=variant == "batchnorm")
 
 
 def set_dotted(spec: dict, dotted: str, value) -> None:
@@ -151,16 +165,24 @@ def _eval_table(rng, steps, outcome, total, regression) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["step", "split"], kind="stable")
 
 
-def _layers_table(rng, steps, variant, outcome) -> pd.DataFrame:
+def _layers_table(rng, steps, variant, outcome, lr) -> pd.DataFrame:
+    """A scale-invariant outcome's weights obey plain SGD's norm identity exactly (the steps
+    must then be every step) with |cos(w, g)| ~ 1e-7; otherwise ||w|| wanders and cos ~ 0.05."""
     rows = []
     normalised = variant != "standard"
+    w_sq = dict.fromkeys(range(1, N_LAYERS + 1), 1.0)
     for step, layer in product(steps, range(1, N_LAYERS + 1)):
         change = outcome.unit_jitter + (0.01 if normalised else 0.03)
-        rows.append({"step": step, "layer": layer, "weight_grad_norm": rng.lognormal(0, 0.3),
+        grad = rng.lognormal(0, 0.3)
+        rows.append({"step": step, "layer": layer, "weight_grad_norm": grad,
                      "output_grad_norm": rng.lognormal(-2, 0.3),
                      "gamma_over_sigma": rng.lognormal(0, 0.1) if normalised else np.nan,
                      "unit_mean_change": change * rng.lognormal(0, 0.1),
-                     "unit_var_change": change * rng.lognormal(0, 0.1)})
+                     "unit_var_change": change * rng.lognormal(0, 0.1),
+                     "weight_norm": w_sq[layer] ** 0.5,
+                     "weight_grad_cos": (1e-7 if outcome.scale_invariant else 0.05) * rng.lognormal(0, 0.1)})
+        w_sq[layer] = w_sq[layer] + lr ** 2 * grad ** 2 if outcome.scale_invariant else \
+            w_sq[layer] * rng.lognormal(0, 0.01)
     return pd.DataFrame(rows, columns=RUN_TABLES["layers"])
 
 
@@ -216,6 +238,14 @@ def _analysis_table(name: str, rng, steps, outcome, layers, lr: float) -> pd.Dat
                 weights = np.append(np.full(20, 0.999 / 20), 0.001)
                 rows += [{"step": step, "bn_mode": "batch", "start": start, "node": node, "weight": weight,
                           "n_params": 1000} for node, weight in zip(nodes, weights)]
+        elif name == "activations":
+            for layer in range(1, 9):
+                rows.append({"step": step, "bn_mode": "batch", "layer": layer,
+                             "cosine_similarity": 0.3 + 0.05 * layer * (outcome.beta / 100),
+                             "stable_rank": 10 / layer * rng.lognormal(0, 0.05),
+                             "grad_norm": (outcome.first_grad if layer == 1 and step == 0 else 1.0)
+                             * rng.lognormal(0, 0.02),
+                             "activation_var": rng.lognormal(0, 0.1)})
         elif name == "surface":
             for x, y in product(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)):
                 rows.append({"step": step, "bn_mode": "batch", "x": x, "y": y,
@@ -247,12 +277,14 @@ def write_run(runs_root: Path, study_cfg: dict, variant: str, lr: float, seed: i
     for dotted, value in grid.items():
         set_dotted(spec, dotted, value)
     end = steps if outcome.diverged_step is None else outcome.diverged_step
+    layers_every = (study_cfg.get("overrides") or {}).get("log", {}).get("layers_every", LAYERS_EVERY)
+    spec["log"]["layers_every"] = layers_every
     run_dir = runs_root / run
     run_dir.mkdir(parents=True)
     tables = {
         "train": _train_table(rng, np.arange(0, end + 1, TRAIN_EVERY), outcome, steps, regression),
         "eval": _eval_table(rng, np.arange(0, end + 1, EVAL_EVERY), outcome, steps, regression),
-        "layers": _layers_table(rng, np.arange(0, end + 1, LAYERS_EVERY), variant, outcome),
+        "layers": _layers_table(rng, np.arange(0, end + 1, layers_every), variant, outcome, lr),
         "units": _units_table(rng, np.arange(0, end + 1, LAYERS_EVERY), variant, outcome),
     }
     for name, table in tables.items():

@@ -408,3 +408,45 @@ def test_wider_basin_compares_the_radius_at_the_last_step(tmp_path):
     outcome = by_variant(standard=Outcome(basin=0.3), batchnorm=Outcome(basin=0.7))
     row = verdict_rows(tmp_path, "landscape_2d", outcome).loc["wider_basin.radius.final"]
     assert row["verdict"] == SUPPORTED and row["effect"] > 0 and row["agreement"] == ""
+
+
+def test_group_size_gradients_is_a_slope_per_doubling(tmp_path):
+    """Gradient norms ~ group_size^-1/2 give a slope of log10(2) / -2 = -0.15 per doubling
+    (supported); gradients that grow with the group give +0.15 (not supported)."""
+    row = verdict_rows(tmp_path / "a", "group_size", default_outcome).loc["group_size_gradients.slope.final"]
+    assert row["verdict"] == SUPPORTED and row["effect"] == pytest.approx(-0.1505, abs=0.01)
+    growing = lambda variant, lr, seed, grid: Outcome(first_grad=grid["norm.group_size"] ** 0.5)  # noqa: E731
+    row = verdict_rows(tmp_path / "b", "group_size", growing).loc["group_size_gradients.slope.final"]
+    assert row["verdict"] == NOT_SUPPORTED and row["effect"] == pytest.approx(0.1505, abs=0.01)
+
+
+def test_scale_invariance_checks_the_cosine_and_the_norm_identity(tmp_path):
+    """BN's weights obey ||w_t||^2 = ||w_0||^2 + lr^2 sum ||g||^2 with |cos(w, g)| ~ 0 (both rows
+    supported); the standard network's cosine is reported beside it and is not small."""
+    rows = verdict_rows(tmp_path, "scale_invariance", default_outcome)
+    cosine, identity = rows.loc["scale_invariance.cosine.final"], rows.loc["scale_invariance.norm_identity.final"]
+    assert cosine["verdict"] == SUPPORTED and cosine["effect"] == pytest.approx(-7.0, abs=0.5)
+    assert identity["verdict"] == SUPPORTED and identity["effect"] < -10
+    assert rows.loc["scale_invariance.standard_cosine.final"]["verdict"] == NOT_SUPPORTED
+
+
+def test_scale_invariance_refuses_a_sparse_layer_record(tmp_path):
+    """The identity sums every step's gradient: a study logging layers every 20 steps cannot test it."""
+    rows = verdict_rows(tmp_path, "scale_invariance", default_outcome, overrides={})
+    identity = rows.loc["scale_invariance.norm_identity.final"]
+    assert identity["verdict"] == INCONCLUSIVE and "layers_every: 1" in identity["reason"]
+
+
+def test_smoother_than_none_gives_each_normaliser_its_own_rows(tmp_path):
+    """One set of rows (three landscape quantities over training) per variant against the standard
+    network, each labelled by its variant; a normaliser as rough as the standard network is not
+    supported while the others are."""
+    rough = lambda variant, lr, seed, grid: (  # noqa: E731
+        default_outcome("standard", 0.1, 0, {}) if variant == "weightnorm" else default_outcome(variant, lr, seed, grid))
+    rows = verdict_rows(tmp_path, "normalisers", rough)
+    ours = rows[rows.index.str.startswith("smoother_than_none.")]
+    assert len(ours) == 5 * 3 and set(ours.index.str.split(".").str[-1]) == {"training"}
+    verdicts = ours.groupby(ours.index.str.split(".").str[1])["verdict"].agg(set)
+    assert all(verdicts[v] == {SUPPORTED} for v in ("batchnorm", "layernorm", "groupnorm", "instancenorm"))
+    assert SUPPORTED not in verdicts["weightnorm"]
+    assert ours.loc["smoother_than_none.weightnorm.beta.training", "claim"].startswith("weightnorm: ")

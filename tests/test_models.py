@@ -79,3 +79,29 @@ def test_normaliser_sits_before_the_nonlinearity(tmp_path):
     model(torch.randn(16, 3, 32, 32))
     z = seen["z"]
     assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(z.shape[1]), atol=1e-4)
+
+
+def test_resnet20_is_he_et_als_cifar_network(tmp_path):
+    """ResNet-20 (He et al. 2016, section 4.2): a stem and 3 stages of 3 basic blocks at 16, 32, 64
+    channels, 0.27M parameters, identity shortcuts (option A: subsampled, zero-padded), so every
+    parameter belongs to a normalised layer or the output layer."""
+    from bnstudy.architectures import layer_widths, normalised_layers, resnet_layer_names
+    from bnstudy.models import ZeroPadShortcut
+
+    spec = spec_for(tmp_path, "vgg-batchnorm")
+    spec = replace(spec, model=replace(spec.model, arch="resnet", depth=20, width=1.0))
+    model = build_model(spec)
+    assert len(model.blocks) == 19 == normalised_layers({"arch": "resnet", "depth": 20}) == len(resnet_layer_names(20))
+    assert [b.layer.out_channels for b in model.blocks] == [16] * 7 + [32] * 6 + [64] * 6 == \
+        layer_widths({"arch": "resnet", "depth": 20, "width": 1.0})
+    trainable = sum(p.numel() for p in model.parameters())
+    assert 0.26e6 < trainable < 0.28e6
+    grouped = {n for group in model.layer_groups() for n in group}
+    assert {n for n, _ in model.named_parameters()} - grouped == {"output.weight", "output.bias"}
+    shortcut = ZeroPadShortcut(16, 32, 2)
+    x = torch.randn(2, 16, 8, 8)
+    y = shortcut(x)
+    assert y.shape == (2, 32, 4, 4) and torch.equal(y[:, 8:24], x[:, :, ::2, ::2])
+    assert y[:, :8].abs().sum() == 0 and y[:, 24:].abs().sum() == 0
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert resnet_layer_names(20)[:3] == ["stem", "s1 b1 c1", "s1 b1 c2"]

@@ -173,3 +173,47 @@ def test_unit_noise_is_algorithm_1_in_each_units_standardised_coordinates():
     y = unit(x)
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert 0.5 < grad.min() and grad.max() < 2 and grad.std() > 0.01  # s ~ N(sigma_j, 0.1), sigma_j in [1, 1.25]
+
+
+# ---------------------------------------------------------------------------------------------
+# the normalisers beyond the paper
+
+
+@pytest.mark.parametrize("variant, axes, other", [
+    ("layernorm", (1, 2, 3), (0, 2, 3)),      # each sample over channels and positions; not per channel
+    ("instancenorm", (2, 3), (1,)),           # each sample and channel over positions; not over channels
+    ("groupnorm", None, (0, 2, 3)),           # each sample over groups of 2 channels; not per channel
+])
+def test_activation_normalisers_standardise_their_own_axes_only(variant, axes, other):
+    x = conv_input() * torch.linspace(0.5, 3, 4).view(1, 4, 1, 1)  # channels of different scales
+    norm = make_norm(variant, 4, True, replace(NORM, variant=variant, group_size=2)).train()
+    y = norm(x).detach()
+    if variant == "groupnorm":
+        grouped = y.view(y.shape[0], 2, -1)  # 2 groups of 2 channels
+        mean, var = grouped.mean(-1), grouped.var(-1, unbiased=False)
+    else:
+        mean, var = y.mean(axes), y.var(axes, unbiased=False)
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
+    assert torch.allclose(var, torch.ones_like(var), atol=1e-4)  # 1 up to eps / variance
+    across = y.mean(other)  # along other axes (BatchNorm's, for two of them) they are not centred
+    assert across.abs().max() > 0.05
+
+
+def test_instancenorm_refuses_a_linear_layer():
+    with pytest.raises(ValueError, match="spatial positions"):
+        make_norm("instancenorm", 4, False, replace(NORM, variant="instancenorm"))
+
+
+def test_weightnorm_filters_have_exactly_their_learned_norm():
+    from bnstudy.models import WNConv2d, WNLinear, filter_norms
+
+    torch.manual_seed(0)
+    for layer, x in ((WNConv2d(3, 5, 3, padding=1), torch.randn(2, 3, 6, 6)), (WNLinear(7, 4), torch.randn(2, 7))):
+        layer.init_gain()
+        assert torch.allclose(filter_norms(layer.normed_weight()), filter_norms(layer.weight))  # starts as w
+        with torch.no_grad():
+            layer.gain.copy_(torch.linspace(0.5, 2.0, layer.gain.numel()))
+            layer.weight.mul_(3.7)  # the direction's own scale does not matter
+        assert torch.allclose(filter_norms(layer.normed_weight()), layer.gain, rtol=1e-6, atol=0)
+        layer(x).sum().backward()
+        assert layer.gain.grad is not None and layer.weight.grad is not None

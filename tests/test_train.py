@@ -269,3 +269,47 @@ def test_compiled_step_trains_like_the_eager_one(tmp_path):
     noisy = prepared_spec(tmp_path, "vgg-noisy_batchnorm", steps=2)
     train(changed(noisy, {"runtime.compile": "on"}), tmp_path / "noisy", log=messages.append)
     assert any("training eagerly" in m for m in messages)
+
+
+@pytest.mark.parametrize("variant, arch", [("layernorm", "vgg"), ("groupnorm", "vgg"), ("instancenorm", "vgg"),
+                                           ("weightnorm", "vgg"), ("noisy_groupnorm", "vgg"),
+                                           ("batchnorm", "resnet"), ("groupnorm", "resnet")])
+def test_every_normaliser_trains_and_resumes_bit_identically(tmp_path, variant, arch):
+    """Each new variant (and the ResNet) lowers its loss on the smoke data, and a run resumed from
+    a checkpoint ends with exactly the tables of an uninterrupted one."""
+    base = prepared_spec(tmp_path, "vgg-batchnorm", steps=12)
+    changes = {"norm.variant": variant, "checkpoints": [0, 4, 8, 12]}
+    if arch == "resnet":
+        changes.update({"model.arch": "resnet", "model.depth": 8, "model.width": 0.5})
+    spec = changed(base, changes)
+    reference = train(spec, tmp_path / "ref", log=quiet)
+    losses = pd.read_csv(tmp_path / "ref" / "train.csv")["loss"]
+    assert reference["status"] == "completed" and losses.iloc[-4:].mean() < losses.iloc[:4].mean(), losses.tolist()
+    run_dir = tmp_path / "resumed"
+    train(spec, run_dir, log=quiet)
+    # as if killed after step 8's checkpoint: what came later never happened
+    for later in ("summary.json", "train.csv", "eval.csv", "layers.csv", "units.csv", "spec.json",
+                  "checkpoints/step_0000012.pt"):
+        (run_dir / later).unlink()
+    messages = []
+    resumed = train(spec, run_dir, log=messages.append)
+    assert any("from step 8" in m for m in messages), messages
+    assert resumed["final"] == reference["final"]
+    for name, frame in tables(tmp_path / "ref").items():
+        pd.testing.assert_frame_equal(frame, tables(run_dir)[name])
+
+
+def test_batchnorm_weights_are_scale_invariant_and_their_norm_grows_as_predicted(tmp_path):
+    """Arora, Li & Lyu 2019: every filter before BatchNorm has |cos(w, g)| < 1e-4, and under plain
+    SGD ||w_t+1||^2 = ||w_t||^2 + lr^2 ||g_t||^2 to 1e-4 (every step recorded)."""
+    spec = changed(prepared_spec(tmp_path, "vgg-batchnorm", steps=12), {"log.layers_every": 1})
+    train(spec, tmp_path / "run", log=quiet)
+    layers = pd.read_csv(tmp_path / "run" / "layers.csv").sort_values(["layer", "step"])
+    assert layers["weight_grad_cos"].max() < 1e-4
+    for _, rows in layers.groupby("layer"):
+        w_sq = rows["weight_norm"].to_numpy() ** 2
+        grown = w_sq[:-1] + spec.optim.lr ** 2 * rows["weight_grad_norm"].to_numpy()[:-1] ** 2
+        assert abs(grown / w_sq[1:] - 1).max() < 1e-4
+    standard = changed(spec, {"norm.variant": "standard"})
+    train(standard, tmp_path / "standard", log=quiet)
+    assert pd.read_csv(tmp_path / "standard" / "layers.csv")["weight_grad_cos"].max() > 1e-2  # not invariant

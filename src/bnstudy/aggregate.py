@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .spec import setting
 from .tables import (
     ANALYSIS_TABLES, LABEL_COLUMNS, RUN_TABLES, RUNS_COLUMNS, FINAL_METRICS, TableError, grid_columns,
-    read_json, read_table, write_csv,
+    read_json, read_table, required_columns, write_csv,
 )
 
 
@@ -55,7 +56,10 @@ def run_labels(run_dir: Path, grid: Mapping[str, str]) -> tuple[dict, dict, dict
               "lr": float(lookup_dotted(spec, "optim.lr", spec_path)), "seed": int(spec["seed"]),
               "status": summary["status"]}
     for dotted, column in grid.items():
-        labels[column] = lookup_dotted(spec, dotted, spec_path)
+        try:
+            labels[column] = setting(spec, dotted)
+        except KeyError:
+            raise TableError(f"{spec_path}: no value at {dotted!r}") from None
     return labels, spec, summary
 
 
@@ -74,6 +78,8 @@ def runs_row(labels: dict, spec: dict, summary: dict, summary_path: Path) -> dic
     diverged_step = summary.get("diverged_step")
     row["diverged_step"] = None if diverged_step is None else int(diverged_step)
     row["wall_seconds"] = _as_float(summary.get("wall_seconds"))
+    model = spec.get("model") or {}
+    row["arch"], row["depth"] = model.get("arch"), model.get("depth")  # to name the layers in figures
     return row
 
 
@@ -119,8 +125,9 @@ def aggregate(study: str, study_cfg: dict, run_dirs: list[Path], analyses: Mappi
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in [*RUN_TABLES, *analyses]}
     for run_dir, labels, spec, summary in _runs(run_dirs, study, grid):
         rows.append(runs_row(labels, spec, summary, run_dir / "summary.json"))
-        for name in RUN_TABLES:
-            frames[name].append(labelled(read_table(run_dir / f"{name}.csv", RUN_TABLES[name]), labels))
+        for name, columns in RUN_TABLES.items():
+            table = read_table(run_dir / f"{name}.csv", required_columns(name, columns)).reindex(columns=columns)
+            frames[name].append(labelled(table, labels))
         for name, digest in analyses.items():
             table = Path(analysis_root) / labels["run"] / f"{name}-{digest}.csv"
             frames[name].append(labelled(read_table(table, ANALYSIS_TABLES[name]), labels))

@@ -104,6 +104,12 @@ ANALYSES: dict[str, AnalysisKind] = {
                        "description": "random start vectors (the reference: 10)"},
             "bn_mode": BN_MODE,
         }),
+    # Lubana et al. 2021: per-layer similarity of samples, rank, gradient norm
+    "activations": AnalysisKind(
+        module="activations",
+        columns=("step", "bn_mode", "layer", "cosine_similarity", "stable_rank", "grad_norm", "activation_var"),
+        figures=("layer_measures", "gradient_vs_group_size"),
+        settings={"bn_mode": BN_MODE}),
     # Li et al. 2018: the loss on a plane of two filter-normalised random directions
     "surface": AnalysisKind(
         module="surface",
@@ -151,6 +157,9 @@ FIGURE_KINDS: dict[str, FigureKind] = {
     "spectral_density": FigureKind(),             # SLQ density per checkpoint (density)
     "edge_of_stability": FigureKind(("train",)),  # loss and sharpness against 2/lr (spectrum)
     "loss_surface": FigureKind(),                 # 2-D surfaces and the basin radius (surface)
+    "layer_measures": FigureKind(),               # Lubana et al.'s per-layer measures against depth (activations)
+    "gradient_vs_group_size": FigureKind(axis="norm.group_size"),  # first-layer gradient norm (activations)
+    "weight_norm": FigureKind(("layers",)),       # ||w||^2 beside lr^2 sum ||g||^2, effective lr (Arora et al.)
 }
 
 
@@ -207,6 +216,7 @@ class ClaimNeeds:
     grid: str | None = None                             # a setup key the study must vary
     activation: str | None = None                       # the setup's non-linearity
     exact: bool = False                                 # a measure on a grid: exact sign-flip test
+    per_variant: bool = False                           # one set of rows per variant against the reference
 
 
 CLAIM_KINDS: dict[str, ClaimNeeds] = {
@@ -227,6 +237,13 @@ CLAIM_KINDS: dict[str, ClaimNeeds] = {
     "hessian_outliers": ClaimNeeds(tables=("train", "spectrum", "density")),
     "edge_of_stability": ClaimNeeds(tables=("train", "spectrum"), variants=("standard", "batchnorm")),
     "wider_basin": ClaimNeeds(tables=("train", "surface")),
+    "bn_trains_better": ClaimNeeds(min_lrs=1),
+    # every other normaliser of the study against the standard network
+    "smoother_than_none": ClaimNeeds(tables=("train", "landscape"), variants=("standard", "standard"),
+                                     per_variant=True),
+    "group_size_gradients": ClaimNeeds(tables=("activations",), variants=("groupnorm", "groupnorm"),
+                                       grid="norm.group_size"),
+    "scale_invariance": ClaimNeeds(tables=("layers",)),
 }
 
 
@@ -242,7 +259,11 @@ def seeds_needed(kind: str, rules: ClaimRules) -> int:
 def claim_design_problem(kind: str, study: dict, setup: dict) -> str | None:
     """Why a study cannot test claim `kind` by design (None if it can): a config error."""
     needs = CLAIM_KINDS[kind]
-    missing = [v for v in needs.variants if v not in study["variants"]]
+    if needs.per_variant:
+        others = [v for v in study["variants"] if v != needs.variants[1]]
+        if needs.variants[1] not in study["variants"] or not others:
+            return f"it compares each variant with {needs.variants[1]}: give the study {needs.variants[1]} and others"
+    missing = [] if needs.per_variant else [v for v in needs.variants if v not in study["variants"]]
     if missing:
         return f"it compares {needs.variants[0]} with {needs.variants[1]}: add {missing} to the study's variants"
     if len(study["lrs"]) < needs.min_lrs:

@@ -43,6 +43,7 @@ Verdict rule (each row holds "above" or "below" a threshold T)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +348,46 @@ def log_basin_radius(data: StudyData, variant: str, rules: ClaimRules) -> pd.Ser
     return by_condition(mean_per_run(last, last["radius"], log=True), data)
 
 
+def group_size_slope(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per seed (and lr): the least-squares slope of log10 of the first normalised layer's gradient
+    norm at initialisation against log2 of the group size, i.e. the log10 change per doubling of
+    the group. A slope, not a rank correlation: a rank correlation over a few group sizes takes a
+    handful of values, every seed often gives exactly -1, and a zero-width interval decides nothing."""
+    table = data.table("activations")
+    first = table[(table["variant"] == variant) & (table["layer"] == 1) & (table["step"] == 0)]
+    keys = [k for k in data.condition_keys(exclude=["group_size"]) if k in first.columns]
+    out = {}
+    for key, group in first.groupby(keys):
+        if group["group_size"].nunique() >= 2:
+            x = np.log2(group["group_size"].astype(float))
+            y = np.log10(group["grad_norm"].astype(float).clip(lower=1e-30))
+            out[key if isinstance(key, tuple) else (key,)] = float(np.polyfit(x, y, 1)[0])
+    index = pd.MultiIndex.from_tuples(list(out), names=keys) if out else pd.MultiIndex.from_arrays([[]] * len(keys), names=keys)
+    return pd.Series(list(out.values()), index=index, dtype=float)
+
+
+def log_largest_cosine(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per run: log10 of the largest |cos(w, g)| over its recorded steps, layers and filters."""
+    layers = data.table("layers")
+    layers = layers[(layers["variant"] == variant)].dropna(subset=["weight_grad_cos"])
+    largest = layers.groupby("run")["weight_grad_cos"].max()
+    return by_condition(np.log10(largest.clip(lower=1e-30)), data)
+
+
+def log_norm_prediction_error(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per run: log10 of the largest relative gap between ||w_t||^2 and its scale-invariance
+    prediction ||w_0||^2 + lr^2 sum_{s<t} ||g_s||^2 (needs every step recorded: log.layers_every 1)."""
+    from .figure_data import weight_norms
+
+    layers = data.table("layers")
+    layers = layers[layers["variant"] == variant].dropna(subset=["weight_norm"])
+    if layers.empty or layers.groupby(["run", "layer"])["step"].diff().dropna().gt(1).any():
+        raise TableError("the scale-invariance prediction needs every step recorded: set log.layers_every: 1")
+    weights = weight_norms(layers)
+    gap = ((weights["w_sq"] - weights["w_sq_predicted"]).abs() / weights["w_sq"]).groupby(weights["run"]).max()
+    return by_condition(np.log10(gap.clip(lower=1e-30)), data)
+
+
 # ---------------------------------------------------------------------------------------------
 # checks: (data, claim, rules) -> reason the claim cannot be tested, or None
 
@@ -417,10 +458,11 @@ class Claim:
     must_train: str = "standard"
     paired: bool = True  # False: the treated variant's own values (the reference only must train)
     checks: tuple[Callable[[StudyData, "Claim", ClaimRules], str | None], ...] = ()
+    treated_variant: str | None = None  # set per variant for a per-variant claim
 
     @property
     def treated(self) -> str:
-        return CLAIM_KINDS[self.kind].variants[0]
+        return self.treated_variant or CLAIM_KINDS[self.kind].variants[0]
 
     @property
     def reference(self) -> str:
@@ -586,6 +628,47 @@ _CLAIMS += [
              " which the loss reaches twice its centre value) at the last analysed step; " + _PAIRING
              + " (log10 ratio)", log_basin_radius, "above"),)),
 ]
+_CLAIMS += [
+    Claim(
+        "bn_trains_better", "BN reaches a higher test accuracy", "2018",
+        "2018 (Fig. 1, VGG on CIFAR-10): 83% test accuracy with BN, 80% without; asked again with skip"
+        " connections (He et al.'s ResNet)",
+        (Row("accuracy", "final test accuracy (eval mode, whole test set; diverged = chance); " + _BEST_LR,
+             best_lr_test_accuracy, "above", unit="accuracy"),), findings=(("2018", SUPPORTED),)),
+    Claim(
+        "smoother_than_none", "This normaliser smooths the loss landscape", "2018 / Lubana 2021",
+        "2018 (section 3.3): lp normalisations smooth the landscape like BN; Lubana et al. 2021 compare"
+        " LayerNorm, GroupNorm, InstanceNorm and WeightNorm by their activations and gradients",
+        _windows(("loss_range", lambda w: landscape_log("loss_range", w), "Fig. 4a: log10 loss range over eta,"
+                  " mean over steps; the variant minus standard, paired by seed (log10 ratio)", "below"),
+                 ("grad_change", lambda w: landscape_log("grad_change", w), "Fig. 4b: log10 largest gradient"
+                  " change over eta, mean over steps; the variant minus standard, paired by seed (log10 ratio)",
+                  "below"),
+                 ("beta", lambda w: landscape_log("beta", w), "Fig. 4c: log10 effective beta-smoothness, mean over"
+                  " steps; the variant minus standard, paired by seed (log10 ratio)", "below"))[:3],
+        findings=(("2018", SUPPORTED),)),
+    Claim(
+        "group_size_gradients", "Smaller groups give larger first-layer gradients", "Lubana 2021",
+        "Lubana et al. 2021: small groups inflate early layers' gradient norms (GroupNorm)",
+        (Row("slope", "log10 change of the first layer's gradient norm at initialisation per doubling of"
+             " the group size (least-squares slope over the study's group sizes); groupnorm's value per seed"
+             " (negative = smaller groups, larger gradients)", group_size_slope, "below", unit="value"),),
+        findings=(("Lubana 2021", SUPPORTED),), paired=False, must_train="groupnorm"),
+    Claim(
+        "scale_invariance", "BN makes its layers' weights scale-invariant", "Arora 2019",
+        "Arora, Li & Lyu 2019: with BN, w . grad L = 0, so under plain SGD ||w_t+1||^2 = ||w_t||^2 +"
+        " lr^2 ||g_t||^2 and the effective learning rate lr / ||w||^2 falls by itself",
+        (Row("cosine", "log10 of the largest |cos(w, g)| over steps, layers and filters; batchnorm's value per"
+             " seed; holds below -3 (|cos| < 1e-3)", log_largest_cosine, "below", threshold=lambda rules: -3.0,
+             unit="value", variant="batchnorm"),
+         Row("norm_identity", "log10 of the largest relative gap between ||w_t||^2 and ||w_0||^2 + lr^2"
+             " sum ||g_s||^2; batchnorm's value per seed; holds below -3", log_norm_prediction_error, "below",
+             threshold=lambda rules: -3.0, unit="value", variant="batchnorm"),
+         Row("standard_cosine", "the same largest |cos(w, g)| of the standard network (reported beside it: no"
+             " scale invariance without a normaliser)", log_largest_cosine, "below",
+             threshold=lambda rules: -3.0, unit="value", variant="standard")),
+        findings=(("Arora 2019", SUPPORTED),), paired=False, must_train="batchnorm"),
+]
 CLAIMS: dict[str, Claim] = {claim.kind: claim for claim in _CLAIMS}
 
 
@@ -673,8 +756,24 @@ def seed_effects(data: StudyData, claim: Claim, row: Row, rules: ClaimRules) -> 
 
 
 def evaluate(study: str, kind: str, study_cfg: Mapping, tables: Path | None, rules: ClaimRules) -> list[dict]:
-    """The claims-table rows of claim `kind` as tested by `study`, from its tables folder."""
+    """The claims-table rows of claim `kind` as tested by `study`, from its tables folder (for a
+    per-variant claim, its rows for every variant of the study against the reference)."""
     claim = CLAIMS[kind]
+    if CLAIM_KINDS[kind].per_variant:
+        reference = CLAIM_KINDS[kind].variants[1]
+        rows = []
+        for variant in study_cfg.get("variants", []):
+            if variant != reference:
+                one = dataclasses.replace(claim, treated_variant=variant)
+                rows += [{**row, "key": row["key"].replace(f"{kind}.", f"{kind}.{variant}.", 1),
+                          "claim": f"{variant}: {claim.claim}"}
+                         for row in _evaluate(one, study, kind, study_cfg, tables, rules)]
+        return rows
+    return _evaluate(claim, study, kind, study_cfg, tables, rules)
+
+
+def _evaluate(claim: "Claim", study: str, kind: str, study_cfg: Mapping, tables: Path | None,
+              rules: ClaimRules) -> list[dict]:
     rules = rules.overridden(study_cfg.get("claim_rules"))
     blockers: list[str] = []
     data = None

@@ -12,7 +12,8 @@ import math
 import os
 from pathlib import Path
 
-from .architectures import VGG_CONFIGS, VGG_POOLS, normalised_layers
+from .architectures import VGG_CONFIGS, VGG_POOLS, layer_widths, normalised_layers, resnet_depth_ok
+from .variants import VARIANTS
 from .catalog import (ANALYSES, FIGURE_KINDS, ClaimRules, claim_design_problem, claim_tables, figure_tables,
                       seeds_needed)
 from .errors import ConfigError
@@ -155,6 +156,10 @@ def check_setup(config: dict, setup: dict, key: str) -> None:
     if model["arch"] != "dln" and regression:
         raise _bad(f"{key}.model.arch", model["arch"], f"{data_key} is a gaussian regression dataset: "
                    f"use arch dln, or an image dataset")
+    if model["arch"] == "resnet" and not resnet_depth_ok(model["depth"]):
+        raise _bad(f"{key}.model.depth", model["depth"], "CIFAR ResNets have depth 6n + 2 (20, 32, 44, 56, 110)")
+    if model["arch"] == "resnet" and regression:
+        raise _bad(f"{key}.model.arch", "resnet", f"{data_key} is a gaussian regression dataset")
     if model["arch"] == "vgg":
         if model["depth"] not in VGG_CONFIGS:
             raise _bad(f"{key}.model.depth", model["depth"],
@@ -175,6 +180,7 @@ def check_study(config: dict, name: str, schema: dict | None = None) -> None:
     cfg = config["studies"][name]
     for point, where in setups_of(config, name, schema):
         check_setup(config, point, where)
+        check_variants(config, name, cfg, point, where)
         layers = normalised_layers(point["model"])
         for i, layer in enumerate(cfg["layers"]):
             if layer > layers:
@@ -219,6 +225,26 @@ def check_study(config: dict, name: str, schema: dict | None = None) -> None:
     check_decidable(name, cfg)
 
 
+def check_variants(config: dict, name: str, cfg: dict, setup: dict, where: str) -> None:
+    """Each variant fits the study's network: InstanceNorm needs spatial positions in every
+    normalised layer, GroupNorm's group size must divide every layer wider than a group."""
+    model = setup["model"]
+    dim = config["datasets"][setup["dataset"]].get("dim")
+    widths = layer_widths({**model, "dim": dim})
+    for i, variant in enumerate(cfg["variants"]):
+        v = VARIANTS[variant]
+        if v.conv_only and (model["arch"] in ("mlp", "dln") or model["head"]):
+            raise _bad(f"studies.{name}.variants.{i}", variant, "it normalises each channel over its spatial "
+                       "positions: it needs a network whose normalised layers are all convolutions (vgg without "
+                       "a head, or resnet)")
+        if v.norm == "group":
+            group = setup["norm"]["group_size"]
+            bad = sorted({w for w in widths if w > group and w % group})
+            if bad:
+                raise _bad(f"{where}.norm.group_size", group, f"the {model['arch']}'s layers of {bad} units do not "
+                           f"split into groups of {group}: use a group size that divides them")
+
+
 def check_decidable(name: str, cfg: dict) -> None:
     """Every claim the study lists can reach a verdict with its seeds (one line per claim that
     cannot), unless `claim_rules.allow_undecidable` says the study is a smoke test."""
@@ -229,8 +255,8 @@ def check_decidable(name: str, cfg: dict) -> None:
     short = [(kind, need) for kind in cfg["claims"] if n < (need := seeds_needed(kind, rules))]
     if short:
         lines = [f"config key studies.{name}.seeds: {n} seeds cannot decide claim {kind}: it needs at least "
-                 f"{need} seeds at alpha {rules.alpha:g}" + (f" (an exact sign-flip test over n seeds cannot go "
-                 f"below p = 1/2^n)" if need > 2 else " (a t interval needs a spread)") for kind, need in short]
+                 f"{need} seeds at alpha {rules.alpha:g}" + (" (an exact sign-flip test over n seeds cannot go "
+                 "below p = 1/2^n)" if need > 2 else " (a t interval needs a spread)") for kind, need in short]
         raise ConfigError("\n".join(lines + [f"  give the study more seeds, or set studies.{name}.claim_rules."
                                              f"allow_undecidable: true to run it anyway (its rows then say "
                                              f"inconclusive)"]))

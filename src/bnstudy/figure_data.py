@@ -10,6 +10,7 @@ Conventions (why the figures read alike) are in `bnstudy.figures`' docstring.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -63,6 +64,17 @@ class Context:
         runs = self.runs
         counts = runs["status"].eq("diverged").groupby(runs["variant"]).agg(["sum", "count"])
         return {variant: (int(row["sum"]), int(row["count"])) for variant, row in counts.iterrows()}
+
+    def layer_label(self, layer: int) -> str:
+        """"layer 5", or for a ResNet "layer 5 (s1 b2 c2)": the layer by stage, block and conv."""
+        runs = self.runs
+        if "arch" in runs and runs["arch"].eq("resnet").all() and runs["depth"].nunique() == 1:
+            from .architectures import resnet_layer_names
+
+            names = resnet_layer_names(int(runs["depth"].iloc[0]))
+            if 1 <= layer <= len(names):
+                return f"layer {layer} ({names[layer - 1]})"
+        return f"layer {layer}"
 
     def layers(self, frame: pd.DataFrame) -> list[int]:
         """The study's configured layers (paper numbering), else every layer in the table."""
@@ -217,7 +229,7 @@ def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = Fals
             rows = frame if layer is None else frame[frame["layer"] == layer]
             for condition in conditions:
                 cell = rows[rows["condition"] == condition]
-                column = " · ".join(p for p in ([f"layer {layer}"] if by_layer else []) + [condition] if p)
+                column = " · ".join(p for p in ([ctx.layer_label(layer)] if by_layer else []) + [condition] if p)
                 pieces.append(_panel(measure.label, column, scale))
                 for variant in ctx.ordered(cell["variant"]):
                     series = curve_series(cell[cell["variant"] == variant], log=scale == "log",
@@ -304,7 +316,7 @@ def units_data(ctx: Context, last_layer_first_unit: bool = False) -> pd.DataFram
         layers = ctx.layers(units)
     pieces = []
     for layer in layers or [None]:
-        row = "no layers" if layer is None else f"layer {layer}"
+        row = "no layers" if layer is None else ctx.layer_label(layer)
         for condition in conditions:
             for variant in ctx.variants:
                 column = " · ".join(p for p in (variant, condition) if p)
@@ -540,3 +552,85 @@ def surface_data(ctx: Context) -> pd.DataFrame:
     keep = ["row", "column", "variant", "series", "style", "x", "y", "loss", "step", "low", "high", "n",
             "seed_min", "seed_max", "scale"]
     return pd.concat(pieces, ignore_index=True).reindex(columns=keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisers (Lubana et al. 2021) and scale invariance (Arora, Li & Lyu 2019)
+
+
+LAYER_ROWS = [("cosine_similarity", "mean cosine similarity\nbetween samples", "linear"),
+              ("stable_rank", "stable rank of\nthe activations", "log"),
+              ("grad_norm", "‖dL/dWᵢ‖", "log"),
+              ("activation_var", "activation variance", "log")]
+
+
+def layer_measures_data(ctx: Context) -> pd.DataFrame:
+    """Per-layer measures against depth (x = layer), one column per analysed step and condition."""
+    table, conditions = with_conditions(ctx.tables["activations"], ["lr", *ctx.grid])
+    pieces = []
+    for column_name, label, scale in LAYER_ROWS:
+        frame = table.assign(value=table[column_name].astype(float))
+        scale = resolve_scale(frame["value"], scale)
+        for step in sorted(frame["step"].unique()):
+            for condition in conditions:
+                cell = frame[(frame["step"] == step) & (frame["condition"] == condition)]
+                column = " · ".join(p for p in (f"step {int(step)}", condition) if p)
+                pieces.append(_panel(label, column, scale))
+                for variant in ctx.ordered(cell["variant"]):
+                    series = curve_series(cell[cell["variant"] == variant], x="layer", log=scale == "log")
+                    pieces.append(series.assign(row=label, column=column, variant=variant, scale=scale))
+    return pd.concat(pieces, ignore_index=True)
+
+
+def group_size_data(ctx: Context) -> pd.DataFrame:
+    """The first normalised layer's gradient norm against the group size (x), per analysed step
+    (columns): Lubana et al. find small groups inflate early layers' gradient norms."""
+    table = ctx.tables["activations"]
+    table = table[table["layer"] == 1]
+    others = [c for c in ["lr", *ctx.grid] if c != "group_size"]
+    table, conditions = with_conditions(table, others)
+    pieces = []
+    for step in sorted(table["step"].unique()):
+        for condition in conditions:
+            cell = table[(table["step"] == step) & (table["condition"] == condition)]
+            column = " · ".join(p for p in (f"step {int(step)}", condition) if p)
+            pieces.append(_panel("first layer ‖dL/dW₁‖", column, "log"))
+            for variant in ctx.ordered(cell["variant"]):
+                series = curve_series(cell[cell["variant"] == variant], x="group_size", y="grad_norm", log=True)
+                pieces.append(series.assign(row="first layer ‖dL/dW₁‖", column=column, variant=variant, scale="log"))
+    return pd.concat(pieces, ignore_index=True)
+
+
+def weight_norms(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per run, layer and recorded step: ||w_t||^2, its prediction for a scale-invariant weight
+    under plain SGD, ||w_0||^2 + lr^2 sum_{s<t} ||g_s||^2 (exact only if every step is recorded),
+    the effective learning rate lr / ||w_t||^2 and |cos(w, g)|."""
+    layers = layers.sort_values(["run", "layer", "step"])
+    grouped = layers.groupby(["run", "layer"])
+    w_sq = layers["weight_norm"].astype(float) ** 2
+    grad_sq = layers["weight_grad_norm"].astype(float) ** 2
+    first = grouped["weight_norm"].transform("first").astype(float) ** 2
+    earlier = (layers["lr"] ** 2 * grad_sq).groupby([layers["run"], layers["layer"]]).cumsum() - layers["lr"] ** 2 * grad_sq
+    return layers.assign(w_sq=w_sq, w_sq_predicted=first + earlier, effective_lr=layers["lr"] / w_sq,
+                         grad_cos=layers["weight_grad_cos"].astype(float))
+
+
+WEIGHT_ROWS = [Measure("‖wᵢ‖² (dotted: ‖w₀‖² + lr² Σ‖g‖²)", "weights", "w_sq", scale="auto"),
+               Measure("effective learning rate\nlr / ‖wᵢ‖²", "weights", "effective_lr", scale="log"),
+               Measure("largest |cos(w, g)|\nover filters", "weights", "grad_cos", scale="log")]
+
+
+def weight_norm_data(ctx: Context) -> pd.DataFrame:
+    """Per configured layer and condition: the measured ||w||^2 with the scale-invariance
+    prediction drawn beside it (style "prediction"), the effective learning rate and |cos(w, g)|."""
+    layers = ctx.tables["layers"].dropna(subset=["weight_norm"])
+    weights = weight_norms(layers)
+    data = curves_data(ctx, WEIGHT_ROWS, by_layer=True, frames={"weights": weights})
+    predicted = curves_data(ctx, [dataclasses.replace(WEIGHT_ROWS[0], column="w_sq_predicted")], by_layer=True,
+                            frames={"weights": weights})
+    predicted = predicted[predicted["style"].isin(["mean", "seed"])].assign(style="prediction", low=np.nan,
+                                                                           high=np.nan)
+    return pd.concat([data, predicted], ignore_index=True)
+
+
+ROWS_OF.update({"weight_norm": WEIGHT_ROWS})

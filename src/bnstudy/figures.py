@@ -49,8 +49,8 @@ from .atomic import atomic_write  # noqa: E402
 from .catalog import figure_tables  # noqa: E402
 from .figure_data import (  # noqa: E402
     CURVES, EVAL_MODE, FINAL, MIN_BAND_SEEDS, ROWS_OF, TRAIN_MODE, Context, as_bool, curvature_data, curves_data,
-    density_data, eos_data, final_data, final_x, format_value, landscape_data, spectrum_data, surface_data,
-    units_data,
+    density_data, eos_data, final_data, final_x, format_value, group_size_data, landscape_data,
+    layer_measures_data, spectrum_data, surface_data, units_data, weight_norm_data,
 )
 from .tables import StudyTables, TableError  # noqa: E402
 
@@ -131,6 +131,8 @@ def draw_series(ax: plt.Axes, series: pd.DataFrame, colour, x: str = "step") -> 
                        zorder=6, gid="unconverged")
         elif style == "reference":
             ax.plot(xs, ys, color="0.1", linewidth=1.0, linestyle=":", gid="reference")
+        elif style == "prediction":
+            ax.plot(xs, ys, color=colour, linewidth=1.4, linestyle=":", gid="prediction")
 
 
 def plotted_values(data: pd.DataFrame) -> np.ndarray:
@@ -256,6 +258,9 @@ def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     measures = CURVES[ctx.kind][0] if ctx.kind in CURVES else ROWS_OF[ctx.kind]
     fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures})
     entries = style_entries(data)
+    if data["style"].eq("prediction").any():
+        entries.append((Line2D([], [], color=GREY, linewidth=1.4, linestyle=":"),
+                        "prediction for a scale-invariant weight: ‖w₀‖² + lr² Σ‖g‖² (plain SGD)"))
     if data["style"].eq("reference").any():
         entries.append((Line2D([], [], color="0.1", linewidth=1.0, linestyle=":"),
                         "2 / lr: gradient descent on a quadratic with this sharpness diverges"))
@@ -460,6 +465,29 @@ def surface_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def axis_figure(ctx: Context, data: pd.DataFrame, xlabel: str, x: str = "layer", log_x: bool = False) -> plt.Figure:
+    """Curves against something other than the step (a layer's depth, a group size): rows =
+    measures, columns = steps and conditions, hue = variant."""
+    rows, columns = _order(data["row"]), _order(data["column"])
+    fig, axes = _grid(len(rows), len(columns), sharey="row")
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            cell = data[(data["row"] == row) & (data["column"] == column)]
+            scales = cell["scale"].dropna()
+            ax.set_yscale(scales.iloc[0] if len(scales) else "linear")
+            if log_x:
+                ax.set_xscale("log", base=2)
+            drawable = cell.dropna(subset=["style"])
+            for variant in ctx.ordered(drawable["variant"]):
+                draw_series(ax, drawable[drawable["variant"] == variant], ctx.palette[variant], x=x)
+            if not _has_values(drawable):
+                _no_data(ax)
+            _label(ax, column, xlabel, row)
+    legend(fig, ctx, data["variant"].dropna(), style_entries(data))
+    return fig
+
+
 @dataclass(frozen=True)
 class Drawer:
     """A figure kind: its title, what it plots (a tidy frame) and how it draws that frame."""
@@ -506,6 +534,13 @@ DRAWERS: dict[str, Drawer] = {
                                 curves_figure),
     "loss_surface": Drawer("loss on a plane of two filter-normalised directions, and the basin radius",
                            surface_data, surface_figure),
+    "layer_measures": Drawer("per-layer similarity of samples, rank, gradient norm and variance against depth",
+                             layer_measures_data, lambda ctx, data: axis_figure(ctx, data, "layer (depth)")),
+    "gradient_vs_group_size": Drawer("first-layer gradient norm against GroupNorm's group size",
+                                     group_size_data, lambda ctx, data: axis_figure(ctx, data, "group size",
+                                                                                    x="group_size", log_x=True)),
+    "weight_norm": Drawer("weight norms beside the scale-invariance prediction, effective learning rate",
+                          weight_norm_data, curves_figure),
 }
 
 

@@ -1,9 +1,11 @@
-"""The networks of both papers: a VGG for 32x32 images, the deep linear network, the 2015 MLP.
+"""The networks: a VGG for 32x32 images, He et al.'s CIFAR ResNet, the deep linear network, the 2015
+MLP.
 
-Every network is a stack of `Block`s (conv or linear layer -> normalisation variant -> non-linearity)
-followed by a plain output layer. Blocks are the paper's "layers": block i is layer #i of the figures
-(1-based). The training loop and the analyses reach activations through `model.blocks` and
-parameters through `model.layer_groups()`; models know nothing of logging or tracking.
+Every network is built of `Block`s (conv or linear layer -> normalisation variant -> non-linearity)
+and ends in a plain output layer. Blocks are the paper's "layers": block i, in the order the input
+meets them, is layer #i of the figures (1-based). The training loop and the analyses reach
+activations through `model.blocks` and parameters through `model.layer_groups()`; models know
+nothing of logging or tracking.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import math
 import torch
 from torch import nn
 
-from .architectures import vgg_channels
+from .architectures import resnet_widths, vgg_channels
 from .norms import make_norm
+from .variants import VARIANTS
 from .spec import RunSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
@@ -36,6 +39,55 @@ class SeededDropout(nn.Module):
         keep = torch.rand(x.shape, generator=self.generator,
                           device=self.generator.device if self.generator else x.device)
         return x * (keep.to(x.device) >= self.p).to(x.dtype) / (1 - self.p)
+
+
+def filter_norms(weight: torch.Tensor) -> torch.Tensor:
+    """||w_i|| of each output filter (row of a linear layer, output channel of a conv)."""
+    return torch.linalg.vector_norm(weight.flatten(1), dim=1)
+
+
+class WeightNormed:
+    """WeightNorm (Salimans & Kingma 2016) for a conv or linear layer: each output filter's weight
+    is gain_i * v_i / ||v_i||. `weight` holds v (the layer's main weight, W_i of the analyses) and
+    `gain` the learned norms, initialised to ||v_i|| so the layer starts as it would without it."""
+
+    def init_gain(self) -> None:
+        with torch.no_grad():
+            self.gain.copy_(filter_norms(self.weight))
+
+    def normed_weight(self) -> torch.Tensor:
+        scale = self.gain / filter_norms(self.weight)
+        return self.weight * scale.view(-1, *([1] * (self.weight.dim() - 1)))
+
+
+class WNConv2d(WeightNormed, nn.Conv2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.ones(self.out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.normed_weight(), self.bias)
+
+
+class WNLinear(WeightNormed, nn.Linear):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.ones(self.out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.normed_weight(), self.bias)
+
+
+def conv3x3(spec: RunSpec, channels: int, width: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+    """The variant's 3x3 convolution (weight-normed for WeightNorm)."""
+    cls = WNConv2d if VARIANTS[spec.norm.variant].norm == "weight" else nn.Conv2d
+    return cls(channels, width, 3, stride=stride, padding=1, bias=bias)
+
+
+def linear(spec: RunSpec, fan_in: int, fan_out: int, bias: bool = True, normalise: bool = True) -> nn.Linear:
+    """The variant's hidden linear layer (weight-normed for WeightNorm, if it is normalised)."""
+    weight_norm = normalise and VARIANTS[spec.norm.variant].norm == "weight"
+    return (WNLinear if weight_norm else nn.Linear)(fan_in, fan_out, bias=bias)
 
 
 class Block(nn.Module):
@@ -59,7 +111,8 @@ class Network(nn.Module):
 
     @property
     def blocks(self) -> list[Block]:
-        return [m for m in self.features if isinstance(m, Block)]
+        """The normalised layers in the order the input meets them (also inside residual blocks)."""
+        return [m for m in self.features.modules() if isinstance(m, Block)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.features(x))
@@ -91,13 +144,13 @@ def vgg(spec: RunSpec, noise: bool) -> Network:
             features.append(nn.MaxPool2d(2))
             size //= 2
             continue
-        conv = nn.Conv2d(channels, width, 3, padding=1, bias=m.bias)
+        conv = conv3x3(spec, channels, width, bias=m.bias)
         features.append(_block(conv, width, True, spec, noise))
         channels = width
     features.append(nn.Flatten())
     dim = channels * size * size
     for hidden in m.head:
-        features.append(_block(nn.Linear(dim, hidden, bias=m.bias), hidden, False, spec, noise))
+        features.append(_block(linear(spec, dim, hidden, m.bias), hidden, False, spec, noise))
         if m.dropout:
             features.append(SeededDropout(m.dropout))
         dim = hidden
@@ -112,7 +165,7 @@ def mlp(spec: RunSpec, noise: bool) -> Network:
     dim = math.prod(spec.dataset.shape)
     features: list[nn.Module] = [nn.Flatten()]
     for hidden in m.hidden:
-        features.append(_block(nn.Linear(dim, hidden, bias=m.bias), hidden, False, spec, noise))
+        features.append(_block(linear(spec, dim, hidden, m.bias), hidden, False, spec, noise))
         if m.dropout:
             features.append(SeededDropout(m.dropout))
         dim = hidden
@@ -128,15 +181,70 @@ def dln(spec: RunSpec, noise: bool) -> Network:
     """
     m = spec.model
     d = spec.dataset.dim
+    normalised = [i < m.depth - 1 or m.norm_last for i in range(m.depth)]
     blocks = [
-        _block(nn.Linear(d, d, bias=False), d, False, spec, noise, act="identity",
-               normalise=i < m.depth - 1 or m.norm_last)
-        for i in range(m.depth)
+        _block(linear(spec, d, d, bias=False, normalise=normalise), d, False, spec, noise, act="identity",
+               normalise=normalise)
+        for normalise in normalised
     ]
     return Network(blocks, nn.Identity())
 
 
-ARCHITECTURES = {"vgg": vgg, "mlp": mlp, "dln": dln}
+class ZeroPadShortcut(nn.Module):
+    """He et al.'s option A for CIFAR: the identity where a stage halves the resolution and widens
+    the channels, by taking every second position and padding the new channels with zeros (no
+    parameters, so every parameter of the network belongs to a normalised layer or the output)."""
+
+    def __init__(self, channels: int, width: int, stride: int):
+        super().__init__()
+        self.stride, self.pad = stride, width - channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+class Residual(nn.Module):
+    """He et al.'s basic block: two normalised 3x3 convolutions, the second's non-linearity (ReLU)
+    applied after adding the shortcut."""
+
+    def __init__(self, first: Block, second: Block, shortcut: nn.Module):
+        super().__init__()
+        self.first, self.second, self.shortcut = first, second, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.second(self.first(x)) + self.shortcut(x))
+
+
+def resnet(spec: RunSpec, noise: bool) -> Network:
+    """He et al. 2016's CIFAR ResNet (depth 6n + 2: ResNet-20, -56, ...): a normalised 3x3 stem,
+    three stages of n basic blocks at 16, 32 and 64 channels (times `width`), the first block of
+    stages 2 and 3 halving the resolution, identity shortcuts (option A), global average pooling
+    and a linear classifier. Any variant fills the norm slots; layer #1 is the stem, then each
+    block's two convolutions in order (`architectures.resnet_layer_names`)."""
+    m = spec.model
+    blocks_per_stage = (m.depth - 2) // 6
+    channels = spec.dataset.shape[0]
+    stem_width, *_ = widths = resnet_widths(m.width)
+    features: list[nn.Module] = [_block(conv3x3(spec, channels, stem_width, bias=m.bias), stem_width, True,
+                                        spec, noise)]
+    channels = stem_width
+    for stage, width in enumerate(widths):
+        for index in range(blocks_per_stage):
+            stride = 2 if stage and not index else 1
+            first = _block(conv3x3(spec, channels, width, stride, m.bias), width, True, spec, noise)
+            second = _block(conv3x3(spec, width, width, 1, m.bias), width, True, spec, noise, act="identity")
+            shortcut = nn.Identity() if stride == 1 and channels == width else \
+                ZeroPadShortcut(channels, width, stride)
+            features.append(Residual(first, second, shortcut))
+            channels = width
+    features += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if m.dropout:
+        features.append(SeededDropout(m.dropout))
+    return Network(features, nn.Linear(channels, spec.dataset.classes, bias=m.bias))
+
+
+ARCHITECTURES = {"vgg": vgg, "resnet": resnet, "mlp": mlp, "dln": dln}
 
 
 def initialise(model: nn.Module, scheme: str, scale: float, generator: torch.Generator) -> None:
@@ -162,6 +270,8 @@ def initialise(model: nn.Module, scheme: str, scale: float, generator: torch.Gen
             raise ValueError(f"unknown init scheme {scheme!r}")
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+        if isinstance(module, WeightNormed):
+            module.init_gain()
 
 
 def build_model(spec: RunSpec, noise: bool = True) -> Network:
@@ -188,7 +298,7 @@ def uses_channels_last(spec: RunSpec, device: torch.device | str) -> bool:
     """
     want = spec.runtime.channels_last
     kind = torch.device(device).type
-    return spec.model.arch == "vgg" and (want == "on" or (want == "auto" and kind in ("cuda", "cpu")))
+    return spec.model.arch in ("vgg", "resnet") and (want == "on" or (want == "auto" and kind in ("cuda", "cpu")))
 
 
 def set_generator(model: nn.Module, generator: torch.Generator | None) -> None:

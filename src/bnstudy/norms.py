@@ -227,21 +227,42 @@ def _cpu_apply_noise(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, r_m
     return y, scale
 
 
+def groups_of(features: int, group_size: int) -> int:
+    """GroupNorm's number of groups for `features` channels of `group_size` each (one group when
+    the layer is narrower than a group)."""
+    if features <= group_size:
+        return 1
+    if features % group_size:
+        raise ValueError(f"{features} channels do not split into groups of {group_size}: choose a "
+                         f"norm.group_size that divides every layer's width")
+    return features // group_size
+
+
 def make_norm(variant: str, features: int, spatial: bool, norm: NormSpec,
               noise_enabled: bool = True) -> nn.Module:
     """The module that follows a conv (spatial=True) or linear layer for this variant.
 
-    `norm` is a run spec's norm block: eps, lp_scale and Algorithm 1's noise constants.
+    `norm` is a run spec's norm block: eps, lp_scale, group_size and Algorithm 1's noise
+    constants. LayerNorm, GroupNorm and InstanceNorm are `nn.GroupNorm` with 1, C / group_size and
+    C groups (per-channel affine parameters, no running statistics: they normalise each sample on
+    its own, the same in training and evaluation). WeightNorm reparametrises the layer itself
+    (`models.weight_normed`); its norm slot is empty.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown normalisation variant {variant!r}; known: {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
     eps = norm.eps
+    if v.conv_only and not spatial:
+        raise ValueError(f"{variant} normalises each channel over its spatial positions: a linear "
+                         f"layer has none (use it on convolutions only)")
     if v.norm == "batch":
         module = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, eps=eps)
     elif v.norm == "lp":
         module = LpNorm(features, v.p, eps=eps, centred=norm.lp_scale == "centred")
-    else:
+    elif v.per_sample:
+        groups = {"layer": 1, "instance": features}.get(v.norm) or groups_of(features, norm.group_size)
+        module = nn.GroupNorm(groups, features, eps=eps)
+    else:  # standard, and WeightNorm (the layer carries it)
         module = nn.Identity()
     if not v.noise:
         return module

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .catalog import ANALYSES
 from .errors import ConfigError
 from .schema import load_schema, setup_schema, validate
-from .spec import RunSpec
+from .spec import APPLIES, RunSpec, without_added_defaults
 
 # the training-set sizes, image sizes and channels of the torchvision sources
 SOURCE_SIZES = {"cifar10": (50000, 10000, 32, 3), "mnist": (60000, 10000, 28, 1)}
@@ -137,6 +137,7 @@ def run_spec(config: dict, setup_name: str, setup: dict, variant: str, lr: float
         "checkpoints": checkpoint_steps(setup["checkpoints"], setup["optim"]["steps"]),
         "log": setup["log"],
     }
+    spec = without_added_defaults(copy.deepcopy(spec))
     # Precision changes the numbers, so it is part of what a run is (a tf32 checkpoint is never
     # resumed as fp32); where a run trains (device, threads, layout) is not.
     numerics = {"precision": config["runtime"]["precision"]}
@@ -154,7 +155,9 @@ def display_name(spec: RunSpec, setup: dict, base: dict) -> str:
     e.g. `vgg batchnorm lr=0.1 seed=0 init_scale=0.25`."""
     name = f"{spec.setup} {spec.norm.variant} lr={spec.optim.lr:g} seed={spec.seed}"
     mine, theirs = leaves(setup), leaves(base)
-    changed = [key for key in mine if mine[key] != theirs.get(key)]
+    as_dict = spec.to_dict()
+    changed = [key for key in mine if mine[key] != theirs.get(key)
+               and APPLIES.get(key, lambda _: True)(as_dict)]
     short = {key: key.rsplit(".", 1)[-1] for key in changed}
     ambiguous = {s for s in short.values() if list(short.values()).count(s) > 1}
     for key in changed:

@@ -18,6 +18,45 @@ import typing
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .variants import VARIANTS
+
+# Keys added after runs were first planned enter a spec (and its run id) only when they differ
+# from these defaults, so that runs planned before the key existed keep their ids and results.
+ADDED = {"norm.group_size": 8}
+
+
+def _added(key: str):
+    return dataclasses.field(default=ADDED[key], metadata={"added": True})
+
+
+# Settings that mean something for some runs only: a run's spec holds them only where they apply,
+# so that runs they cannot change (a BatchNorm run on a grid over GroupNorm's group size) are one
+# run, not one per value.
+APPLIES = {"norm.group_size": lambda spec: VARIANTS[spec["norm"]["variant"]].norm == "group"}
+
+
+def without_added_defaults(spec: dict) -> dict:
+    """`spec` (the JSON form) without the settings that do not apply to it and without the added
+    keys that are at their default (in place)."""
+    for dotted, default in ADDED.items():
+        block, name = dotted.split(".")
+        applies = APPLIES.get(dotted, lambda _: True)(spec)
+        if not applies or spec.get(block, {}).get(name, default) == default:
+            spec.get(block, {}).pop(name, None)
+    return spec
+
+
+def setting(spec: dict, dotted: str):
+    """A spec's value at a dotted key, the default of an added key where it applies but was left
+    out, NaN where it does not apply; KeyError if a key every spec has is missing."""
+    node = spec
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if dotted in ADDED:
+                return ADDED[dotted] if APPLIES.get(dotted, lambda _: True)(spec) else float("nan")
+            raise KeyError(dotted)
+        node = node[part]
+    return node
 
 
 @dataclass(frozen=True)
@@ -67,6 +106,7 @@ class NormSpec:
     eps: float
     lp_scale: str
     noise: NoiseSpec
+    group_size: int = _added("norm.group_size")  # GroupNorm: channels per group
 
 
 @dataclass(frozen=True)
@@ -172,6 +212,8 @@ def _plain(value):
             item = getattr(value, f.name)
             if item is None and isinstance(value, DataSpec) and f.name in ("shape", "dim"):
                 continue  # a regression dataset has no image shape, an image dataset no dim
+            if f.metadata.get("added") and item == f.default:
+                continue  # a key added later, at its default: not part of the spec (see ADDED)
             out[f.name] = _plain(item)
         return out
     if isinstance(value, tuple):

@@ -35,13 +35,23 @@ RUN_TABLES: dict[str, list[str]] = {
     # one row per (step, normalised layer): gradient norms wrt the layer's weight and output, mean
     # |gamma_j| / sigma_j (BatchNorm layers), and the change of each unit's mean and variance of the
     # non-linearity's input between steps t and t+1, averaged over the layer's units
+    # weight_norm: ||W_i|| of the layer's main weight; weight_grad_cos: the largest |cos(w, g)| over
+    # its filters (0 for scale-invariant filters: Arora, Li & Lyu 2019)
     "layers": ["step", "layer", "weight_grad_norm", "output_grad_norm", "gamma_over_sigma",
-               "unit_mean_change", "unit_var_change"],
+               "unit_mean_change", "unit_var_change", "weight_norm", "weight_grad_cos"],
     # one row per (step, layer, unit) for `log.units` fixed units: one unit's activations over the
     # batch (and spatial positions)
     "units": ["step", "layer", "unit", "mean", "var", "p05", "p15", "p50", "p85", "p95"],
 }
 EVAL_SPLITS = ("train", "test", "train_batches")
+# columns added to a table after runs were first written: tables without them read as NaN there
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"layers": ("weight_norm", "weight_grad_cos"),
+                                              "runs": ("arch", "depth")}
+
+
+def required_columns(name: str, columns) -> list[str]:
+    """The columns a table `name` must have (its contract minus the columns added later)."""
+    return [c for c in columns if c not in ADDED_COLUMNS.get(name, ())]
 
 
 def eval_metric(split: str, metric: str) -> str:
@@ -56,7 +66,7 @@ ANALYSIS_TABLES: dict[str, list[str]] = {name: list(record.columns) for name, re
 LABEL_COLUMNS = ["run", "variant", "lr", "seed", "status"]
 FINAL_METRICS = [f"{split}_{metric}" for split in EVAL_SPLITS for metric in ("loss", "accuracy")]
 RUNS_COLUMNS = (["setup", "task"] + [f"final_{name}" for name in FINAL_METRICS]
-                + ["steps", "steps_done", "diverged_step", "wall_seconds"])
+                + ["steps", "steps_done", "diverged_step", "wall_seconds", "arch", "depth"])
 STUDY_TABLES: dict[str, list[str]] = {"runs": RUNS_COLUMNS, **RUN_TABLES, **ANALYSIS_TABLES}
 
 
@@ -178,7 +188,9 @@ class StudyTables:
                 raise TableError(f"{self.paths[name]}: unknown table {name!r}")
             import numpy as np
 
-            frame = read_table(self.paths[name], LABEL_COLUMNS + STUDY_TABLES[name])
+            frame = read_table(self.paths[name], LABEL_COLUMNS + required_columns(name, STUDY_TABLES[name]))
+            missing = [c for c in STUDY_TABLES[name] if c not in frame.columns]
+            frame = frame.assign(**{c: np.nan for c in missing})
             self._cache[name] = frame.replace([np.inf, -np.inf], np.nan)
         return self._cache[name].copy()
 

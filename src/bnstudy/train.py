@@ -67,6 +67,16 @@ def unit_percentiles(units: torch.Tensor) -> torch.Tensor:
     return torch.quantile(units, q, dim=1).T
 
 
+def largest_filter_cosine(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | float:
+    """max over the layer's filters of |cos(w_i, g_i)|: 0 for a layer whose filters are each
+    scale-invariant (a layer followed by BatchNorm: w_i . g_i = 0, Arora, Li & Lyu 2019)."""
+    if grad is None:
+        return math.nan
+    w, g = weight.detach().flatten(1).float(), grad.detach().flatten(1).float()
+    cosine = (w * g).sum(1) / (w.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-30)
+    return cosine.abs().max()
+
+
 def recorded_units(width: int, count: int) -> list[int]:
     """`count` fixed, evenly spaced unit indices of a layer of `width` units (0 always among them)."""
     if count >= width:
@@ -177,16 +187,20 @@ class LayerRecorder:
         scalars, unit_stats = [], []
         for i, block in enumerate(self.model.blocks, start=1):
             stats = self._stats.get(i, {})
-            grad = block.layer.weight.grad
+            weight, grad = block.layer.weight, block.layer.weight.grad
             scalars.append(torch.stack([scalar(grad.norm() if grad is not None else math.nan),
                                         scalar(stats.get("output_grad_norm", math.nan)),
-                                        scalar(stats.get("gamma_over_sigma", math.nan))]))
+                                        scalar(stats.get("gamma_over_sigma", math.nan)),
+                                        scalar(weight.detach().float().norm()),
+                                        scalar(largest_filter_cosine(weight, grad))]))
             unit_stats.append(stats.get("units", ([], torch.empty(0, 2 + len(PERCENTILES)))))
         values = torch.stack(scalars).tolist()  # one read-back for every layer's scalars
-        for i, ((weight_norm, output_norm, gamma), (units, table)) in enumerate(zip(values, unit_stats), start=1):
-            layer_rows.append({"step": step, "layer": i, "weight_grad_norm": weight_norm,
+        for i, ((grad_norm, output_norm, gamma, weight_norm, cosine), (units, table)) in \
+                enumerate(zip(values, unit_stats), start=1):
+            layer_rows.append({"step": step, "layer": i, "weight_grad_norm": grad_norm,
                                "output_grad_norm": output_norm, "gamma_over_sigma": gamma,
-                               "unit_mean_change": math.nan, "unit_var_change": math.nan})
+                               "unit_mean_change": math.nan, "unit_var_change": math.nan,
+                               "weight_norm": weight_norm, "weight_grad_cos": cosine})
             names = ["mean", "var", *(f"p{p:02d}" for p in PERCENTILES)]
             for unit, row in zip(units, table.tolist()):
                 unit_rows.append({"step": step, "layer": i, "unit": unit, **dict(zip(names, row))})

@@ -13,6 +13,12 @@ is one row here, plus a normaliser class in `bnstudy.norms` if it needs a new on
     standard_unit_noise  the same noise relative to each unit's spread: applied in the unit's
                      standardised coordinates, as it is after BatchNorm (the other reading)
     l1, l2, linf     lp normalisation (Santurkar et al. 2018, section 3.3)
+    layernorm        LayerNorm: each sample over all its channels (and positions) (Ba et al. 2016)
+    groupnorm        GroupNorm: each sample over groups of `norm.group_size` channels (Wu & He 2018)
+    instancenorm     InstanceNorm: each sample and channel over its positions (conv layers only)
+    weightnorm       WeightNorm: each filter's weight reparametrised as g v / ||v||, no activation
+                     normaliser (Salimans & Kingma 2016)
+    noisy_groupnorm  GroupNorm, then Algorithm 1's noise
 """
 
 from __future__ import annotations
@@ -22,9 +28,19 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Variant:
-    norm: str | None  # "batch", "lp" or None
+    norm: str | None  # "batch", "lp", "layer", "group", "instance", "weight" or None
     p: float | None = None  # for lp normalisation
     noise: str | None = None  # Algorithm 1 after the normaliser: "absolute" draws, or "unit" (scaled)
+
+    @property
+    def per_sample(self) -> bool:
+        """Normalises each sample on its own (no batch statistics, so no running statistics)."""
+        return self.norm in ("layer", "group", "instance")
+
+    @property
+    def conv_only(self) -> bool:
+        """Needs spatial positions: over one unit of a linear layer there is nothing to normalise."""
+        return self.norm == "instance"
 
 
 VARIANTS: dict[str, Variant] = {
@@ -36,4 +52,9 @@ VARIANTS: dict[str, Variant] = {
     "l1": Variant("lp", p=1.0),
     "l2": Variant("lp", p=2.0),
     "linf": Variant("lp", p=float("inf")),
+    "layernorm": Variant("layer"),
+    "groupnorm": Variant("group"),
+    "instancenorm": Variant("instance"),
+    "weightnorm": Variant("weight"),
+    "noisy_groupnorm": Variant("group", noise="absolute"),
 }
