@@ -413,8 +413,13 @@ def test_wider_basin_compares_the_radius_at_the_last_step(tmp_path):
 def test_group_size_gradients_is_a_slope_per_doubling(tmp_path):
     """Gradient norms ~ group_size^-1/2 give a slope of log10(2) / -2 = -0.15 per doubling
     (supported); gradients that grow with the group give +0.15 (not supported)."""
-    row = verdict_rows(tmp_path / "a", "group_size", default_outcome).loc["group_size_gradients.slope.final"]
+    rows = verdict_rows(tmp_path / "a", "group_size", default_outcome)
+    row = rows.loc["group_size_gradients.slope.final"]
     assert row["verdict"] == SUPPORTED and row["effect"] == pytest.approx(-0.1505, abs=0.01)
+    # the rank correlation is -1 for every seed: its exact test over 3 seeds cannot reach p <= 0.05
+    rank = rows.loc["group_size_gradients.rank_correlation.final"]
+    assert rank["effect"] == pytest.approx(-1.0) and rank["verdict"] == INCONCLUSIVE
+    assert rank["p_value"] == pytest.approx(0.125) and rank["test"] == "sign-flip"
     growing = lambda variant, lr, seed, grid: Outcome(first_grad=grid["norm.group_size"] ** 0.5)  # noqa: E731
     row = verdict_rows(tmp_path / "b", "group_size", growing).loc["group_size_gradients.slope.final"]
     assert row["verdict"] == NOT_SUPPORTED and row["effect"] == pytest.approx(0.1505, abs=0.01)

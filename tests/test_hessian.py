@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from bnstudy.analysis import density, spectrum, surface
 from bnstudy.analysis.functional import Objective, Origin, origin_state

@@ -366,6 +366,24 @@ def group_size_slope(data: StudyData, variant: str, rules: ClaimRules) -> pd.Ser
     return pd.Series(list(out.values()), index=index, dtype=float)
 
 
+def group_size_rank_correlation(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per seed (and lr): Spearman's rank correlation over the group sizes between the first
+    normalised layer's gradient norm at initialisation and the group size (the sign Lubana et al.
+    report). It takes few values (often exactly -1 or +1 for every seed), so its row gets the exact
+    sign-flip test, which needs 5 seeds; the slope row above decides with fewer."""
+    from scipy.stats import spearmanr
+
+    table = data.table("activations")
+    first = table[(table["variant"] == variant) & (table["layer"] == 1) & (table["step"] == 0)]
+    keys = [k for k in data.condition_keys(exclude=["group_size"]) if k in first.columns]
+    out = {}
+    for key, group in first.groupby(keys):
+        if group["group_size"].nunique() >= 3:
+            out[key if isinstance(key, tuple) else (key,)] = spearmanr(group["group_size"], group["grad_norm"]).statistic
+    index = pd.MultiIndex.from_tuples(list(out), names=keys) if out else pd.MultiIndex.from_arrays([[]] * len(keys), names=keys)
+    return pd.Series(list(out.values()), index=index, dtype=float)
+
+
 def log_largest_cosine(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
     """Per run: log10 of the largest |cos(w, g)| over its recorded steps, layers and filters."""
     layers = data.table("layers")
@@ -652,7 +670,10 @@ _CLAIMS += [
         "Lubana et al. 2021: small groups inflate early layers' gradient norms (GroupNorm)",
         (Row("slope", "log10 change of the first layer's gradient norm at initialisation per doubling of"
              " the group size (least-squares slope over the study's group sizes); groupnorm's value per seed"
-             " (negative = smaller groups, larger gradients)", group_size_slope, "below", unit="value"),),
+             " (negative = smaller groups, larger gradients)", group_size_slope, "below", unit="value"),
+         Row("rank_correlation", "Spearman's rank correlation over group sizes between the first layer's gradient"
+             " norm at initialisation and the group size, groupnorm's value per seed (Lubana et al.'s sign: negative);"
+             " exact sign-flip test", group_size_rank_correlation, "below", discrete=True, unit="value")),
         findings=(("Lubana 2021", SUPPORTED),), paired=False, must_train="groupnorm"),
     Claim(
         "scale_invariance", "BN makes its layers' weights scale-invariant", "Arora 2019",

@@ -1,0 +1,77 @@
+"""The README's results section: generated from a run's tables (claims.csv, runs.csv), so the
+numbers a reader sees cannot drift from the tables; `--check` catches a README edited by hand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from synthetic_tables import STUDIES, make_tables
+
+from bnstudy.claims import ClaimRules, claims
+from bnstudy.results import BEGIN, END, rewrite, save_digest, section
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A results folder as a finished workflow leaves it: study tables, a figure, claims.csv."""
+    root = tmp_path_factory.mktemp("results")
+    studies = {name: STUDIES[name] for name in ("performance", "noisy_bn", "landscape", "normalisers")}
+    folders = {name: make_tables(root, name)["runs"].parent for name in studies}
+    claims(studies, folders, root / "claims.csv", root / "claims.md", ClaimRules(min_steps=100))
+    (root / "figures" / "performance").mkdir(parents=True)
+    (root / "figures" / "performance" / "accuracy.png").write_bytes(b"\x89PNG fixture")
+    return root
+
+
+def test_digest_keeps_what_the_section_needs_and_nothing_else(finished_run, tmp_path):
+    copied = save_digest(finished_run, tmp_path / "digest")
+    names = sorted(p.relative_to(tmp_path / "digest").as_posix() for p in copied)
+    assert names == ["claims.csv", "claims.md", "figures/performance-accuracy.png", "runs/landscape.csv",
+                     "runs/noisy_bn.csv", "runs/normalisers.csv", "runs/performance.csv"]
+
+
+def test_section_quotes_every_claims_row_with_its_own_numbers(finished_run, tmp_path):
+    save_digest(finished_run, tmp_path / "digest")
+    text = section(tmp_path / "digest", ["performance"])
+    table = pd.read_csv(finished_run / "claims.csv")
+    bullets = [line for line in text.splitlines() if line.startswith("- **")]
+    assert len(bullets) == len(table)
+    beta = table.set_index("key").loc["smoother_landscape.beta.training"]
+    line = next(b for b in bullets if "(landscape, " in b and "beta" in b)
+    assert f"x{10 ** beta['effect']:.3g}" in line and f"**{beta['verdict']}**" in line
+    # a per-variant claim names its own variant, not BN
+    layernorm = next(b for b in bullets if b.startswith("- **layernorm:") and "beta" in b)
+    assert "layernorm against standard" in layernorm
+    # the accuracy table lists each (variant, lr) of the named study with one value per seed
+    runs = pd.read_csv(finished_run / "tables" / "performance" / "runs.csv")
+    rows = [line for line in text.splitlines() if line.startswith("| standard |") or line.startswith("| batchnorm |")]
+    assert len(rows) == runs.groupby(["variant", "lr"]).ngroups
+    assert all(line.count("%") == 2 * 3 for line in rows if "diverged" not in line)
+
+
+def test_rewrite_replaces_only_the_marked_section_and_check_detects_drift(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{BEGIN}\nold numbers\n{END}\nafter\n")
+    assert rewrite(readme, "new numbers", check=True) is True
+    assert "old numbers" in readme.read_text()             # --check writes nothing
+    assert rewrite(readme, "new numbers") is True
+    assert readme.read_text() == f"# title\n\nbefore\n{BEGIN}\nnew numbers\n{END}\nafter\n"
+    assert rewrite(readme, "new numbers", check=True) is False
+    (tmp_path / "plain.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        rewrite(tmp_path / "plain.md", "x")
+
+
+def test_the_readme_says_what_its_committed_tables_say():
+    """The committed README's results section is exactly what its committed digest gives."""
+    result = subprocess.run([sys.executable, "-m", "bnstudy", "results", "--digest", "docs/results/cifar10-cpu",
+                             "--readme", "README.md", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "is up to date" in result.stderr
