@@ -184,16 +184,16 @@ def test_parallel_writers_lose_nothing(tmp_path):
         tracking.FLUSH_ROWS = 15          # many small batches: maximal write interleaving
         spec = {"run": f"conc-{i}", "setup": "toy", "seed": i, "dataset": {"name": "none"},
                 "norm": {"variant": "batchnorm"}, "optim": {"lr": 0.1, "steps": steps}}
-        while time.time() < start_at:     # all workers start writing at the same moment
-            time.sleep(0.005)
         t = tracking.MlflowTracker(uri, "concurrency", spec, Path(sys.argv[5]), studies=["conc"])
+        while time.time() < start_at:     # all workers start writing at the same moment, once
+            time.sleep(0.005)             # their runs are open
         for step in range(steps):
             t.log_metrics({"train_loss": i + step / 1000, "train_accuracy": step / steps,
                            "other": float(step)}, step)
         t.finish("completed", {"final": {"test_loss": float(i)}, "diverged_step": None})
         print(t.run_id)
         """))
-    start_at = time.time() + 8  # after every interpreter has imported mlflow
+    start_at = time.time() + 8  # after every interpreter has imported mlflow and opened its run
     procs = [subprocess.Popen([sys.executable, str(worker), uri, str(i), str(steps), str(start_at),
                                str(tmp_path / f"run{i}")],
                               env={**os.environ, "PYTHONPATH": SRC},

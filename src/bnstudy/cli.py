@@ -103,14 +103,13 @@ def cmd_train(args) -> None:
     def open_tracker(previous):
         from .tracking import MlflowTracker, default_artifact_root, read_marker
 
-        # the experiment id that init_tracking resolved, if it is for this store (no lookup per
-        # job); the tracker falls back to the name if the store was recreated since
+        # the artifact root init_tracking chose, if it is for this store (a job that recreates
+        # the store or the experiment gives it the same)
         marker = read_marker(_marker(tracking))
         same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
         holder["t"] = MlflowTracker(
             tracking["uri"], tracking["experiment"], spec, run_dir, previous,
             studies=args.studies.split(",") if args.studies else [],
-            experiment_id=marker.get("experiment_id") if same else None,
             artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
             else default_artifact_root(tracking.get("results", "results")),
             resuming=previous is not None or any(run_dir.glob("checkpoints/step_*.pt")))
@@ -190,7 +189,7 @@ def cmd_claims(args) -> None:
 
 def cmd_track(args) -> None:
     """Re-send to MLflow what the store is missing, from the run folders (idempotent)."""
-    from .sync import sync
+    from .track import sync
     from .tracking import EXECUTION_ENV, read_marker, resolve_uri
 
     tracking, results = {}, "results"
