@@ -243,6 +243,16 @@ def test_sqlite_store_deleted_under_two_jobs(tmp_path):
     for spec in specs:
         assert (work / "results" / "runs" / spec["run"] / "summary.json").read_bytes() == before[spec["run"]]
 
+    # a run named otherwise in MLflow (named before names carried a run's grid values) is
+    # renamed after its summary.json, once
+    from mlflow.tracking import MlflowClient
+
+    (stale,) = mlflow_training_runs(uri, "outage")[specs[0]["run"]]
+    MlflowClient(tracking_uri=uri).update_run(stale.info.run_id, name="stale name")
+    assert track(work) == (1, 0)
+    (renamed,) = mlflow_training_runs(uri, "outage")[specs[0]["run"]]
+    assert renamed.info.run_name == json.loads(before[specs[0]["run"]])["name"] != "stale name"
+    assert track(work) == (0, 0)
 
 
 def test_store_missing_at_start_is_recreated_once(tmp_path):

@@ -91,10 +91,12 @@ def cmd_init_tracking(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .tracking import run_name
     from .train import train
 
     spec, tracking = _json(args.spec), _tracking(args.tracking)
     run_dir = Path(args.run_dir)
+    name = args.name or run_name(spec)
     holder = {}
     # live tracking: this job sends its metrics as it trains; else (tracking.live: false) the
     # workflow's `track` job sends every run at the end, and this job never imports mlflow
@@ -109,7 +111,7 @@ def cmd_train(args) -> None:
         same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
         holder["t"] = MlflowTracker(
             tracking["uri"], tracking["experiment"], spec, run_dir, previous,
-            studies=args.studies.split(",") if args.studies else [],
+            studies=args.studies.split(",") if args.studies else [], name=name,
             artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
             else default_artifact_root(tracking.get("results", "results")),
             resuming=previous is not None or any(run_dir.glob("checkpoints/step_*.pt")))
@@ -118,7 +120,7 @@ def cmd_train(args) -> None:
     _terminate_as_exception()
     try:
         summary = train(spec, run_dir, open_tracker=open_tracker if live else None,
-                        threads=args.threads, timer=work)
+                        threads=args.threads, timer=work, name=name)
     except BaseException as err:
         if "t" in holder:  # bounded: a dead store cannot hold a SIGTERM'd job
             holder["t"].fail(f"{type(err).__name__}: {err}")
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking", default='{"enabled": false}')
     p.add_argument("--studies", default="")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--name", default=None, help="the run's display name in MLflow (default: "
+                   "'<setup> <variant> lr=<lr> seed=<seed>')")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("analyze", help="one checkpoint analysis of one run")
