@@ -2,7 +2,8 @@
 
 Training jobs (`python -m bnstudy train`, smoke specs made longer) lose their MLflow store: the
 SQLite file is deleted under two running jobs (and before two jobs start), a tracking server is
-stopped, a server is frozen until the job ends, a server is frozen and the job gets SIGTERM. Each
+stopped (and comes back before the end), a server is frozen until the job ends, a server is
+frozen and the job gets SIGTERM. Each
 time the jobs end within a bounded time (MLflow's async workers, which the interpreter waits for
 at exit, included) with every table written and summary.json saying whether tracking is complete
 (stderr says so once when it is not). The store then ends up holding exactly what the run folders hold, one MLflow run
@@ -310,6 +311,40 @@ def test_server_stopped_mid_run_then_track_restores(tmp_path):
         assert repaired == 1 and sent > 0
         assert_store_matches_tables(work, server.url, "outage-server", [spec], live=False)
         assert track(work, "--uri", server.url, "--experiment", "outage-server") == (0, 0)
+    finally:
+        server.stop()
+
+
+def test_server_restarted_mid_run_the_end_sends_what_was_lost(tmp_path):
+    """`mlflow server` stops mid-run and is back before the run ends: the batches MLflow's async
+    logging failed to send meanwhile are not retried during the run; the end of the run finds
+    they failed and sends their points from the tables, so the run is complete, every point once.
+    (The job is paused while the server restarts, so the server is back before the end however
+    slow the machine.)"""
+    spec = long_spec(tmp_path, "vgg-batchnorm", STEPS)
+    work = tmp_path / "work"
+    (work / "results").mkdir(parents=True)
+    server = MlflowServer(store=tmp_path / "server.db", artifacts=tmp_path / "server-artifacts",
+                          log=tmp_path / "server.log").start()
+    try:
+        init_tracking(work, server.url, "outage-restart")
+        proc = start_train(work, spec, server.url, "outage-restart")
+        wait_for_points(server_runs_with_points(server.url, "outage-restart"), [proc])
+        server.stop()
+        time.sleep(3)  # batches go to MLflow every second, and fail
+        assert proc.poll() is None, "the job ended while the server was down"
+        proc.send_signal(signal.SIGSTOP)
+        server = MlflowServer(store=tmp_path / "server.db", artifacts=tmp_path / "server-artifacts",
+                              port=server.port, log=tmp_path / "server2.log").start()
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        summary = assert_tables_written(work, spec)
+        assert summary["tracking"]["complete"] is True, summary["tracking"]
+        assert re.search(r"re-sent [1-9]\d* metric points the store lacked", err), err[-3000:]
+        assert "tracking incomplete" not in err
+        assert_store_matches_tables(work, server.url, "outage-restart", [spec])
+        assert track(work, "--uri", server.url, "--experiment", "outage-restart") == (0, 0)
     finally:
         server.stop()
 

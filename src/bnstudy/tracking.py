@@ -17,14 +17,15 @@ MLflow's own means (set up by `configure`; a value the user set in the environme
 By hand, only what MLflow lacks:
 - a bound on the end of a run. `set_terminated`'s drain and `RunOperations.wait()` have no
   timeout, and MLflow's async workers are not daemon threads: the interpreter joins them at exit
-  (mlflow/mlflow#20575). So `finish` and `fail` run the end in a daemon thread, retried until it
-  succeeds or FINISH_MAX / FAIL_MAX s have passed, and a training job's requests get no retries
-  and a 5 s timeout (`LIVE_SETTINGS`): what is still in MLflow's pool when the job exits ends
-  within seconds, whatever the server does;
+  (mlflow/mlflow#20575). So `finish` and `fail` run the end in a daemon thread (tried up to
+  END_ATTEMPTS times) and wait for it FINISH_MAX / FAIL_MAX s, and a training job's requests get
+  no retries and a 5 s timeout (`LIVE_SETTINGS`): what is still in MLflow's pool when the job
+  exits ends within seconds, whatever the server does;
 - completeness: a batch MLflow failed to send is not retried during the run. At the end of a
-  finished run the tracker compares the store with the tables just written and sends what it
-  lacks (failed batches, points a killed attempt never sent before a resume, points a vanished
-  store took with it), so `complete` is a fact, not a hope. If the store stays away,
+  finished run, once MLflow's queue is drained, the tracker asks it whether every batch went
+  through (`RunOperations.wait()`); if one did not, or the run was resumed (a killed attempt's
+  last points) or its store vanished, it compares the store with the tables just written and
+  sends what the store lacks. So `complete` is a fact, not a hope. If the store stays away,
   `summary.json` records `tracking: {"complete": false, "error": ...}`, one line on stderr says
   so, and `bnstudy track` (bnstudy.track) re-sends later what the store lacks, from the run
   folders;
@@ -58,6 +59,7 @@ FLUSH_ROWS = 500      # once this many points are pending
 MAX_PENDING = 100_000  # points kept while the run opens (beyond, the end sends from the tables)
 FINISH_MAX = 15.0     # finish() waits this long for the end of the run (after mlflow's import)
 FAIL_MAX = 5.0        # fail() (a crash, SIGTERM): shorter, so a killed job ends within seconds
+END_ATTEMPTS = 3      # the end of a run is tried this often (each step of it is safe to repeat)
 
 # MLflow's defaults (7 retries, backoff factor 2, 120 s per request) spend minutes on one call to
 # a dead server. A training job: no retries and 5 s per request, so a request in MLflow's pool
@@ -254,19 +256,17 @@ def open_store(uri: str, experiment: str, artifact_root=None) -> tuple[object, s
         return _client(uri), exp
 
 
-def experiment_id(client, uri: str, experiment: str, artifact_root=None) -> str:
-    """The experiment's id, created if absent (under the store lock for a SQLite store)."""
-    db = sqlite_path(uri)
-    with store_lock(db) if db is not None else contextlib.nullcontext():
-        return _get_or_create_experiment(client, uri, experiment, artifact_root)
-
-
 def connect(uri: str, experiment: str, artifact_root=None, live: bool = False):
-    """Configure and import mlflow, open the store (see `open_store`); returns (client,
-    experiment id, whether this call created the store)."""
+    """Configure and import mlflow, open the store (see `open_store`) and the experiment (created
+    if absent, under the store lock for a SQLite store); returns (client, experiment id, whether
+    this call created the store)."""
     configure(live)
     client, created = open_store(uri, experiment, artifact_root)
-    return client, created or experiment_id(client, uri, experiment, artifact_root), created is not None
+    if created is not None:
+        return client, created, True
+    db = sqlite_path(uri)
+    with store_lock(db) if db is not None else contextlib.nullcontext():
+        return client, _get_or_create_experiment(client, uri, experiment, artifact_root), False
 
 
 def init_store(uri: str, experiment: str, artifact_root: Path | None = None) -> str:
@@ -370,7 +370,7 @@ def top_up(client, run, params: dict, tags: dict, outcome: dict,
         client.log_batch(run_id, params=missing_params,
                          tags=[RunTag(k, v) for k, v in missing_tags.items()])
         writes += 1
-    held = points_in_store(client, run)
+    held = points_in_store(client, run) if points else set()
     fresh = [Metric(k, v, stamp, step) for (k, step), v in sorted(points.items()) if (k, step) not in held]
     for i in range(0, len(fresh), 1000):
         client.log_batch(run_id, metrics=fresh[i:i + 1000])
@@ -410,6 +410,10 @@ class MlflowTracker:
         self._live = None  # (client, run id) while batches go to MLflow as training goes
         self._seen: set[tuple[str, int]] = set()  # what the store held when the run was opened
         self._pending: list[tuple] = []  # (key, value, timestamp, step) not handed to MLflow yet
+        self._handed: list = []  # MLflow's RunOperations of the batches handed to its queue
+        # the store may lack points the tables hold: a resume (the killed attempt's last ones), a
+        # dropped or failed batch, a reopened store; the end then compares the two
+        self._gaps = self.resuming
         self._flushed, self._every = time.monotonic(), setting("FLUSH_SECONDS", FLUSH_SECONDS)
         self._created_ms = now_ms()  # the run's start in MLflow, not the moment it could be opened
         self._step = None
@@ -444,6 +448,7 @@ class MlflowTracker:
             # run sends from the tables what the store lacks
             if not self._opener.is_alive() or len(self._pending) > MAX_PENDING:
                 self._pending.clear()
+                self._gaps = True
             return
         from mlflow.entities import Metric
 
@@ -451,14 +456,15 @@ class MlflowTracker:
         batch = [Metric(k, v, t, s) for k, v, t, s in self._pending if (k, s) not in self._seen]
         self._pending.clear()
         try:
-            client.log_batch(run_id, metrics=batch, synchronous=False)
+            self._handed.append(client.log_batch(run_id, metrics=batch, synchronous=False))
         except Exception:  # nothing here may reach the training loop; the end re-sends
-            self._live = None
+            self._live, self._gaps = None, True
 
     def _vanished(self) -> bool:
         return self._db is not None and file_identity(self._db) != self._identity
 
     def _note_vanished(self) -> None:
+        self._gaps = True
         note = (f"the MLflow store {self._db} vanished during the run (at step {self._step}); "
                 f"the run continues in a recreated store")
         self.notes.append(note)
@@ -545,12 +551,13 @@ class MlflowTracker:
         client, run_id = self._ensure_open()
         self._send_pending(client, run_id)
         client.set_terminated(run_id, status="FINISHED", end_time=summary.get("ended_ms"))
-        # MLflow's queue is drained now: whatever the store lacks of the tables was lost on the
-        # way (or by a killed attempt before this resume, or with a vanished store)
+        # MLflow's queue is drained now. If every batch went through, the store holds what the
+        # tables hold (the loop logs what it writes); else the top-up compares them, reading the
+        # run's history, and sends what was lost
+        gaps = self._gaps or not self._all_handed_sent()
+        wanted = expected_points(self.run_dir, self.spec, final_metrics(summary)) if gaps else {}
         _, sent = top_up(client, client.get_run(run_id), run_params(self.spec), self.tags,
-                         outcome_tags(status, summary),
-                         expected_points(self.run_dir, self.spec, final_metrics(summary)),
-                         summary.get("ended_ms") or now_ms())
+                         outcome_tags(status, summary), wanted, summary.get("ended_ms") or now_ms())
         if sent:
             self.notes.append(f"re-sent {len(sent)} metric points from the tables at the end")
             self._log(f"tracking: re-sent {len(sent)} metric points the store lacked (from the tables)")
@@ -565,14 +572,26 @@ class MlflowTracker:
                                           if (k, s) not in self._seen])
         self._pending.clear()
 
+    def _all_handed_sent(self) -> bool:
+        """Whether every batch handed to MLflow's queue was stored (call once it is drained:
+        `wait` then returns at once, and raises if the batch failed)."""
+        try:
+            for operations in self._handed:
+                if operations is not None:  # None: an empty batch
+                    operations.wait()
+            return True
+        except Exception:
+            return False
+
     def _fail(self, reason: str) -> None:
         client, run_id = self._ensure_open()
         client.set_tag(run_id, "failure", reason[:5000])
         client.set_terminated(run_id, status="FAILED")
 
     def _end(self, bound: float, work, *args) -> None:
-        """Run `work` in a daemon thread, again after each failure, until it succeeds or `bound`
-        s have passed (counted once mlflow is imported: that is local work, not the store's)."""
+        """Run `work` in a daemon thread: up to END_ATTEMPTS times, 1 s apart (a server that
+        restarts), within `bound` s (counted once mlflow is imported: that is local work, not the
+        store's)."""
         if self._ended or self._error:
             return
         self._imported.wait(bound)
@@ -580,15 +599,16 @@ class MlflowTracker:
         failure = ["no answer"]
 
         def attempts():
-            while not self._ended:
+            for attempt in range(END_ATTEMPTS):
                 try:
                     work(*args)
                     self._ended = True
+                    return
                 except Exception as err:
                     failure[0] = describe(err)
-                    if time.monotonic() + 1 > deadline:
-                        return
-                    time.sleep(1)
+                if attempt + 1 == END_ATTEMPTS or time.monotonic() + 1 > deadline:
+                    return
+                time.sleep(1)
 
         self._thread(attempts).join(max(0.0, deadline - time.monotonic()))
         if not self._ended:
