@@ -296,8 +296,8 @@ def test_server_stopped_mid_run_then_track_restores(tmp_path):
         ended = time.monotonic()
         assert proc.returncode == 0, err[-3000:]
         summary = assert_tables_written(work, spec)
-        # start-up and a bounded end (FINISH_MAX, 15 s), not the minutes of MLflow's own HTTP
-        # retries (it hung for 13 minutes before)
+        # start-up and a bounded end (two tries; FINISH_MAX, 15 s, at most), not the minutes of
+        # MLflow's own HTTP retries (it hung for 13 minutes before)
         assert overhead(started, ended, summary) < 30, (ended - started, summary["wall_seconds"])
         state = summary["tracking"]
         assert state["complete"] is False and state["error"], state
@@ -352,9 +352,10 @@ def test_server_restarted_mid_run_the_end_sends_what_was_lost(tmp_path):
 def test_server_frozen_until_the_end_of_the_run(tmp_path):
     """The server hangs (SIGSTOP) mid-run and the job trains on to its end: its last batches sit
     in MLflow's async workers, which the interpreter joins at exit, and the end of the run gets no
-    answer. The job still ends within its bound (FINISH_MAX, 15 s, plus a request's 5 s timeout),
-    tables written, tracking marked incomplete once; with the server back, `bnstudy track`
-    completes the run, and requests the frozen server held that land late add no point twice."""
+    answer. The job still ends within seconds (two tries of the end, each ended by a request's
+    3 s timeout), tables written, tracking marked incomplete once; with the server back, `bnstudy
+    track` completes the run, and requests the frozen server held that land late add no point
+    twice."""
     spec = long_spec(tmp_path, "vgg-batchnorm", STEPS)
     work = tmp_path / "work"
     (work / "results").mkdir(parents=True)
@@ -370,9 +371,9 @@ def test_server_frozen_until_the_end_of_the_run(tmp_path):
         ended = time.monotonic()
         assert proc.returncode == 0, err[-3000:]
         summary = assert_tables_written(work, spec)
-        assert overhead(started, ended, summary) < 35, (ended - started, summary["wall_seconds"])
+        assert overhead(started, ended, summary) < 30, (ended - started, summary["wall_seconds"])
         state = summary["tracking"]
-        assert state["complete"] is False and "within 15s" in state["error"], state
+        assert state["complete"] is False and "timeout" in state["error"], state
         assert err.count("tracking incomplete:") == 1, err[-3000:]
 
         os.killpg(server.proc.pid, signal.SIGCONT)

@@ -19,7 +19,7 @@ By hand, only what MLflow lacks:
   timeout, and MLflow's async workers are not daemon threads: the interpreter joins them at exit
   (mlflow/mlflow#20575). So `finish` and `fail` run the end in a daemon thread (tried up to
   END_ATTEMPTS times) and wait for it FINISH_MAX / FAIL_MAX s, and a training job's requests get
-  no retries and a 5 s timeout (`LIVE_SETTINGS`): what is still in MLflow's pool when the job
+  no retries and a 3 s timeout (`LIVE_SETTINGS`): what is still in MLflow's pool when the job
   exits ends within seconds, whatever the server does;
 - completeness: a batch MLflow failed to send is not retried during the run. At the end of a
   finished run, once MLflow's queue is drained, the tracker asks it whether every batch went
@@ -58,15 +58,15 @@ FLUSH_SECONDS = 5.0   # a batch goes to MLflow this often (BNSTUDY_TRACKING_FLUS
 FLUSH_ROWS = 500      # once this many points are pending
 MAX_PENDING = 100_000  # points kept while the run opens (beyond, the end sends from the tables)
 FINISH_MAX = 15.0     # finish() waits this long for the end of the run (after mlflow's import)
-FAIL_MAX = 5.0        # fail() (a crash, SIGTERM): shorter, so a killed job ends within seconds
-END_ATTEMPTS = 3      # the end of a run is tried this often (each step of it is safe to repeat)
+FAIL_MAX = 4.0        # fail() (a crash, SIGTERM): shorter, so a killed job ends within seconds
+END_ATTEMPTS = 2      # the end of a run is tried this often (each step of it is safe to repeat)
 
 # MLflow's defaults (7 retries, backoff factor 2, 120 s per request) spend minutes on one call to
-# a dead server. A training job: no retries and 5 s per request, so a request in MLflow's pool
-# holds the job's exit 5 s at most (what failed is sent at the end, from the tables). The
+# a dead server. A training job: no retries and 3 s per request, so a request in MLflow's pool
+# holds the job's exit 3 s at most (what failed is sent at the end, from the tables). The
 # commands that send in bulk (`bnstudy track`, init-tracking): MLflow's retries, after 0, 2 and
 # 4 s (plus jitter), on refused connections, timeouts and 408/429/5xx.
-LIVE_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+LIVE_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 BULK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
@@ -589,14 +589,14 @@ class MlflowTracker:
         client.set_terminated(run_id, status="FAILED")
 
     def _end(self, bound: float, work, *args) -> None:
-        """Run `work` in a daemon thread: up to END_ATTEMPTS times, 1 s apart (a server that
-        restarts), within `bound` s (counted once mlflow is imported: that is local work, not the
+        """Run `work` in a daemon thread: up to END_ATTEMPTS times, 1 s apart (a passing error),
+        within `bound` s (counted once mlflow is imported: that is local work, not the
         store's)."""
         if self._ended or self._error:
             return
         self._imported.wait(bound)
         deadline = time.monotonic() + bound
-        failure = ["no answer"]
+        failure = [f"no answer within {bound:.0f}s"]
 
         def attempts():
             for attempt in range(END_ATTEMPTS):
@@ -612,7 +612,7 @@ class MlflowTracker:
 
         self._thread(attempts).join(max(0.0, deadline - time.monotonic()))
         if not self._ended:
-            self._error = f"the end of the run did not reach the MLflow store within {bound:.0f}s ({failure[0]})"
+            self._error = f"the MLflow store did not take the end of the run ({failure[0]})"
             self._log(incomplete_line(self._error))
 
     def state(self) -> dict:
