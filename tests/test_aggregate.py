@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from synthetic_tables import FIXTURE_DIGEST, STUDIES, Outcome, default_outcome, make_study  # noqa: E402
+from synthetic_tables import FIXTURE_DIGEST, STUDIES, Outcome, default_outcome, make_study
 
-from bnstudy.aggregate import aggregate  # noqa: E402
-from bnstudy.tables import LABEL_COLUMNS, RUN_TABLES, TableError  # noqa: E402
+from bnstudy.aggregate import aggregate
+from bnstudy.tables import LABEL_COLUMNS, RUN_TABLES, TableError
 
 STUDY = "claim_initialisation"  # has a grid column (init_scale)
 CFG = {**STUDIES[STUDY], "ics": {}, "lrs": [0.1]}  # and an analysis

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_server import MlflowServer  # noqa: E402
-from helpers import mlflow_training_runs, sqlite_uri, summaries  # noqa: E402
+from mlflow_server import MlflowServer
+from helpers import mlflow_training_runs, sqlite_uri, summaries
 
-from conftest import require_flag  # noqa: E402
+from conftest import require_flag
 
 EXPERIMENT = "bnstudy-smoke"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables  # noqa: E402
+from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables
 
-from bnstudy.catalog import CLAIM_KINDS  # noqa: E402
-from bnstudy.claims import (  # noqa: E402
+from bnstudy.catalog import CLAIM_KINDS
+from bnstudy.claims import (
     CLAIMS, COLUMNS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimRules, claims, decide,
 )
-from bnstudy.stats import mean_ci, paired_differences, sign_flip_p, t_quantile  # noqa: E402
+from bnstudy.stats import mean_ci, paired_differences, sign_flip_p, t_quantile
 
 FAST = ClaimRules(min_steps=100)  # the fixtures train for 200 steps
 

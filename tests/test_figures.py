@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables  # noqa: E402
+from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables
 
-from bnstudy import figure_data, figures  # noqa: E402
-from bnstudy.catalog import FIGURE_KINDS, figure_tables  # noqa: E402
-from bnstudy.tables import STUDY_TABLES  # noqa: E402
-from bnstudy.stats import mean_ci  # noqa: E402
+from bnstudy import figure_data, figures
+from bnstudy.catalog import FIGURE_KINDS, figure_tables
+from bnstudy.tables import STUDY_TABLES
+from bnstudy.stats import mean_ci
 
 MIN_BYTES = 5 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

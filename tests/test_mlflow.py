@@ -20,13 +20,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from mlflow_server import MlflowServer  # noqa: E402
-from helpers import (  # noqa: E402
-    REPO, finite, metric_points, mlflow_training_runs, only_studies, read_rows, sqlite_uri,
+import pytest
+from mlflow_server import MlflowServer
+from helpers import (
+    REPO, finite, metric_points, mlflow_training_runs, only_studies, read_rows, run_snakemake, sqlite_uri,
     summaries, write_yaml,
 )
 
-from helpers import run_snakemake  # noqa: E402
+pytestmark = pytest.mark.e2e  # real job processes, the smoke DAG, a tracking server: minutes
 
 EXPERIMENT = "bnstudy-smoke"  # config/smoke.yaml's tracking.experiment
 SRC = str(REPO / "src")
@@ -55,7 +56,8 @@ def study_members(workdir: Path) -> dict[str, set[str]]:
 
 def check_runs_complete(workdir: Path, uri: str, experiment: str, live: bool = True) -> dict[str, object]:
     """Every finished run of `workdir` has exactly one FINISHED MLflow run holding every metric
-    point of its tables, with the expected tags and params; returns run id -> MLflow run."""
+    point of its tables, with the expected tags and params, the name summary.json gives (no two
+    runs share one) and the run's real times; returns run id -> MLflow run."""
     runs = summaries(workdir)
     assert runs, f"no results/runs/*/summary.json under {workdir}"
     tracked = mlflow_training_runs(uri, experiment)
@@ -80,9 +82,14 @@ def check_runs_complete(workdir: Path, uri: str, experiment: str, live: bool = T
             assert summary["tracking"]["run_id"] == run.info.run_id
         else:  # the track job sent it: the training job never touched MLflow
             assert summary["tracking"] == {"enabled": False} and summary["mlflow_run_id"] is None
-        # the name the UI lists: "vgg batchnorm lr=0.1 seed=0"
-        assert run.info.run_name == (f"{spec['setup']} {labels['variant']} "
-                                     f"lr={labels['lr']:g} seed={labels['seed']}")
+        # the name the UI lists is the one the train job was given, and the run lasts as long as
+        # its training did (a run sent after the fact too, not the moment it was sent)
+        assert run.info.run_name == summary["name"], (run_id, run.info.run_name, summary["name"])
+        assert run.info.end_time == summary["ended_ms"], (run_id, run.info.end_time, summary["ended_ms"])
+        if live:  # the job opened its run once it had started
+            assert summary["started_ms"] <= run.info.start_time <= summary["ended_ms"], run_id
+        else:
+            assert run.info.start_time == summary["started_ms"], (run_id, run.info.start_time)
         assert tags["variant"] == labels["variant"] == spec["norm"]["variant"]
         assert tags["lr"] == f"{labels['lr']:g}"
         assert tags["seed"] == str(labels["seed"])
@@ -111,6 +118,8 @@ def check_runs_complete(workdir: Path, uri: str, experiment: str, live: bool = T
         for key, value in summary["final"].items():
             if value is not None:
                 assert math.isclose(run.data.metrics[f"final_{key}"], value), (run_id, key)
+    names = sorted(r.info.run_name for r in found.values())
+    assert len(set(names)) == len(names), f"runs of one execution share a name: {names}"
     return found
 
 
@@ -143,6 +152,36 @@ def test_tracking_after_training_sends_every_run_once(tmp_path):
     again = run_snakemake(work, str(override), "--cores", "1", "--forcerun", "track")
     record = json.loads((work / "results" / "tracking" / "track.json").read_text())
     assert record["repaired"] == 0 and record["points"] == 0, (record, again.stdout[-2000:])
+
+
+def test_untracked_training_never_imports_mlflow(tmp_path):
+    """tracking.live: false: a training job runs without importing mlflow (the track job sends
+    its run later), and its summary.json carries what that needs: the run's name (--name) and
+    when it started and ended."""
+    from helpers import prepared_spec
+
+    spec = prepared_spec(tmp_path, "vgg-batchnorm").to_dict()
+    run_dir = tmp_path / "results" / "runs" / spec["run"]
+    tracking = {"enabled": True, "live": False, "uri": None, "experiment": EXPERIMENT,
+                "results": str(tmp_path / "results")}
+    check = textwrap.dedent("""
+        import sys
+        from bnstudy.cli import main
+        main(sys.argv[1:])
+        assert "mlflow" not in sys.modules, "the training job imported mlflow"
+        """)
+    started = time.time() * 1000
+    done = subprocess.run([sys.executable, "-c", check, "train", "--spec", json.dumps(spec),
+                           "--run-dir", str(run_dir), "--tracking", json.dumps(tracking),
+                           "--threads", "1", "--name", "vgg batchnorm lr=0.1 seed=0 width=x"],
+                          env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True,
+                          timeout=300)
+    ended = time.time() * 1000
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tracking"] == {"enabled": False} and summary["mlflow_run_id"] is None
+    assert summary["name"] == "vgg batchnorm lr=0.1 seed=0 width=x"
+    assert started <= summary["started_ms"] < summary["ended_ms"] <= ended
 
 
 def test_one_execution_tag_per_pipeline_execution(smoke_dag):
@@ -183,16 +222,16 @@ def test_parallel_writers_lose_nothing(tmp_path):
         tracking.FLUSH_ROWS = 15          # many small batches: maximal write interleaving
         spec = {"run": f"conc-{i}", "setup": "toy", "seed": i, "dataset": {"name": "none"},
                 "norm": {"variant": "batchnorm"}, "optim": {"lr": 0.1, "steps": steps}}
-        while time.time() < start_at:     # all workers start writing at the same moment
-            time.sleep(0.005)
         t = tracking.MlflowTracker(uri, "concurrency", spec, Path(sys.argv[5]), studies=["conc"])
+        while time.time() < start_at:     # all workers start writing at the same moment, once
+            time.sleep(0.005)             # their runs are open
         for step in range(steps):
             t.log_metrics({"train_loss": i + step / 1000, "train_accuracy": step / steps,
                            "other": float(step)}, step)
         t.finish("completed", {"final": {"test_loss": float(i)}, "diverged_step": None})
         print(t.run_id)
         """))
-    start_at = time.time() + 8  # after every interpreter has imported mlflow
+    start_at = time.time() + 8  # after every interpreter has imported mlflow and opened its run
     procs = [subprocess.Popen([sys.executable, str(worker), uri, str(i), str(steps), str(start_at),
                                str(tmp_path / f"run{i}")],
                               env={**os.environ, "PYTHONPATH": SRC},
@@ -254,7 +293,7 @@ def test_smoke_subset_logs_everything_to_mlflow_server(tmp_path):
 def _train_cmd(spec: dict, run_dir: Path, tracking: dict) -> list[str]:
     return [sys.executable, "-m", "bnstudy", "train", "--spec", json.dumps(spec),
             "--run-dir", str(run_dir), "--tracking", json.dumps(tracking),
-            "--studies", "crash_test", "--threads", "1"]
+            "--studies", "crash_test", "--threads", "1", "--name", "crash test run"]
 
 
 def test_crash_and_sigterm_end_failed_and_resume_continues_the_run(smoke_dag, tmp_path):
@@ -296,8 +335,10 @@ def test_crash_and_sigterm_end_failed_and_resume_continues_the_run(smoke_dag, tm
         from bnstudy.cli import main
         main(sys.argv[1:])
         """)
+    first_started = time.time() * 1000
     first = subprocess.run([sys.executable, "-c", crash, *_train_cmd(spec, run_dir, tracking)[3:]],
                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    first_ended = time.time() * 1000
     assert first.returncode == 1, first.stderr[-3000:]
     assert "injected tracker failure" in first.stderr
     run = mlflow_run()
@@ -338,6 +379,12 @@ def test_crash_and_sigterm_end_failed_and_resume_continues_the_run(smoke_dag, tm
     assert run.info.status == "FINISHED"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mlflow_run_id"] == first_id
+    # the name given to the job; the run started with the first attempt (the checkpoints keep
+    # that time through both resumes) and ended with the last
+    assert summary["name"] == run.info.run_name == "crash test run"
+    assert first_started <= summary["started_ms"] <= first_ended, (first_started, summary["started_ms"])
+    assert summary["started_ms"] <= run.info.start_time <= first_ended
+    assert run.info.end_time == summary["ended_ms"] > first_ended
     assert summary["tracking"]["complete"] is True, summary["tracking"]
     assert run.data.tags["bnstudy.execution"] == "crashtest001"
     # every step's loss is in MLflow once, with the value in train.csv: the steps a killed attempt

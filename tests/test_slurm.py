@@ -33,13 +33,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import (  # noqa: E402
+from helpers import (
     REPO, job_counts, mlflow_training_runs, only_studies, read_rows, sqlite_uri, summaries,
     write_yaml,
 )
 
-from conftest import require_flag  # noqa: E402
-from helpers import run_snakemake  # noqa: E402
+from conftest import require_flag
+from helpers import run_snakemake
 
 PROFILE = REPO / "profiles" / "slurm"
 HARNESS = REPO / "tests" / "harness" / "slurm.sh"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import job_counts, scheduled_jobs, smoke_raw, write_yaml  # noqa: E402
+from helpers import job_counts, scheduled_jobs, smoke_raw, write_yaml
 
-from bnstudy.config import load_config  # noqa: E402
-from bnstudy.plan import plan  # noqa: E402
+from bnstudy.config import load_config
+from bnstudy.plan import plan
 
-from helpers import REPO, run_snakemake  # noqa: E402
+from helpers import REPO, run_snakemake
 
 pytestmark = pytest.mark.e2e
 

@@ -92,10 +92,12 @@ def cmd_init_tracking(args) -> None:
 
 def cmd_train(args) -> None:
     from .spec import RunSpec
+    from .tracking import run_name
     from .train import train
 
     spec, tracking = RunSpec.from_json(args.spec, "--spec"), _tracking(args.tracking)
     run_dir = Path(args.run_dir)
+    name = args.name or run_name(spec.to_dict())
     holder = {}
     # live tracking: this job sends its metrics as it trains; else (tracking.live: false) the
     # workflow's `track` job sends every run at the end, and this job never imports mlflow
@@ -104,14 +106,13 @@ def cmd_train(args) -> None:
     def open_tracker(previous):
         from .tracking import MlflowTracker, default_artifact_root, read_marker
 
-        # the experiment id that init_tracking resolved, if it is for this store (no lookup per
-        # job); the tracker falls back to the name if the store was recreated since
+        # the artifact root init_tracking chose, if it is for this store (a job that recreates
+        # the store or the experiment gives it the same)
         marker = read_marker(_marker(tracking))
         same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
         holder["t"] = MlflowTracker(
             tracking["uri"], tracking["experiment"], spec.to_dict(), run_dir, previous,
-            studies=args.studies.split(",") if args.studies else [],
-            experiment_id=marker.get("experiment_id") if same else None,
+            studies=args.studies.split(",") if args.studies else [], name=name,
             artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
             else default_artifact_root(tracking.get("results", "results")),
             resuming=previous is not None or any(run_dir.glob("checkpoints/step_*.pt")))
@@ -120,7 +121,7 @@ def cmd_train(args) -> None:
     _terminate_as_exception()
     try:
         summary = train(spec, run_dir, open_tracker=open_tracker if live else None,
-                        threads=args.threads, timer=work)
+                        threads=args.threads, timer=work, name=name)
     except BaseException as err:
         if "t" in holder:  # bounded: a dead store cannot hold a SIGTERM'd job
             holder["t"].fail(f"{type(err).__name__}: {err}")
@@ -179,7 +180,7 @@ def cmd_claims(args) -> None:
 
 def cmd_track(args) -> None:
     """Re-send to MLflow what the store is missing, from the run folders (idempotent)."""
-    from .sync import sync
+    from .track import sync
     from .tracking import EXECUTION_ENV, read_marker, resolve_uri
 
     tracking, results = {}, "results"
@@ -200,9 +201,11 @@ def cmd_track(args) -> None:
     record = _json((results / "tracking" / "track.json").read_text()) \
         if (results / "tracking" / "track.json").is_file() else {}
     execution = os.environ.get(EXECUTION_ENV, "manual")
+    # a study's figures folder (the figures rule's output) stands for the PNGs in it
+    figures = [f for arg in map(Path, args.figures) for f in (sorted(arg.glob("*.png")) if arg.is_dir() else [arg])]
     with work():
         report = sync(results, uri, experiment, artifact_root=results / "mlartifacts",
-                      figures=[Path(f) for f in args.figures], execution=execution, record=record)
+                      figures=figures, execution=execution, record=record)
     print(f"bnstudy track: {report['checked']} runs checked, {report['repaired']} repaired, "
           f"{report['points']} metric points sent, {report['artifacts']} artifacts attached "
           f"({uri}, experiment {experiment})")
@@ -269,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking", default='{"enabled": false}')
     p.add_argument("--studies", default="")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--name", default=None, help="the run's display name in MLflow (default: "
+                   "'<setup> <variant> lr=<lr> seed=<seed>')")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("analyze", help="every analysis table one run needs, from its checkpoints")

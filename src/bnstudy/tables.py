@@ -202,3 +202,45 @@ class StudyTables:
     def in_folder(cls, folder: Path, study_cfg: Mapping, names) -> "StudyTables":
         """The tables `names` of a study's table folder."""
         return cls({name: Path(folder) / f"{name}.csv" for name in names}, study_cfg)
+
+# ---------------------------------------------------------------------------------------------
+# the metric points MLflow holds of a run (bnstudy.tracking and bnstudy.track send them)
+
+
+def _finite_cell(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def expected_points(run_dir: Path, spec: dict, final: dict[str, float]) -> dict[tuple[str, int], float]:
+    """(key, step) -> value of every metric point MLflow holds of a run, from its train.csv and
+    eval.csv (`final`: the final_* metrics, at step 0). Missing tables give no points."""
+    regression = spec["dataset"].get("task") == "regression"
+    points: dict[tuple[str, int], float] = {}
+    for row in _csv_rows(run_dir / "train.csv"):
+        step, loss = int(row["step"]), _finite_cell(row["loss"])
+        if loss is None:
+            continue  # the diverged step: training logs no point for it
+        points[("train_loss", step)] = loss
+        accuracy = _finite_cell(row.get("accuracy"))
+        if not regression and accuracy is not None:
+            points[("train_accuracy", step)] = accuracy
+    for row in _csv_rows(run_dir / "eval.csv"):
+        step = int(row["step"])
+        for name in ("loss", "accuracy"):
+            value = _finite_cell(row.get(name))
+            if value is not None:
+                points[(eval_metric(row["split"], name), step)] = value
+    for key, value in final.items():
+        points[(key, 0)] = value
+    return points

@@ -370,6 +370,7 @@ class Run:
         self.recorder = LayerRecorder(self.model, self.logging.units)
         self.readback = Readback(READBACK_EVERY.get(self.device.type, 32), self.logging.train_every)
         self.start, self.elapsed, self.previous_mlflow = 0, 0.0, None
+        self.started_ms = int(time.time() * 1000)  # when the run first started (a resume keeps it)
         self.tracker = NullTracker()
         self.t0 = time.perf_counter()
 
@@ -407,6 +408,7 @@ class Run:
         self.opt.load_state_dict(state["optimizer"])
         self.start, self.metrics = state["step"], {name: [] for name in RUN_TABLES} | state["metrics"]
         self.previous_mlflow, self.elapsed = state.get("mlflow_run_id"), state.get("wall_seconds", 0.0)
+        self.started_ms = state.get("started_ms", self.started_ms)
         loop = state.get("loop") or {}
         self.readback = Readback(self.readback.interval, self.readback.train_every, loop.get("readback"))
         self.recorder.load(loop.get("recorder"), self.device)
@@ -421,7 +423,7 @@ class Run:
             "rng": {"scheme": "per-step generators seeded from (seed, step, stream)", "seed": self.seed},
             "metrics": self.metrics, "mlflow_run_id": self.tracker.run_id,
             "loop": {"readback": self.readback.state(), "recorder": self.recorder.state()},
-            "wall_seconds": self.wall()})
+            "wall_seconds": self.wall(), "started_ms": self.started_ms})
 
     def evaluate(self, done: int) -> None:
         """Eval-mode loss/accuracy on the fixed train and test samples (the final evaluation on
@@ -524,13 +526,14 @@ class Run:
         return ("diverged", diverged) if diverged is not None else ("completed", None)
 
 
-def train(spec: RunSpec, run_dir: Path, open_tracker=None, log=None, threads: int = 0, timer=None) -> dict:
+def train(spec: RunSpec, run_dir: Path, open_tracker=None, log=None, threads: int = 0, timer=None,
+          name: str | None = None) -> dict:
     """Train the run described by `spec` into `run_dir`, resuming from its last good checkpoint.
 
     `open_tracker(previous_run_id) -> tracker` is called once the checkpoint (if any) is loaded,
     so a resumed run continues the same MLflow run. `timer()`, a context manager, times the
-    training itself (the CLI's work timer: not start-up, not the tracker). Returns the summary
-    written to summary.json.
+    training itself (the CLI's work timer: not start-up, not the tracker). `name`: the run's
+    display name, recorded in summary.json. Returns the summary written to summary.json.
     """
     timer = timer or contextlib.nullcontext
     with timer():
@@ -541,7 +544,8 @@ def train(spec: RunSpec, run_dir: Path, open_tracker=None, log=None, threads: in
     with timer():
         status, diverged_step = run.train()
         summary = make_summary(spec, run.run_dir, run.metrics, status, diverged_step, str(run.device),
-                               run.wall(), run.tracker.run_id, threads=run.threads)
+                               run.wall(), run.tracker.run_id, threads=run.threads, name=name,
+                               started_ms=run.started_ms, ended_ms=int(time.time() * 1000))
         write_tables(spec, run.run_dir, run.metrics)
     # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking); the
     # tracker checks the store against them, and summary.json (written last: it marks the run
@@ -564,8 +568,11 @@ def _check_data(spec: RunSpec, meta: dict) -> None:
 
 
 def make_summary(spec: RunSpec, run_dir: Path, metrics: dict, status: str, diverged_step: int | None,
-                 device: str, wall: float, mlflow_run_id: str | None, threads: int = 0) -> dict:
-    """summary.json: status, final metrics (the last evaluation of each split), checkpoints."""
+                 device: str, wall: float, mlflow_run_id: str | None, threads: int = 0,
+                 name: str | None = None, started_ms: int | None = None,
+                 ended_ms: int | None = None) -> dict:
+    """summary.json: status, final metrics (the last evaluation of each split), checkpoints; the
+    display name, and when the run first started and when its training ended (epoch ms)."""
     last = {row["split"]: row for row in metrics["eval"]}
     final = {}
     for split in ("train", "test", "train_batches"):
@@ -573,13 +580,14 @@ def make_summary(spec: RunSpec, run_dir: Path, metrics: dict, status: str, diver
             value = last[split][key] if split in last and status == "completed" else math.nan
             final[f"{split}_{key}"] = value if isinstance(value, float) and math.isfinite(value) else None
     return {
-        "run": spec.run, "status": status,
+        "run": spec.run, "name": name, "status": status,
         "steps_done": diverged_step if status == "diverged" else spec.optim.steps,
         "diverged_step": diverged_step,
         "final": final,
         "checkpoints": [{"step": s, "path": str(p)} for s, p in list_checkpoints(run_dir)],
         "labels": {"variant": spec.norm.variant, "lr": spec.optim.lr, "seed": spec.seed},
         "wall_seconds": wall, "device": device, "threads": threads, "mlflow_run_id": mlflow_run_id,
+        "started_ms": started_ms, "ended_ms": ended_ms,
     }
 
 

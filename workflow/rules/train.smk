@@ -20,6 +20,7 @@ rule train:
         studies=run_studies,
         tracking=as_json(TRACKING),
         run_dir=run_folder,
+        name=run_name,
     threads: max(1, config["runtime"]["threads"])
     resources:
         mem_mb=4000,
@@ -31,4 +32,5 @@ rule train:
         "../../envs/train.yaml"
     shell:
         "python -m bnstudy train --spec {params.spec:q} --run-dir {params.run_dir} "
-        "--tracking {params.tracking:q} --studies {params.studies:q} --threads {threads} > {log} 2>&1"
+        "--tracking {params.tracking:q} --studies {params.studies:q} --name {params.name:q} "
+        "--threads {threads} > {log} 2>&1"
