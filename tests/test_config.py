@@ -32,7 +32,7 @@ def test_shipped_configs_validate_and_plan(name, tmp_path):
     cfg = raw(name)
     for dataset in cfg["datasets"].values():  # the CIFAR-10 JPEGs are not in a checkout
         if dataset["source"] == "imagefolder":
-            dataset["root"] = str(fake_imagefolder(tmp_path / "images"))
+            dataset["root"] = str(fake_imagefolder(tmp_path / "images", per_class=100))
     config = load_config(cfg)
     p = plan(config)
     assert p.runs and all(p.study_runs.values())
@@ -202,8 +202,8 @@ def test_grid_key_must_exist_and_values_validate():
 
 def test_unknown_setup_is_named():
     cfg = raw("smoke.yaml")
-    cfg["studies"]["performance"]["setup"] = "resnet"
-    with pytest.raises(ConfigError, match="studies.performance.setup: 'resnet'"):
+    cfg["studies"]["performance"]["setup"] = "vgg16"
+    with pytest.raises(ConfigError, match="studies.performance.setup: 'vgg16'"):
         load_config(cfg)
 
 
@@ -287,7 +287,7 @@ def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
     cfg = raw(name)
     for dataset in cfg["datasets"].values():
         if dataset["source"] == "imagefolder":
-            dataset["root"] = str(fake_imagefolder(tmp_path / "images"))
+            dataset["root"] = str(fake_imagefolder(tmp_path / "images", per_class=100))
     config = load_config(cfg)
     for study in config["studies"].values():
         rules = ClaimRules().overridden(study.get("claim_rules"))
