@@ -56,7 +56,7 @@ def make_config(results: str) -> dict:
         "studies": {
             "landscape": {"setup": "vgg", "variants": ["batchnorm", "noisy_batchnorm"],
                           "lrs": [0.1], "seeds": [0],
-                          "ics": dict(small), "curvature": dict(small, max_products=150),
+                          "ics": dict(small), "curvature": dict(small, max_products=20),
                           "landscape": dict(small, points=3, random_directions=1)},
             "landscape_dln": {"setup": "dln", "variants": ["batchnorm"], "lrs": [1e-3],
                               "seeds": [0], "ics": {"batch_size": None},
