@@ -8,12 +8,27 @@ chromium + chromedriver). CI passes both (see .ci/run).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from helpers import run_snakemake
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`), each worker computes on one thread: two workers with torch's
+    default of one thread per core would oversubscribe the cores. Set before any test imports
+    torch; jobs the tests start as processes inherit it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("MKL_NUM_THREADS", "1")
+        try:
+            import torch
+        except ImportError:  # torch-free test runs
+            return
+        torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):

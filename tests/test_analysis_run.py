@@ -56,7 +56,7 @@ def make_config(results: str) -> dict:
         "studies": {
             "landscape": {"setup": "vgg", "variants": ["batchnorm", "noisy_batchnorm"],
                           "lrs": [0.1], "seeds": [0],
-                          "ics": dict(small), "curvature": dict(small, max_products=20),
+                          "ics": dict(small), "curvature": dict(small, max_products=150),
                           "landscape": dict(small, points=3, random_directions=1)},
             "landscape_dln": {"setup": "dln", "variants": ["batchnorm"], "lrs": [1e-3],
                               "seeds": [0], "ics": {"batch_size": None},
@@ -140,7 +140,11 @@ def test_one_job_computes_every_table_of_a_run_as_separate_jobs_would(setting, t
     checkpoint once; the tables are byte for byte those of one job per table."""
     root, runs, p = setting
     run = runs["noisy_batchnorm-vgg"]
-    jobs = [AnalysisJob(a, f"d{i}", settings_for(p, "vgg", a)) for i, a in enumerate(ANALYSES)]
+    # curvature stopped at 10 products (unconverged, NaN eigenvalues): the bytes still compare,
+    # at a fifth of the converged cost
+    short = {"curvature": {"max_products": 10}}
+    jobs = [AnalysisJob(a, f"d{i}", dict(settings_for(p, "vgg", a), **short.get(a, {})))
+            for i, a in enumerate(ANALYSES)]
     together = analyze(jobs, run, tmp_path / "together")
     assert [t.name for t in together] == ["ics-d0.csv", "landscape-d1.csv", "curvature-d2.csv"]
     for job, table in zip(jobs, together):
