@@ -13,7 +13,7 @@ import pytest
 from synthetic_tables import STUDIES, make_tables
 
 from bnstudy.claims import ClaimRules, claims
-from bnstudy.results import BEGIN, END, rewrite, save_digest, section
+from bnstudy.results import BEGIN, END, accuracy_table, rewrite, save_digest, section
 
 ROOT = Path(__file__).parents[1]
 
@@ -49,10 +49,10 @@ def test_section_quotes_every_claims_row_with_its_own_numbers(finished_run, tmp_
     # a per-variant claim names its own variant, not BN
     layernorm = next(b for b in bullets if b.startswith("- **layernorm:") and "beta" in b)
     assert "layernorm against standard" in layernorm
-    # the accuracy table lists each (variant, lr) of the named study with one value per seed
+    # the accuracy table lists each (variant, lr, setup, steps) of the named study, one value per seed
     runs = pd.read_csv(finished_run / "tables" / "performance" / "runs.csv")
     rows = [line for line in text.splitlines() if line.startswith("| standard |") or line.startswith("| batchnorm |")]
-    assert len(rows) == runs.groupby(["variant", "lr"]).ngroups
+    assert len(rows) == runs.groupby(["variant", "lr", "setup", "steps"]).ngroups
     assert all(line.count("%") == 2 * 3 for line in rows if "diverged" not in line)
 
 
@@ -75,3 +75,14 @@ def test_the_readme_says_what_its_committed_tables_say():
                              "--readme", "README.md", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "is up to date" in result.stderr
+
+
+def test_accuracy_table_keeps_setups_and_lengths_apart():
+    """BatchNorm at lr 0.1 in a 1,000-step VGG, a 300-step VGG and a ResNet: three rows, not one."""
+    rows = [{"variant": "batchnorm", "lr": 0.1, "setup": setup, "steps": steps, "seed": seed,
+             "status": "completed", "final_test_accuracy": acc, "final_train_batches_accuracy": acc}
+            for setup, steps, acc in (("vgg", 1000, 0.65), ("vgg", 300, 0.5), ("resnet", 300, 0.4))
+            for seed in (0, 1)]
+    lines = accuracy_table(pd.DataFrame(rows)).splitlines()[2:]
+    assert [line.split(" | ")[2] for line in lines] == ["vgg, 1,000", "vgg, 300", "resnet, 300"]
+    assert "| 65.0%, 65.0% | 65.0%, 65.0% |" in lines[0] and "40.0%, 40.0%" in lines[2]

@@ -115,17 +115,19 @@ def sentence(row) -> str:
 
 
 def accuracy_table(runs: pd.DataFrame) -> str:
-    """Final accuracies per (variant, lr): each seed's test accuracy (eval mode, the final
-    evaluation) and training-mode train accuracy."""
-    lines = ["| variant | lr | final test accuracy, eval mode (per seed) | final train accuracy, training mode (per seed) |",
-             "| --- | --- | --- | --- |"]
-    for (variant, lr), group in runs.groupby(["variant", "lr"], sort=False):
+    """Final accuracies per (variant, lr, setup, steps): each seed's test accuracy (eval mode, the
+    final evaluation) and training-mode train accuracy. Runs of another setup or length (a ResNet,
+    a shortened study) get rows of their own, never a merged one."""
+    lines = ["| variant | lr | setup, steps | final test accuracy, eval mode (per seed) "
+             "| final train accuracy, training mode (per seed) |",
+             "| --- | --- | --- | --- | --- |"]
+    for (variant, lr, setup, steps), group in runs.groupby(["variant", "lr", "setup", "steps"], sort=False):
         group = group.sort_values("seed")
         test = ", ".join("diverged" if s == "diverged" else f"{a:.1%}"
                          for a, s in zip(group["final_test_accuracy"], group["status"]))
         train = ", ".join("diverged" if s == "diverged" else f"{a:.1%}"
                           for a, s in zip(group["final_train_batches_accuracy"], group["status"]))
-        lines.append(f"| {variant} | {lr:g} | {test} | {train} |")
+        lines.append(f"| {variant} | {lr:g} | {setup}, {int(steps):,} | {test} | {train} |")
     return "\n".join(lines)
 
 
