@@ -423,6 +423,11 @@ def test_group_size_gradients_is_a_slope_per_doubling(tmp_path):
     growing = lambda variant, lr, seed, grid: Outcome(first_grad=grid["norm.group_size"] ** 0.5)  # noqa: E731
     row = verdict_rows(tmp_path / "b", "group_size", growing).loc["group_size_gradients.slope.final"]
     assert row["verdict"] == NOT_SUPPORTED and row["effect"] == pytest.approx(0.1505, abs=0.01)
+    # a measure at initialisation: short runs that never leave chance still give the verdict
+    untrained = lambda variant, lr, seed, grid: Outcome(  # noqa: E731
+        first_grad=grid["norm.group_size"] ** -0.5, train_accuracy=0.1, test_accuracy=0.1, final_loss=2.3)
+    row = verdict_rows(tmp_path / "c", "group_size", untrained).loc["group_size_gradients.slope.final"]
+    assert row["verdict"] == SUPPORTED and "never training" not in row["rule"]
 
 
 def test_scale_invariance_checks_the_cosine_and_the_norm_identity(tmp_path):

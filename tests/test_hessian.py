@@ -165,3 +165,26 @@ def test_surface_directions_are_filter_normalised_and_the_centre_is_the_checkpoi
     (centre,) = [r for r in rows if r["x"] == 0 and r["y"] == 0]
     assert centre["loss"] == obj.value(params)
     assert len({r["loss"] for r in rows}) == 25  # every other point is elsewhere
+
+
+@pytest.mark.parametrize("points", [5, 11, 13, 51])
+def test_surface_grid_holds_the_centre_exactly(points):
+    """The basin radius is measured from the point at (0, 0): linspace(-1, 1, 13) puts it at 5.6e-17."""
+    coords = surface.grid(points, 1.0)
+    assert coords[points // 2] == 0.0 and coords[0] == -1.0 and coords[-1] == 1.0
+    assert coords == [-c for c in reversed(coords)]
+
+
+def test_basin_radius_found_where_the_centre_is_stored_a_rounding_off_zero():
+    """Tables written with the centre at ~1e-17 still give a radius: the loss doubles halfway out."""
+    import pandas as pd
+
+    from bnstudy.derived import basin_radii
+
+    coords = [-1.0, -0.5, 5.551115123125783e-17, 0.5, 1.0]
+    rows = [{"run": "r", "variant": "batchnorm", "lr": 0.1, "seed": 0, "status": "completed", "step": 0,
+             "x": x, "y": y, "loss": 1.0 + 4.0 * max(abs(round(x, 12)), abs(round(y, 12)))}
+            for x in coords for y in coords]
+    radii = basin_radii(pd.DataFrame(rows))
+    assert len(radii) == 1 and radii["radius"].dtype == float
+    assert radii["radius"].iloc[0] == pytest.approx(0.25)

@@ -89,6 +89,9 @@ def basin_radii(surface: pd.DataFrame, factor: float = 2.0) -> pd.DataFrame:
     from math import isfinite
 
     labels = _labels(surface)
+    # coordinates snapped to the grid: tables written before surface.grid put the centre at
+    # exactly 0 hold it at ~1e-17
+    surface = surface.assign(x=surface["x"].round(12) + 0.0, y=surface["y"].round(12) + 0.0)
     rows = []
     for key, group in surface.groupby(labels + ["step"], sort=True):
         centre = group[(group["x"] == 0) & (group["y"] == 0)]["loss"]
@@ -102,7 +105,7 @@ def basin_radii(surface: pd.DataFrame, factor: float = 2.0) -> pd.DataFrame:
                 half = line[line[axis] * sign > 0].sort_values(axis, key=lambda c: c.abs())
                 radii.append(_reach(list(half[axis].abs()), list(half["loss"]), centre, factor))
         rows.append({**dict(zip(labels + ["step"], key)), "radius": float(np.mean(radii))})
-    return pd.DataFrame(rows, columns=labels + ["step", "radius"])
+    return pd.DataFrame(rows, columns=labels + ["step", "radius"]).astype({"radius": float})
 
 
 def _reach(distances: list[float], losses: list[float], centre: float, factor: float) -> float:

@@ -38,8 +38,11 @@ def filter_normalised(params: Params, seed: int) -> Params:
 
 
 def grid(points: int, span: float) -> list[float]:
-    """`points` evenly spaced coordinates in [-span, span]; odd `points` put 0 on the grid."""
-    return torch.linspace(-span, span, points, dtype=torch.float64).tolist()
+    """`points` evenly spaced coordinates in [-span, span]; odd `points` put exactly 0 on the grid
+    (the centre is the checkpoint itself: linspace's 13 points put it at 5.6e-17)."""
+    if points == 1:
+        return [0.0]
+    return [span * (2 * i - (points - 1)) / (points - 1) for i in range(points)]
 
 
 @torch.no_grad()
