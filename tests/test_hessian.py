@@ -15,15 +15,8 @@ from bnstudy.analysis import density, spectrum, surface
 from bnstudy.analysis.functional import Objective, Origin, origin_state
 from bnstudy.analysis.hessian import Flat, Hessian, extreme_eigenpairs, hutchinson_trace, slq
 
-from test_analysis_math import BNMLP, Quadratic, bn_setup, flat_hessian, half_squared_error
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+from test_analysis_math import (BNMLP, Quadratic, bn_setup, flat_hessian, half_squared_error,
+                               float64)  # noqa: F401  (float64: the autouse fixture, every tensor float64)
 
 
 @pytest.fixture

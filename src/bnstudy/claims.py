@@ -348,22 +348,28 @@ def log_basin_radius(data: StudyData, variant: str, rules: ClaimRules) -> pd.Ser
     return by_condition(mean_per_run(last, last["radius"], log=True), data)
 
 
-def group_size_slope(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
-    """Per seed (and lr): the least-squares slope of log10 of the first normalised layer's gradient
-    norm at initialisation against log2 of the group size, i.e. the log10 change per doubling of
-    the group. A slope, not a rank correlation: a rank correlation over a few group sizes takes a
-    handful of values, every seed often gives exactly -1, and a zero-width interval decides nothing."""
+def over_group_sizes(data: StudyData, variant: str, min_sizes: int, fn) -> pd.Series:
+    """Per seed (and lr): `fn(group_size, grad_norm)` over the group sizes of the first normalised
+    layer's gradient norm at initialisation, for conditions with at least `min_sizes` sizes."""
     table = data.table("activations")
     first = table[(table["variant"] == variant) & (table["layer"] == 1) & (table["step"] == 0)]
     keys = [k for k in data.condition_keys(exclude=["group_size"]) if k in first.columns]
     out = {}
     for key, group in first.groupby(keys):
-        if group["group_size"].nunique() >= 2:
-            x = np.log2(group["group_size"].astype(float))
-            y = np.log10(group["grad_norm"].astype(float).clip(lower=1e-30))
-            out[key if isinstance(key, tuple) else (key,)] = float(np.polyfit(x, y, 1)[0])
+        if group["group_size"].nunique() >= min_sizes:
+            value = fn(group["group_size"].astype(float), group["grad_norm"].astype(float))
+            out[key if isinstance(key, tuple) else (key,)] = float(value)
     index = pd.MultiIndex.from_tuples(list(out), names=keys) if out else pd.MultiIndex.from_arrays([[]] * len(keys), names=keys)
     return pd.Series(list(out.values()), index=index, dtype=float)
+
+
+def group_size_slope(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per seed (and lr): the least-squares slope of log10 of the first normalised layer's gradient
+    norm at initialisation against log2 of the group size, i.e. the log10 change per doubling of
+    the group. A slope, not a rank correlation: a rank correlation over a few group sizes takes a
+    handful of values, every seed often gives exactly -1, and a zero-width interval decides nothing."""
+    return over_group_sizes(data, variant, 2, lambda size, grad: np.polyfit(
+        np.log2(size), np.log10(grad.clip(lower=1e-30)), 1)[0])
 
 
 def group_size_rank_correlation(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
@@ -373,15 +379,7 @@ def group_size_rank_correlation(data: StudyData, variant: str, rules: ClaimRules
     sign-flip test, which needs 5 seeds; the slope row above decides with fewer."""
     from scipy.stats import spearmanr
 
-    table = data.table("activations")
-    first = table[(table["variant"] == variant) & (table["layer"] == 1) & (table["step"] == 0)]
-    keys = [k for k in data.condition_keys(exclude=["group_size"]) if k in first.columns]
-    out = {}
-    for key, group in first.groupby(keys):
-        if group["group_size"].nunique() >= 3:
-            out[key if isinstance(key, tuple) else (key,)] = spearmanr(group["group_size"], group["grad_norm"]).statistic
-    index = pd.MultiIndex.from_tuples(list(out), names=keys) if out else pd.MultiIndex.from_arrays([[]] * len(keys), names=keys)
-    return pd.Series(list(out.values()), index=index, dtype=float)
+    return over_group_sizes(data, variant, 3, lambda size, grad: spearmanr(size, grad).statistic)
 
 
 def log_largest_cosine(data: StudyData, variant: str, rules: ClaimRules) -> pd.Series:
