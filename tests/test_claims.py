@@ -414,19 +414,20 @@ def test_group_size_gradients_is_a_slope_per_doubling(tmp_path):
     """Gradient norms ~ group_size^-1/2 give a slope of log10(2) / -2 = -0.15 per doubling
     (supported); gradients that grow with the group give +0.15 (not supported)."""
     rows = verdict_rows(tmp_path / "a", "group_size", default_outcome)
-    row = rows.loc["group_size_gradients.slope.final"]
+    row = rows.loc["group_size_gradients.slope.at_init"]
     assert row["verdict"] == SUPPORTED and row["effect"] == pytest.approx(-0.1505, abs=0.01)
+    assert row["window"] == "at initialisation"  # its own time, not the end of training
     # the rank correlation is -1 for every seed: its exact test over 3 seeds cannot reach p <= 0.05
-    rank = rows.loc["group_size_gradients.rank_correlation.final"]
+    rank = rows.loc["group_size_gradients.rank_correlation.at_init"]
     assert rank["effect"] == pytest.approx(-1.0) and rank["verdict"] == INCONCLUSIVE
     assert rank["p_value"] == pytest.approx(0.125) and rank["test"] == "sign-flip"
     growing = lambda variant, lr, seed, grid: Outcome(first_grad=grid["norm.group_size"] ** 0.5)  # noqa: E731
-    row = verdict_rows(tmp_path / "b", "group_size", growing).loc["group_size_gradients.slope.final"]
+    row = verdict_rows(tmp_path / "b", "group_size", growing).loc["group_size_gradients.slope.at_init"]
     assert row["verdict"] == NOT_SUPPORTED and row["effect"] == pytest.approx(0.1505, abs=0.01)
     # a measure at initialisation: short runs that never leave chance still give the verdict
     untrained = lambda variant, lr, seed, grid: Outcome(  # noqa: E731
         first_grad=grid["norm.group_size"] ** -0.5, train_accuracy=0.1, test_accuracy=0.1, final_loss=2.3)
-    row = verdict_rows(tmp_path / "c", "group_size", untrained).loc["group_size_gradients.slope.final"]
+    row = verdict_rows(tmp_path / "c", "group_size", untrained).loc["group_size_gradients.slope.at_init"]
     assert row["verdict"] == SUPPORTED and "never training" not in row["rule"]
 
 

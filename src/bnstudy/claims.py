@@ -59,6 +59,8 @@ from .tables import StudyTables, TableError, write_csv, write_text
 COLUMNS = ["key", "claim", "source", "study", "measure", "window", "unit", "effect", "ci_low", "ci_high",
            "p_value", "test", "n_seeds", "paper", "verdict", "agreement", "rule", "reason"]
 FINAL, TRAINING, INITIALISATION = "final", "training", "initialisation"  # the parts of training a row speaks of
+# a claim that is itself about initialisation (its verdict, not a step-0 row reported apart)
+AT_INIT = "at_init"
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
@@ -255,7 +257,8 @@ def in_window(frame: pd.DataFrame, window: str, rules: ClaimRules) -> pd.DataFra
 
 
 def window_label(window: str, rules: ClaimRules) -> str:
-    return {FINAL: "end of training", INITIALISATION: "step 0"}.get(window, f"steps >= {rules.from_step}")
+    return {FINAL: "end of training", INITIALISATION: "step 0", AT_INIT: "at initialisation"}.get(
+        window, f"steps >= {rules.from_step}")
 
 
 def mean_per_run(frame: pd.DataFrame, values: pd.Series, log: bool) -> pd.Series:
@@ -671,10 +674,12 @@ _CLAIMS += [
         "Lubana et al. 2021: small groups inflate early layers' gradient norms (GroupNorm)",
         (Row("slope", "log10 change of the first layer's gradient norm at initialisation per doubling of"
              " the group size (least-squares slope over the study's group sizes); groupnorm's value per seed"
-             " (negative = smaller groups, larger gradients)", group_size_slope, "below", unit="value"),
+             " (negative = smaller groups, larger gradients)", group_size_slope, "below", window=AT_INIT,
+             unit="value"),
          Row("rank_correlation", "Spearman's rank correlation over group sizes between the first layer's gradient"
              " norm at initialisation and the group size, groupnorm's value per seed (Lubana et al.'s sign: negative);"
-             " exact sign-flip test", group_size_rank_correlation, "below", discrete=True, unit="value")),
+             " exact sign-flip test", group_size_rank_correlation, "below", window=AT_INIT, discrete=True,
+             unit="value")),
         # a measure at initialisation: whether the short runs leave chance is beside the point (on
         # CIFAR-10, 20 steps of GroupNorm at lr 0.1 stay below 15%)
         findings=(("Lubana 2021", SUPPORTED),), paired=False, must_train=None),
