@@ -11,10 +11,11 @@ import pytest
 
 from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables
 
-from bnstudy.catalog import CLAIM_KINDS
-from bnstudy.claims import (
-    CLAIMS, COLUMNS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimRules, claims, decide,
-)
+from bnstudy.catalog import ANALYSES
+from bnstudy.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimRules, claims_by_kind
+from bnstudy.claims.table import COLUMNS, claims
+from bnstudy.claims.verdict import decide
+from bnstudy.variants import VARIANTS
 from bnstudy.stats import mean_ci, paired_differences, sign_flip_p, t_quantile
 
 FAST = ClaimRules(min_steps=100)  # the fixtures train for 200 steps
@@ -107,10 +108,37 @@ def test_blockers_override_a_clear_interval():
 # claims() end to end on constructed tables
 
 
-def test_every_claim_kind_has_a_claim():
-    assert set(CLAIMS) == set(CLAIM_KINDS)
-    for kind, claim in CLAIMS.items():
-        assert claim.kind == kind and (claim.treated, claim.reference) == CLAIM_KINDS[kind].variants
+def test_every_claim_record_names_known_variants_tables_and_distinct_rows():
+    """A claim is one record: its variants exist, the tables it reads are run or analysis tables,
+    its rows' keys are distinct and each row's side of the threshold is one the verdict rule knows."""
+    run_tables = {"runs", "train", "eval", "units", "layers"}
+    for kind, claim in claims_by_kind().items():
+        assert claim.kind == kind
+        assert set(claim.variants) <= set(VARIANTS), kind
+        assert set(claim.study_tables()) <= run_tables | set(ANALYSES), kind
+        keys = [(row.name, row.window) for row in claim.rows]
+        assert len(keys) == len(set(keys)), kind
+        assert all(row.holds in ("above", "below", "within") and callable(row.metric) for row in claim.rows), kind
+        assert all(row.variant in (None, *claim.variants) for row in claim.rows), kind
+
+
+def test_a_registered_claim_kind_is_in_the_next_schema_and_a_duplicate_is_refused():
+    """Code outside the package adds a kind with `register`; the schema's enum is not cached past it."""
+    import dataclasses
+
+    from bnstudy.claims import record
+    from bnstudy.schema import load_schema
+
+    base = claims_by_kind()["bn_trains_better"]
+    extra = dataclasses.replace(base, kind="test_only_kind")
+    record.register(extra)
+    try:
+        assert "test_only_kind" in load_schema()["definitions"]["claim_kind"]["enum"]
+        with pytest.raises(ValueError, match="registered twice"):
+            record.register(dataclasses.replace(base, kind="test_only_kind", claim="another"))
+    finally:
+        record._REGISTRY.pop("test_only_kind")
+    assert "test_only_kind" not in load_schema()["definitions"]["claim_kind"]["enum"]
 
 
 def test_bn_with_larger_ics_means_not_supported(tmp_path):
@@ -353,7 +381,8 @@ def test_usable_bar_is_set_by_a_mean_over_seeds_not_one_lucky_run(tmp_path):
     """One lucky run (0.99 where its seeds reach 0.8) would lift a bar taken from the single best
     run to 0.545 and make BN's 0.5 at lr 1.0 unusable; the mean over seeds (0.863) puts it at
     0.48, so BN's lr 1.0 counts. claims.md shows the verdict at usable fractions 0.4-0.6."""
-    from bnstudy.claims import StudyData, usable_bar
+    from bnstudy.claims.kinds.accuracy import usable_bar
+    from bnstudy.view import StudyView
     from bnstudy.tables import StudyTables
 
     def outcome(variant, lr, seed, grid):
@@ -365,7 +394,7 @@ def test_usable_bar_is_set_by_a_mean_over_seeds_not_one_lucky_run(tmp_path):
 
     cfg = {**STUDIES["claim_learning_rate"], "seeds": [0, 1, 2, 3, 4]}
     paths = make_tables(tmp_path, "claim_learning_rate", cfg, outcome=outcome)
-    data = StudyData(StudyTables(paths, cfg))
+    data = StudyView(StudyTables(paths, cfg))
     best_mean = (0.99 + 4 * 0.8) / 5
     assert usable_bar(data, FAST) == pytest.approx(0.1 + 0.5 * (best_mean - 0.1))
     rows = verdict_rows(tmp_path / "v", "claim_learning_rate", outcome, seeds=[0, 1, 2, 3, 4])
@@ -449,14 +478,15 @@ def test_scale_invariance_refuses_a_sparse_layer_record(tmp_path):
 
 
 def test_smoother_than_none_gives_each_normaliser_its_own_rows(tmp_path):
-    """One set of rows (three landscape quantities over training) per variant against the standard
-    network, each labelled by its variant; a normaliser as rough as the standard network is not
-    supported while the others are."""
+    """One set of rows (three landscape quantities over training, and at initialisation apart) per
+    variant against the standard network, each labelled by its variant; a normaliser as rough as
+    the standard network is not supported while the others are."""
     rough = lambda variant, lr, seed, grid: (  # noqa: E731
         default_outcome("standard", 0.1, 0, {}) if variant == "weightnorm" else default_outcome(variant, lr, seed, grid))
     rows = verdict_rows(tmp_path, "normalisers", rough)
     ours = rows[rows.index.str.startswith("smoother_than_none.")]
-    assert len(ours) == 5 * 3 and set(ours.index.str.split(".").str[-1]) == {"training"}
+    assert len(ours) == 5 * 3 * 2 and set(ours.index.str.split(".").str[-1]) == {"training", "initialisation"}
+    ours = ours[ours.index.str.endswith(".training")]
     verdicts = ours.groupby(ours.index.str.split(".").str[1])["verdict"].agg(set)
     assert all(verdicts[v] == {SUPPORTED} for v in ("batchnorm", "layernorm", "groupnorm", "instancenorm"))
     assert SUPPORTED not in verdicts["weightnorm"]

@@ -282,7 +282,8 @@ def test_a_claim_its_seeds_cannot_decide_is_refused_at_parse_time():
 
 @pytest.mark.parametrize("name", ["paper.yaml", "cifar10-cpu.yaml"])
 def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
-    from bnstudy.catalog import ClaimRules, seeds_needed
+    from bnstudy.claims import ClaimRules
+    from bnstudy.claims import get as claim
 
     cfg = raw(name)
     for dataset in cfg["datasets"].values():
@@ -293,4 +294,4 @@ def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
         rules = ClaimRules().overridden(study.get("claim_rules"))
         assert not rules.allow_undecidable
         for kind in study["claims"]:
-            assert len(study["seeds"]) >= seeds_needed(kind, rules), (study, kind)
+            assert len(study["seeds"]) >= claim(kind).seeds_needed(rules), (study, kind)

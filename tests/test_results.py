@@ -12,7 +12,8 @@ import pytest
 
 from synthetic_tables import STUDIES, make_tables
 
-from bnstudy.claims import ClaimRules, claims
+from bnstudy.claims import ClaimRules
+from bnstudy.claims.table import claims
 from bnstudy.results import BEGIN, END, accuracy_table, rewrite, save_digest, section
 
 ROOT = Path(__file__).parents[1]

@@ -172,7 +172,7 @@ def cmd_figures(args) -> None:
 
 
 def cmd_claims(args) -> None:
-    from .claims import claims
+    from .claims.table import claims
 
     with work():
         claims(_json(args.studies_config), _pairs(args.tables, "--tables"), Path(args.out_csv), Path(args.out_md))

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from .architectures import VGG_CONFIGS, VGG_POOLS, layer_widths, normalised_layers, resnet_depth_ok
 from .variants import VARIANTS
-from .catalog import (ANALYSES, FIGURE_KINDS, ClaimRules, claim_design_problem, claim_tables, figure_tables,
-                      seeds_needed)
+from .catalog import ANALYSES, FIGURE_KINDS, figure_tables
+from .claims import ClaimRules
+from .claims import get as claim
 from .errors import ConfigError
 from .plan import SOURCE_SIZES, checkpoint_steps, setup_for, setups_of
 from .schema import load_schema, read_yaml, validate
@@ -207,7 +208,7 @@ def check_study(config: dict, name: str, schema: dict | None = None) -> None:
                    f"it must be below eta_max ({cfg['landscape']['eta_max']!r})")
     tables = {a for a in ANALYSES if a in cfg}
     for field_, kinds, needs in (("figures", cfg["figures"], figure_tables),
-                                 ("claims", cfg["claims"], claim_tables)):
+                                 ("claims", cfg["claims"], lambda kind: claim(kind).study_tables())):
         for i, kind in enumerate(kinds):
             missing = [t for t in needs(kind) if t in ANALYSES and t not in tables]
             if missing:
@@ -219,7 +220,7 @@ def check_study(config: dict, name: str, schema: dict | None = None) -> None:
             raise _bad(f"{key}.figures.{i}", kind, f"it plots against {axis}: give the study "
                        f"grid: {{{axis}: [two or more values]}}")
     for i, kind in enumerate(cfg["claims"]):
-        problem = claim_design_problem(kind, cfg, setup_for(config, name, schema))
+        problem = claim(kind).design_problem(cfg, setup_for(config, name, schema))
         if problem:
             raise _bad(f"{key}.claims.{i}", kind, problem)
     check_decidable(name, cfg)
@@ -252,7 +253,7 @@ def check_decidable(name: str, cfg: dict) -> None:
     if rules.allow_undecidable:
         return
     n = len(cfg["seeds"])
-    short = [(kind, need) for kind in cfg["claims"] if n < (need := seeds_needed(kind, rules))]
+    short = [(kind, need) for kind in cfg["claims"] if n < (need := claim(kind).seeds_needed(rules))]
     if short:
         lines = [f"config key studies.{name}.seeds: {n} seeds cannot decide claim {kind}: it needs at least "
                  f"{need} seeds at alpha {rules.alpha:g}" + (" (an exact sign-flip test over n seeds cannot go "

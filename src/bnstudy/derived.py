@@ -127,3 +127,17 @@ def eos_ratios(spectrum: pd.DataFrame) -> pd.DataFrame:
     summary["ratio"] = summary["lr"] * summary["lambda_max"]
     crossed = summary["ratio"].ge(2.0).groupby(summary["run"]).cummax()
     return summary.assign(after_crossing=crossed)
+
+
+def weight_norms(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per run, layer and recorded step: ||w_t||^2, its prediction for a scale-invariant weight
+    under plain SGD, ||w_0||^2 + lr^2 sum_{s<t} ||g_s||^2 (exact only if every step is recorded),
+    the effective learning rate lr / ||w_t||^2 and |cos(w, g)|."""
+    layers = layers.sort_values(["run", "layer", "step"])
+    grouped = layers.groupby(["run", "layer"])
+    w_sq = layers["weight_norm"].astype(float) ** 2
+    grad_sq = layers["weight_grad_norm"].astype(float) ** 2
+    first = grouped["weight_norm"].transform("first").astype(float) ** 2
+    earlier = (layers["lr"] ** 2 * grad_sq).groupby([layers["run"], layers["layer"]]).cumsum() - layers["lr"] ** 2 * grad_sq
+    return layers.assign(w_sq=w_sq, w_sq_predicted=first + earlier, effective_lr=layers["lr"] / w_sq,
+                         grad_cos=layers["weight_grad_cos"].astype(float))

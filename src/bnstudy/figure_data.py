@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ import pandas as pd
 from . import derived
 from .stats import mean_ci
 from .tables import StudyTables, TableError
+from .view import StudyView
 
 MIN_BAND_SEEDS = 3   # fewer seeds: their own lines, not a t band
 MAX_UNITS = 4        # single units drawn per distribution panel
@@ -34,56 +34,14 @@ EVAL_MODE = "eval mode"
 # context: the study's tables and config
 
 
-@dataclass
-class Context:
-    """What every drawer gets: the figure kind, the study, its config and its tables."""
+class Context(StudyView):
+    """What every drawer gets: the study's view (`bnstudy.view.StudyView`, shared with the claims)
+    and the figure kind it draws."""
 
-    kind: str
-    study: str
-    study_cfg: Mapping
-    tables: StudyTables
-
-    @cached_property
-    def grid(self) -> list[str]:
-        return list(self.tables.grid)
-
-    @cached_property
-    def runs(self) -> pd.DataFrame:
-        return self.tables.runs
-
-    @cached_property
-    def variants(self) -> list[str]:
-        """Config order first (the order the paper discusses them), then anything else in the data."""
-        configured = list(self.study_cfg.get("variants") or [])
-        seen = [v for v in self.runs["variant"].dropna().unique() if v not in configured]
-        return configured + seen
-
-    @cached_property
-    def diverged_counts(self) -> dict[str, tuple[int, int]]:
-        """variant -> (diverged runs, runs) over the whole study, for the legend."""
-        runs = self.runs
-        counts = runs["status"].eq("diverged").groupby(runs["variant"]).agg(["sum", "count"])
-        return {variant: (int(row["sum"]), int(row["count"])) for variant, row in counts.iterrows()}
-
-    def layer_label(self, layer: int) -> str:
-        """"layer 5", or for a ResNet "layer 5 (s1 b2 c2)": the layer by stage, block and conv."""
-        runs = self.runs
-        if "arch" in runs and runs["arch"].eq("resnet").all() and runs["depth"].nunique() == 1:
-            from .architectures import resnet_layer_names
-
-            names = resnet_layer_names(int(runs["depth"].iloc[0]))
-            if 1 <= layer <= len(names):
-                return f"layer {layer} ({names[layer - 1]})"
-        return f"layer {layer}"
-
-    def layers(self, frame: pd.DataFrame) -> list[int]:
-        """The study's configured layers (paper numbering), else every layer in the table."""
-        configured = self.study_cfg.get("layers")
-        return [int(x) for x in configured] if configured else sorted(int(x) for x in frame["layer"].dropna().unique())
-
-    def ordered(self, variants) -> list[str]:
-        present = set(variants)
-        return [v for v in self.variants if v in present]
+    def __init__(self, kind: str, study: str, study_cfg: Mapping, tables: StudyTables):
+        super().__init__(tables, study)
+        self.kind = kind
+        self.study_cfg = study_cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,20 +559,6 @@ def group_size_data(ctx: Context) -> pd.DataFrame:
     return pd.concat(pieces, ignore_index=True)
 
 
-def weight_norms(layers: pd.DataFrame) -> pd.DataFrame:
-    """Per run, layer and recorded step: ||w_t||^2, its prediction for a scale-invariant weight
-    under plain SGD, ||w_0||^2 + lr^2 sum_{s<t} ||g_s||^2 (exact only if every step is recorded),
-    the effective learning rate lr / ||w_t||^2 and |cos(w, g)|."""
-    layers = layers.sort_values(["run", "layer", "step"])
-    grouped = layers.groupby(["run", "layer"])
-    w_sq = layers["weight_norm"].astype(float) ** 2
-    grad_sq = layers["weight_grad_norm"].astype(float) ** 2
-    first = grouped["weight_norm"].transform("first").astype(float) ** 2
-    earlier = (layers["lr"] ** 2 * grad_sq).groupby([layers["run"], layers["layer"]]).cumsum() - layers["lr"] ** 2 * grad_sq
-    return layers.assign(w_sq=w_sq, w_sq_predicted=first + earlier, effective_lr=layers["lr"] / w_sq,
-                         grad_cos=layers["weight_grad_cos"].astype(float))
-
-
 WEIGHT_ROWS = [Measure("‖wᵢ‖² (dotted: ‖w₀‖² + lr² Σ‖g‖²)", "weights", "w_sq", scale="auto"),
                Measure("effective learning rate\nlr / ‖wᵢ‖²", "weights", "effective_lr", scale="log"),
                Measure("largest |cos(w, g)|\nover filters", "weights", "grad_cos", scale="log")]
@@ -624,7 +568,7 @@ def weight_norm_data(ctx: Context) -> pd.DataFrame:
     """Per configured layer and condition: the measured ||w||^2 with the scale-invariance
     prediction drawn beside it (style "prediction"), the effective learning rate and |cos(w, g)|."""
     layers = ctx.tables["layers"].dropna(subset=["weight_norm"])
-    weights = weight_norms(layers)
+    weights = derived.weight_norms(layers)
     data = curves_data(ctx, WEIGHT_ROWS, by_layer=True, frames={"weights": weights})
     predicted = curves_data(ctx, [dataclasses.replace(WEIGHT_ROWS[0], column="w_sq_predicted")], by_layer=True,
                             frames={"weights": weights})

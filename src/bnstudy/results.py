@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .claims import Claim
+from .claims import get as claim_record
 from .tables import read_table, write_text
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -70,12 +72,18 @@ def in_unit(value: float, unit: str, single: bool) -> str:
     return f"{value:+.3g}"
 
 
+def claim_of(row) -> Claim:
+    """The record of a claims row's kind (the first part of its key): whether its effect is paired
+    and which variants it names."""
+    return claim_record(row["key"].split(".")[0])
+
+
 def effect_text(row) -> str:
     """The effect of a claims row in its unit, with its interval or exact p-value."""
     effect, low, high, p = (float(row[k]) for k in ("effect", "ci_low", "ci_high", "p_value"))
     if not math.isfinite(effect):
         return "no effect measured"
-    single = row["key"].split(".")[0] in SINGLE
+    single = not claim_of(row).paired
     text = in_unit(effect, row["unit"], single)
     if math.isfinite(low):
         return f"{text} (95% CI {in_unit(low, row['unit'], single)} to {in_unit(high, row['unit'], single)})"
@@ -84,26 +92,15 @@ def effect_text(row) -> str:
     return text
 
 
-# claims about one variant alone: the effect is that variant's own value
-SINGLE = {"noise_stops_training", "unit_noise_stops_training", "edge_of_stability", "group_size_gradients",
-          "scale_invariance"}
-# claims with one set of rows per variant (key <kind>.<variant>.<measure>.<window>), each against standard
-PER_VARIANT = {"smoother_than_none"}
-# the treated and reference variant of each claim's effect, as the sentences name them
-PAIR = {"noisy_bn_trains": ("noisy BN", "BN")}
-
-
 def sentence(row) -> str:
     """One line that says what a claims row measured and what its verdict is."""
-    kind = row["key"].split(".")[0]
+    claim = claim_of(row)
     measure = str(row["measure"]).split(";")[0]
-    if kind in SINGLE:
+    if not claim.paired:
         what = f"{measure}: {effect_text(row)}"
     else:
-        treated, reference = PAIR.get(kind, ("BN", "standard"))
-        if kind in PER_VARIANT:
-            treated = row["key"].split(".")[1]
-        what = f"{measure}, {treated} against {reference}: {effect_text(row)}"
+        treated = row["key"].split(".")[1] if claim.per_variant else claim.treated
+        what = f"{measure}, {treated} against {claim.reference}: {effect_text(row)}"
     agreement = row.get("agreement")
     tail = f"; {agreement}" if isinstance(agreement, str) and agreement else ""
     return (f"- **{row['claim']}** ({row['study']}, {row['window']}, {int(row['n_seeds'])} seeds) {what}."

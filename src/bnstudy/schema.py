@@ -2,9 +2,9 @@
 
 The schema is the contract of every config key: types, ranges, defaults, descriptions. Names that
 live in code are filled in when it is loaded, so each lives in one place: the variant names
-(`bnstudy.variants`), the figure and claim kinds and each analysis kind's settings block
-(`bnstudy.catalog`). Validation fills in defaults (the snakemake idiom) and reports every problem
-at once, each naming its key.
+(`bnstudy.variants`), the figure kinds and each analysis kind's settings block
+(`bnstudy.catalog`), the claim kinds and the `claim_rules` block (`bnstudy.claims`). Validation
+fills in defaults (the snakemake idiom) and reports every problem at once, each naming its key.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .catalog import ANALYSES, CLAIM_KINDS, FIGURE_KINDS
+from .catalog import ANALYSES, FIGURE_KINDS
+from .claims import ClaimRules, claims_by_kind
 from .errors import ConfigError
 from .variants import VARIANTS
 
@@ -26,8 +27,11 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_schema() -> dict:
-    """The config schema (a fresh copy: callers may extend it)."""
-    return copy.deepcopy(_parsed_schema())
+    """The config schema (a fresh copy: callers may extend it). The claim kinds are filled in on
+    every call, not cached: a kind `register`ed after the first load is in the next one."""
+    schema = copy.deepcopy(_parsed_schema())
+    schema["definitions"]["claim_kind"]["enum"] = sorted(claims_by_kind())
+    return schema
 
 
 @functools.cache
@@ -37,7 +41,7 @@ def _parsed_schema() -> dict:
     definitions = schema["definitions"]
     definitions["variant"]["enum"] = list(VARIANTS)
     definitions["figure_kind"]["enum"] = list(FIGURE_KINDS)
-    definitions["claim_kind"]["enum"] = list(CLAIM_KINDS)
+    definitions["study"]["properties"]["claim_rules"] = ClaimRules.schema()
     common = definitions["analysis_common"]
     for name, record in ANALYSES.items():
         definitions["study"]["properties"][name] = {

@@ -1,0 +1,56 @@
+"""Arora, Li & Lyu 2019: a weight followed by BN is scale-invariant, so its gradient is orthogonal
+to it and, under plain SGD, its norm grows by exactly lr^2 ||g||^2 each step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ... import derived
+from ...tables import TableError
+from ...view import StudyView
+from ..measures import by_condition
+from ..record import SUPPORTED, Claim, Row
+from ..rules import ClaimRules
+
+
+def log_largest_cosine(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per run: log10 of the largest |cos(w, g)| over its recorded steps, layers and filters."""
+    layers = data.table("layers")
+    layers = layers[(layers["variant"] == variant)].dropna(subset=["weight_grad_cos"])
+    largest = layers.groupby("run")["weight_grad_cos"].max()
+    return by_condition(np.log10(largest.clip(lower=1e-30)), data)
+
+
+def log_norm_prediction_error(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per run: log10 of the largest relative gap between ||w_t||^2 and its scale-invariance
+    prediction ||w_0||^2 + lr^2 sum_{s<t} ||g_s||^2 (needs every step recorded: log.layers_every 1)."""
+    layers = data.table("layers")
+    layers = layers[layers["variant"] == variant].dropna(subset=["weight_norm"])
+    if layers.empty or layers.groupby(["run", "layer"])["step"].diff().dropna().gt(1).any():
+        raise TableError("the scale-invariance prediction needs every step recorded: set log.layers_every: 1")
+    weights = derived.weight_norms(layers)
+    gap = ((weights["w_sq"] - weights["w_sq_predicted"]).abs() / weights["w_sq"]).groupby(weights["run"]).max()
+    return by_condition(np.log10(gap.clip(lower=1e-30)), data)
+
+
+def _minus_three(rules: ClaimRules) -> float:
+    return -3.0
+
+
+CLAIMS = (
+    Claim(
+        "scale_invariance", "BN makes its layers' weights scale-invariant", "Arora 2019",
+        "Arora, Li & Lyu 2019: with BN, w . grad L = 0, so under plain SGD ||w_t+1||^2 = ||w_t||^2 +"
+        " lr^2 ||g_t||^2 and the effective learning rate lr / ||w||^2 falls by itself",
+        (Row("cosine", "log10 of the largest |cos(w, g)| over steps, layers and filters; batchnorm's value per"
+             " seed; holds below -3 (|cos| < 1e-3)", log_largest_cosine, "below", threshold=_minus_three,
+             unit="value", variant="batchnorm"),
+         Row("norm_identity", "log10 of the largest relative gap between ||w_t||^2 and ||w_0||^2 + lr^2"
+             " sum ||g_s||^2; batchnorm's value per seed; holds below -3", log_norm_prediction_error, "below",
+             threshold=_minus_three, unit="value", variant="batchnorm"),
+         Row("standard_cosine", "the same largest |cos(w, g)| of the standard network (reported beside it: no"
+             " scale invariance without a normaliser)", log_largest_cosine, "below",
+             threshold=_minus_three, unit="value", variant="standard")),
+        findings=(("Arora 2019", SUPPORTED),), paired=False, must_train="batchnorm", tables=("layers",)),
+)

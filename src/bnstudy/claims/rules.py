@@ -1,0 +1,67 @@
+"""The gates and thresholds of the verdict rule, one typed record.
+
+A study overrides any of them under `claim_rules:` in its config; the schema of that block is
+generated from this dataclass (each field's type, bounds and description live here once).
+Torch- and pandas-free: the config check reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+def _rule(default, schema: dict, description: str):
+    """A field with its JSON-schema bounds and description (the `claim_rules` block's schema)."""
+    return field(default=default, metadata={"schema": schema, "description": description})
+
+
+@dataclass(frozen=True)
+class ClaimRules:
+    """Gates and thresholds of the verdict rule (`bnstudy.claims`)."""
+
+    min_steps: int = _rule(1000, {"type": "integer", "minimum": 0},
+                           "runs shorter than this are too short to decide")
+    chance_accuracy: float = _rule(0.1, {"type": "number", "minimum": 0, "maximum": 1},
+                                   "accuracy of guessing (CIFAR-10 and MNIST have 10 balanced classes)")
+    chance_margin: float = _rule(0.05, {"type": "number", "minimum": 0, "maximum": 1},
+                                 "a network has left chance when its accuracy is above chance + margin")
+    min_loss_drop: float = _rule(0.01, {"type": "number", "minimum": 0, "maximum": 1},
+                                 "regression: the loss must fall by this fraction to count as training")
+    usable_fraction: float = _rule(0.5, {"type": "number", "minimum": 0, "maximum": 1},
+                                   "an lr is usable if its accuracy >= chance + fraction x (best mean - chance)")
+    noninferiority_margin: float = _rule(0.05, {"type": "number", "minimum": 0, "maximum": 1},
+                                         "'about as well': at most this many accuracy points worse")
+    alpha: float = _rule(0.05, {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
+                         "level of the exact sign-flip tests")
+    from_step: int = _rule(1, {"type": "integer", "minimum": 1},
+                           "the checkpoint-analysis claims average over steps >= from_step (1: all of "
+                           "training but initialisation, whose values are rows of their own)")
+    bulk_mass: float = _rule(0.05, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                             "hessian_outliers: the bulk of the spectral density ends where it leaves this "
+                             "mass above it")
+    eos_low: float = _rule(1.8, {"type": "number", "exclusiveMinimum": 0},
+                           "edge_of_stability: the band's low end (lr x sharpness)")
+    eos_high: float = _rule(2.6, {"type": "number", "exclusiveMinimum": 0},
+                            "edge_of_stability: the band's high end (lr x sharpness)")
+    allow_undecidable: bool = _rule(False, {"type": "boolean"},
+                                    "run a study whose seeds can never decide one of its rows (they then say "
+                                    "inconclusive); for smoke tests. false: the config check refuses it")
+
+    def overridden(self, overrides: Mapping | None) -> "ClaimRules":
+        unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown claim_rules keys {sorted(unknown)}")
+        return dataclasses.replace(self, **dict(overrides or {}))
+
+    @classmethod
+    def schema(cls) -> dict:
+        """The JSON schema of a study's `claim_rules` block (no defaults filled in: a study's
+        block holds only what it overrides)."""
+        return {"type": "object", "additionalProperties": False,
+                "description": "overrides of the claims verdict rule's gates (bnstudy.claims.rules.ClaimRules)",
+                "properties": {f.name: {**f.metadata["schema"],
+                                        "description": f"{f.metadata['description']} (default {json.dumps(f.default)})"}
+                               for f in dataclasses.fields(cls)}}
