@@ -21,7 +21,7 @@ import pandas as pd
 from bnstudy.aggregate import aggregate
 from bnstudy.tables import ANALYSIS_TABLES, RUN_TABLES, study_tables
 
-TRAIN_EVERY, EVAL_EVERY, LAYERS_EVERY, ANALYSIS_EVERY = 10, 50, 20, 50
+TRAIN_EVERY, EVAL_EVERY, LAYERS_EVERY, ANALYSIS_EVERY = 10, 50, 20, 50  # analyses also at 10-40 (dense early)
 N_LAYERS = 13
 UNITS = (0, 21, 42, 63)
 CHANCE = 0.1
@@ -95,6 +95,7 @@ class Outcome:
     ics_cos: float = 0.8               # cos(G, G')
     beta: float = 10.0
     init_factor: float = 1.0           # step 0's relative ICS, 1 - cos, beta, outlier and share, as a multiple
+    early_factor: float = 1.0          # the same, over the early window (0 < step <= 20% of the run)
     sharpness: float = 10.0            # the Hessian's largest eigenvalue (an outlier above the bulk)
     bulk: float = 1.0                  # where the bulk of the spectral density ends
     share: float = 0.3                 # share of ||g||^2 in the top-k eigenvectors
@@ -199,10 +200,10 @@ def _units_table(rng, steps, variant, outcome) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_TABLES["units"])
 
 
-def _analysis_table(name: str, rng, steps, outcome, layers, lr: float) -> pd.DataFrame:
+def _analysis_table(name: str, rng, steps, outcome, layers, lr: float, run_steps: int) -> pd.DataFrame:
     rows = []
     for step in steps:
-        factor = outcome.init_factor if step == 0 else 1.0
+        factor = outcome.init_factor if step == 0 else outcome.early_factor if step <= 0.2 * run_steps else 1.0
         if name == "ics":
             for layer in layers or [1, 2]:
                 grad_norm = outcome.grad_scale * rng.lognormal(0, 0.1)
@@ -327,8 +328,9 @@ def make_study(root: Path, study: str, study_cfg: dict | None = None, outcome: O
         run_dirs.append(run_dir)
         end = steps if result.diverged_step is None else result.diverged_step
         for name in analyses:
-            table = _analysis_table(name, rng, np.arange(0, end + 1, ANALYSIS_EVERY), result,
-                                    study_cfg.get("layers"), lr)
+            analysed = sorted({*range(0, 41, 10), *range(0, end + 1, ANALYSIS_EVERY)} & set(range(end + 1)))
+            table = _analysis_table(name, rng, np.array(analysed), result,
+                                    study_cfg.get("layers"), lr, steps)
             path = root / "analysis" / run / f"{name}-{FIXTURE_DIGEST}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, index=False)

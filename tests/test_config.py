@@ -260,24 +260,36 @@ def test_paper_config_matches_the_paper():
 
 
 def test_a_claim_its_seeds_cannot_decide_is_refused_at_parse_time():
-    """An exact sign-flip test over n seeds cannot go below p = 1/2^n: at alpha 0.05 a grid-measure
-    claim needs 5 seeds. One line per claim that cannot be decided, naming what it needs."""
+    """Every row's test must be able to decide with the study's seeds: an exact sign-flip test over
+    n seeds cannot go below p = 1/2^n (5 seeds at alpha 0.05), a t interval needs 3 (with 2 its
+    df = 1). One line per row that cannot, naming the claim, the row and what it needs."""
     cfg = raw("config.yaml")
+    cfg.pop("claim_rules")  # the demo allows undecidable studies config-wide: this test does not
+    for name, study in cfg["studies"].items():
+        if name not in ("claim_learning_rate", "ics"):
+            study["enabled"] = False
+    cfg["studies"]["ics"]["seeds"] = [0, 1, 2]
     study = cfg["studies"]["claim_learning_rate"]
     study["seeds"] = [0, 1, 2]
     with pytest.raises(ConfigError) as error:
         load_config(cfg)
     message = str(error.value)
-    assert ("studies.claim_learning_rate.seeds: 3 seeds cannot decide claim higher_learning_rates: it needs "
-            "at least 5 seeds at alpha 0.05") in message
+    assert ("studies.claim_learning_rate.seeds: 3 seeds cannot decide claim higher_learning_rates, row usable_lr"
+            " (exact sign-flip test): it needs at least 5 seeds") in message
     assert "allow_undecidable" in message
     study["claim_rules"] = {**study.get("claim_rules", {}), "alpha": 0.125}  # 1/2^3: now decidable
     load_config(cfg)
     study["claim_rules"] = {"alpha": 0.05, "allow_undecidable": True}
     load_config(cfg)
-    cfg["studies"]["ics"]["seeds"] = [0]  # a t interval needs two seeds
-    with pytest.raises(ConfigError, match="1 seeds cannot decide claim reduces_ics: it needs at least 2"):
+    cfg["studies"]["ics"]["seeds"] = [0, 1]  # a t interval needs three seeds
+    with pytest.raises(ConfigError) as error:
         load_config(cfg)
+    lines = str(error.value).splitlines()
+    assert "studies.ics.seeds: 2 seeds cannot decide claim reduces_ics, row relative (t interval): it needs at " \
+           "least 3 seeds" in lines[0]
+    assert sum("row angle" in line for line in lines) == 1  # one line per row, not per window
+    cfg["claim_rules"] = {"t_interval_seeds": 2}  # config-wide gates reach every study
+    load_config(cfg)
 
 
 @pytest.mark.parametrize("name", ["paper.yaml", "cifar10-cpu.yaml"])

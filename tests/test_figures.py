@@ -162,6 +162,22 @@ def test_diverged_runs_are_counted_in_the_legend(tables):
     assert any(label.startswith("diverged run") for label in labels)
 
 
+@pytest.mark.parametrize("kind, study", [("ics", "ics"), ("landscape", "landscape")])
+def test_the_claims_windows_are_marked_where_the_claims_split_them(tables, kind, study):
+    """The fixture runs 200 steps: the early window ends at 20% (step 40), at 50% with the study's
+    own early_fraction; every panel marks it, and the legend says what the line is."""
+    fig = _render(kind, study, STUDIES[study], tables[study])
+    lines = _artists(fig, "early-window")
+    assert lines and {line.get_xdata()[0] for line in lines} == {40.0}
+    assert len(lines) == len(_drawn_axes(fig))
+    assert any("early window ends" in label for label in _legend_texts(fig))
+    figures.plt.close(fig)
+    cfg = {**STUDIES[study], "claim_rules": {"early_fraction": 0.5}}
+    fig = _render(kind, study, cfg, tables[study])
+    assert {line.get_xdata()[0] for line in _artists(fig, "early-window")} == {100.0}
+    figures.plt.close(fig)
+
+
 def test_unknown_kind_and_missing_table_are_clear_errors(tables):
     with pytest.raises(KeyError, match="no figure kind 'nope'"):
         figures.render("nope", "ics", STUDIES["ics"], tables["ics"])

@@ -44,7 +44,7 @@ def test_section_quotes_every_claims_row_with_its_own_numbers(finished_run, tmp_
     table = pd.read_csv(finished_run / "claims.csv")
     bullets = [line for line in text.splitlines() if line.startswith("- **")]
     assert len(bullets) == len(table)
-    beta = table.set_index("key").loc["smoother_landscape.beta.training"]
+    beta = table.set_index("key").loc["smoother_landscape.beta.early"]
     line = next(b for b in bullets if "(landscape, " in b and "beta" in b)
     assert f"x{10 ** beta['effect']:.3g}" in line and f"**{beta['verdict']}**" in line
     # a per-variant claim names its own variant, not BN

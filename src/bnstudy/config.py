@@ -38,6 +38,8 @@ def load_config(config: dict | str | Path) -> dict:
     schema = load_schema()
     validate(config, schema)
     check_tracking(config["tracking"])
+    for study in config["studies"].values():  # the config-wide gates under each study's own
+        study["claim_rules"] = {**config["claim_rules"], **(study.get("claim_rules") or {})}
     for name in config["datasets"]:
         check_dataset(config, name)
     for name, study in config["studies"].items():
@@ -247,19 +249,20 @@ def check_variants(config: dict, name: str, cfg: dict, setup: dict, where: str) 
 
 
 def check_decidable(name: str, cfg: dict) -> None:
-    """Every claim the study lists can reach a verdict with its seeds (one line per claim that
-    cannot), unless `claim_rules.allow_undecidable` says the study is a smoke test."""
+    """Every row of every claim the study lists can reach a verdict with its seeds (one line per
+    row that cannot), unless `claim_rules.allow_undecidable` says the study is a demo or a smoke test."""
     rules = ClaimRules().overridden(cfg.get("claim_rules"))
     if rules.allow_undecidable:
         return
     n = len(cfg["seeds"])
-    short = [(kind, need) for kind in cfg["claims"] if n < (need := claim(kind).seeds_needed(rules))]
-    if short:
-        lines = [f"config key studies.{name}.seeds: {n} seeds cannot decide claim {kind}: it needs at least "
-                 f"{need} seeds at alpha {rules.alpha:g}" + (" (an exact sign-flip test over n seeds cannot go "
-                 "below p = 1/2^n)" if need > 2 else " (a t interval needs a spread)") for kind, need in short]
+    lines = [f"config key studies.{name}.seeds: {n} seeds cannot decide claim {kind}, row {row.name} ({row.test}):"
+             f" it needs at least {need} seeds" + (f" (an exact test over n seeds cannot go below p = 1/2^n; alpha "
+             f"{rules.alpha:g})" if row.exact else " (claim_rules.t_interval_seeds)")
+             for kind in cfg["claims"] for row, need in claim(kind).undecidable_rows(n, rules)]
+    lines = list(dict.fromkeys(lines))  # a row in several windows is one line
+    if lines:
         raise ConfigError("\n".join(lines + [f"  give the study more seeds, or set studies.{name}.claim_rules."
-                                             f"allow_undecidable: true to run it anyway (its rows then say "
-                                             f"inconclusive)"]))
+                                             f"allow_undecidable: true to run it anyway (its rows may then "
+                                             f"stay inconclusive whatever the data, and claims.md says so)"]))
 
 

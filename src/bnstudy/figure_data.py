@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import pandas as pd
 from . import derived
 from .stats import mean_ci
 from .tables import StudyTables, TableError
+from .claims.rules import ClaimRules
 from .view import StudyView
 
 MIN_BAND_SEEDS = 3   # fewer seeds: their own lines, not a t band
@@ -42,6 +44,12 @@ class Context(StudyView):
         super().__init__(tables, study)
         self.kind = kind
         self.study_cfg = study_cfg
+
+    @cached_property
+    def early_end(self) -> float:
+        """The step where the claims' early window ends (`ClaimRules.early_fraction` of the longest run)."""
+        rules = ClaimRules().overridden(self.study_cfg.get("claim_rules"))
+        return rules.early_fraction * float(self.runs["steps"].max())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -166,12 +166,14 @@ def limit_to_data(ax: plt.Axes, values: np.ndarray, scale: str, domain: tuple | 
 
 
 def panels_figure(ctx: Context, data: pd.DataFrame, sharey: str | bool = "row",
-                  domains: Mapping[str, tuple] | None = None, measures_in_columns: bool = False) -> plt.Figure:
+                  domains: Mapping[str, tuple] | None = None, measures_in_columns: bool = False,
+                  windows: bool = False) -> plt.Figure:
     """The drawing shared by the curves-over-steps figures: one panel per (row, column) of
     ``data``, one colour per variant, "no data" where a panel has nothing.
 
     Rows are measures and columns conditions (titles), unless ``measures_in_columns`` (the
-    landscape: rows are conditions, every panel's y label names its column's measure).
+    landscape: rows are conditions, every panel's y label names its column's measure). With
+    ``windows``, a dashed line marks where the claims' early window ends and the late one begins.
     """
     rows, columns = _order(data["row"]), _order(data["column"])
     fig, axes = _grid(len(rows), len(columns), sharey=sharey)
@@ -187,6 +189,8 @@ def panels_figure(ctx: Context, data: pd.DataFrame, sharey: str | bool = "row",
             for variant in ctx.ordered(drawable["variant"]):
                 draw_series(ax, drawable[drawable["variant"] == variant], ctx.palette[variant])
             draw_series(ax, drawable[drawable["style"] == "reference"], "0.1")  # e.g. 2 / lr
+            if windows:
+                ax.axvline(ctx.early_end, color=GREY, linestyle="--", linewidth=0.8, gid="early-window")
             if not _has_values(drawable):
                 _no_data(ax)
             measure = column if measures_in_columns else row
@@ -253,11 +257,23 @@ def legend(fig: plt.Figure, ctx: Context, variants: Sequence[str], entries: Sequ
 # figure kinds
 
 
+# the figures of the measures whose claims rows are split into an early and a late window
+WINDOWED = ("ics", "landscape", "hessian_spectrum")
+
+
+def window_entries(ctx: Context) -> list[Entry]:
+    if ctx.kind not in WINDOWED:
+        return []
+    return [(Line2D([], [], color=GREY, linestyle="--", linewidth=0.8),
+             f"step {ctx.early_end:g}: the claims' early window ends, the late one begins"
+             " (claim_rules.early_fraction of the run)")]
+
+
 def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     """Rows: measures; columns: conditions (x layer); x: step; hue: variant."""
     measures = CURVES[ctx.kind][0] if ctx.kind in CURVES else ROWS_OF[ctx.kind]
-    fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures})
-    entries = style_entries(data)
+    fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures}, windows=ctx.kind in WINDOWED)
+    entries = style_entries(data) + window_entries(ctx)
     if data["style"].eq("prediction").any():
         entries.append((Line2D([], [], color=GREY, linewidth=1.4, linestyle=":"),
                         "prediction for a scale-invariant weight: ‖w₀‖² + lr² Σ‖g‖² (plain SGD)"))
@@ -340,8 +356,8 @@ def units_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
 
 def landscape_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     """Rows: conditions; columns: (a) loss range, (b) gradient predictiveness, (c) beta-smoothness."""
-    fig = panels_figure(ctx, data, sharey="col", measures_in_columns=True)
-    legend(fig, ctx, data["variant"].dropna(), style_entries(data))
+    fig = panels_figure(ctx, data, sharey="col", measures_in_columns=True, windows=True)
+    legend(fig, ctx, data["variant"].dropna(), style_entries(data) + window_entries(ctx))
     return fig
 
 

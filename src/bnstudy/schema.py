@@ -42,6 +42,10 @@ def _parsed_schema() -> dict:
     definitions["variant"]["enum"] = list(VARIANTS)
     definitions["figure_kind"]["enum"] = list(FIGURE_KINDS)
     definitions["study"]["properties"]["claim_rules"] = ClaimRules.schema()
+    schema["properties"]["claim_rules"] = {
+        **ClaimRules.schema(), "default": {},
+        "description": "overrides of the claims verdict rule's gates for every study (a study's own "
+                       "claim_rules win over these; bnstudy.claims.rules.ClaimRules)"}
     common = definitions["analysis_common"]
     for name, record in ANALYSES.items():
         definitions["study"]["properties"][name] = {

@@ -15,8 +15,8 @@ This module imports only the records (no scipy): the config check reads them whi
 planned. The statistics load with `verdict` and `table`.
 """
 
-from .record import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, Row, claims_by_kind, get, register
+from .record import INCONCLUSIVE, NOT_SUPPORTED, REPORTED, SUPPORTED, VERDICTS, Claim, Row, claims_by_kind, get, register
 from .rules import ClaimRules
 
-__all__ = ["INCONCLUSIVE", "NOT_SUPPORTED", "SUPPORTED", "Claim", "ClaimRules", "Row", "claims_by_kind", "get",
+__all__ = ["INCONCLUSIVE", "NOT_SUPPORTED", "REPORTED", "SUPPORTED", "VERDICTS", "Claim", "ClaimRules", "Row", "claims_by_kind", "get",
            "register"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .record import REPORTED
+
 
 def _cell(value) -> str:
     if isinstance(value, float):
@@ -23,22 +25,47 @@ def _effect_text(row) -> str:
     return text
 
 
-def to_markdown(table: pd.DataFrame, sensitivity: pd.DataFrame | None = None) -> str:
-    """The claims table as GitHub Markdown: the short table first, the full detail below it."""
+def _short(table: pd.DataFrame) -> str:
+    rows = ["| claim | study | measure | window | effect [95% CI] | seeds | verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows += [f"| {_cell(r['claim'])} ({r['source']}) | {r['study']} | {_cell(short_measure(r['measure']))} |"
+             f" {r['window']} | {_effect_text(r)} | {r['n_seeds']} | {r['verdict']} |" for _, r in table.iterrows()]
+    return "\n".join(rows)
+
+
+def undecidable_note(undecidable: dict[str, list[str]]) -> str:
+    """What a reader must know first when some studies' seeds cannot decide their rows."""
+    if not undecidable:
+        return ""
+    studies = "; ".join(f"{study} ({len(rows)} rows)" for study, rows in undecidable.items())
+    return ("> **Seeds too few to decide.** This config lets some studies run with fewer seeds than their"
+            " tests need (`claim_rules.allow_undecidable`): " + studies + ". With 2 seeds a 95% t interval"
+            " has df = 1 (t = 12.7) and decides only an effect more than 9 standard deviations from its"
+            " threshold; an exact test over n seeds cannot go below p = 1/2^n. Their inconclusive rows say"
+            " nothing about the papers; rerun with more seeds (config/paper.yaml) for verdicts.\n\n")
+
+
+def to_markdown(table: pd.DataFrame, sensitivity: pd.DataFrame | None = None,
+                undecidable: dict[str, list[str]] | None = None) -> str:
+    """The claims table as GitHub Markdown: a warning when seeds are too few to decide, the short
+    table, then the full detail."""
     header = ("# Claims\n\n"
               "Effect = treated minus reference variant, paired by seed (log10 ratio where the measure"
               " is a ratio; a claim about one variant gives its own value), with its 95% t interval over"
               " seeds, or the p-value of an exact sign-flip test over seeds for measures on a grid. The"
-              " window is the part of training a row measures: the checkpoint analyses' verdicts are"
-              " over training with initialisation left out, their value at initialisation is a row of its"
-              " own. The rule and the reason for each verdict are in the detail table below.\n\n")
-    short = ["| claim | study | measure | window | effect [95% CI] | seeds | verdict |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    short += [f"| {_cell(r['claim'])} ({r['source']}) | {r['study']} | {_cell(short_measure(r['measure']))} |"
-              f" {r['window']} | {_effect_text(r)} | {r['n_seeds']} | {r['verdict']} |" for _, r in table.iterrows()]
+              " window is the part of training a row measures: a checkpoint analysis gives an early and a"
+              " late row (split at `claim_rules.early_fraction` of each run, each a time-weighted mean"
+              " over its steps) and its value at step 0. Rows whose source states no finding (step 0, a"
+              " control, a variant the source did not study) are measurements: they are listed apart,"
+              " with the verdict `reported`. The rule and the reason for each row are in the detail"
+              " table below.\n\n")
+    tested = table[table["verdict"] != REPORTED]
+    measured = table[table["verdict"] == REPORTED]
+    text = header + undecidable_note(undecidable or {}) + "## Tested claims\n\n" + _short(tested) + "\n"
+    if len(measured):
+        text += "\n## Measurements (no finding in the source to test)\n\n" + _short(measured) + "\n"
     detail = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
     detail += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    text = header + "\n".join(short) + "\n"
     if sensitivity is not None and len(sensitivity):
         text += ("\n## The learning-rate verdict at other usable fractions\n\nA learning rate is usable when"
                  " its run reaches chance + fraction x (best mean - chance) test accuracy; the verdict"
@@ -50,5 +77,10 @@ def to_markdown(table: pd.DataFrame, sensitivity: pd.DataFrame | None = None) ->
 
 
 def short_measure(measure: str) -> str:
-    """The measure's name, up to its first ';' (the detail table has all of it)."""
-    return measure.split(";")[0]
+    """The measure's name, up to its first ';' outside parentheses (the detail table has all of it)."""
+    depth = 0
+    for i, char in enumerate(measure):
+        depth += (char == "(") - (char == ")")
+        if char == ";" and depth == 0:
+            return measure[:i]
+    return measure

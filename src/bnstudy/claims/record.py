@@ -25,6 +25,10 @@ from .rules import ClaimRules
 from .windows import FINAL, INITIALISATION
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+# a measurement, not a verdict: the row's source states no finding for it (a control, a variant the
+# source did not study, initialisation): the table gives its effect and interval and nothing more
+REPORTED = "reported"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, REPORTED)
 
 
 def zero(rules: ClaimRules) -> float:
@@ -45,6 +49,19 @@ class Row:
     threshold: Callable[[ClaimRules], float | tuple[float, float]] = zero
     unit: str = "log10 ratio"  # "log10 ratio", "accuracy", "share", "difference", "value"
     variant: str | None = None  # an unpaired claim's row about another variant than the treated one
+    reported: bool = False  # a measurement beside the claim (its source states no finding for it)
+
+    def seeds_needed(self, rules: ClaimRules) -> int:
+        """The fewest seeds with which this row's test can decide: an exact sign-flip test over n
+        seeds cannot go below p = 1/2^n, so it needs 2^-n <= alpha (5 at alpha 0.05); a t interval
+        needs `rules.t_interval_seeds` (with 2, df = 1 and t = 12.7)."""
+        if self.exact:
+            return max(2, math.ceil(math.log2(1 / rules.alpha) - 1e-9))
+        return rules.t_interval_seeds
+
+    @property
+    def test(self) -> str:
+        return "exact sign-flip test" if self.exact else "t interval"
 
 
 @dataclass(frozen=True)
@@ -83,10 +100,15 @@ class Claim:
         """A per-variant claim's rows for one variant against the reference."""
         return dataclasses.replace(self, treated_variant=variant)
 
+    def is_reported(self, row: Row) -> bool:
+        """A measurement, not a verdict: the row says so, the claim's sources state no finding, or
+        it is the step-0 value of a measure over training (the papers speak of training; at step 0
+        the networks differ by their initial gradient scale)."""
+        return row.reported or not self.findings or row.window == INITIALISATION
+
     def agreement(self, row: Row, verdict: str) -> str:
-        """Which papers' findings a verdict agrees with (the checkpoint analyses at initialisation
-        are reported, not compared: the papers speak of training)."""
-        if row.window == INITIALISATION or not self.findings or (row.variant and row.variant != self.treated):
+        """Which papers' findings a verdict agrees with (a reported measurement is compared with none)."""
+        if self.is_reported(row) or verdict == REPORTED:
             return ""
         if verdict == INCONCLUSIVE:
             return "undecided"
@@ -110,12 +132,12 @@ class Claim:
                 f" {rules.min_steps} steps" + (f", or {self.must_train} never training" if self.must_train else ""))
 
     def seeds_needed(self, rules: ClaimRules) -> int:
-        """The fewest seeds with which the claim can reach a decision at all: an exact sign-flip
-        test over n seeds cannot go below p = 1/2^n, so it needs 2^-n <= alpha; a t interval needs
-        two seeds to have a spread."""
-        if self.rows[0].exact:
-            return max(2, math.ceil(math.log2(1 / rules.alpha) - 1e-9))
-        return 2
+        """The fewest seeds with which every row of the claim can reach a decision (`Row.seeds_needed`)."""
+        return max(row.seeds_needed(rules) for row in self.rows)
+
+    def undecidable_rows(self, seeds: int, rules: ClaimRules) -> list[tuple[Row, int]]:
+        """The rows that `seeds` seeds cannot decide, each with the seeds it needs."""
+        return [(row, need) for row in self.rows if seeds < (need := row.seeds_needed(rules))]
 
     def design_problem(self, study: Mapping, setup: Mapping) -> str | None:
         """Why a study cannot test this claim by design (None if it can): a config error."""

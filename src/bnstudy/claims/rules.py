@@ -36,9 +36,12 @@ class ClaimRules:
                                          "'about as well': at most this many accuracy points worse")
     alpha: float = _rule(0.05, {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
                          "level of the exact sign-flip tests")
-    from_step: int = _rule(1, {"type": "integer", "minimum": 1},
-                           "the checkpoint-analysis claims average over steps >= from_step (1: all of "
-                           "training but initialisation, whose values are rows of their own)")
+    early_fraction: float = _rule(0.2, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                                  "the checkpoint-analysis rows (ICS, landscape, Hessian outliers) in two windows: "
+                                  "early = the steps after 0 up to this fraction of the run's steps, late = the "
+                                  "rest; each averaged over steps by time (trapezoid). Step 0 is a row of its own. "
+                                  "Two windows because the order can change during training (2018, Fig. 4: the "
+                                  "gap is largest early)")
     bulk_mass: float = _rule(0.05, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                              "hessian_outliers: the bulk of the spectral density ends where it leaves this "
                              "mass above it")
@@ -46,9 +49,15 @@ class ClaimRules:
                            "edge_of_stability: the band's low end (lr x sharpness)")
     eos_high: float = _rule(2.6, {"type": "number", "exclusiveMinimum": 0},
                             "edge_of_stability: the band's high end (lr x sharpness)")
+    t_interval_seeds: int = _rule(3, {"type": "integer", "minimum": 2},
+                                  "the fewest seeds the config check accepts for a row decided by a t interval: "
+                                  "with 2 the interval has df = 1 (t = 12.7) and decides only a mean more than 9 "
+                                  "standard deviations from its threshold")
     allow_undecidable: bool = _rule(False, {"type": "boolean"},
-                                    "run a study whose seeds can never decide one of its rows (they then say "
-                                    "inconclusive); for smoke tests. false: the config check refuses it")
+                                    "run a study whose seeds cannot decide one of its rows (t interval: fewer than "
+                                    "t_interval_seeds; exact test: 2^-n > alpha); its rows then are inconclusive "
+                                    "by construction and claims.md says so at the top. For demos and smoke tests; "
+                                    "false: the config check refuses it")
 
     def overridden(self, overrides: Mapping | None) -> "ClaimRules":
         unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(self)}

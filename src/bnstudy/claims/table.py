@@ -18,10 +18,10 @@ from ..tables import StudyTables, TableError, write_csv, write_text
 from ..view import StudyView
 from .markdown import to_markdown
 from .measures import COMMON_CHECKS
-from .record import Claim, get
+from .record import REPORTED, Claim, get
 from .rules import ClaimRules
 from .verdict import decide, seed_effects
-from .windows import window_label
+from .windows import EARLY, INITIALISATION, LATE, window_label
 
 COLUMNS = ["key", "claim", "source", "study", "measure", "window", "unit", "effect", "ci_low", "ci_high",
            "p_value", "test", "n_seeds", "paper", "verdict", "agreement", "rule", "reason"]
@@ -69,7 +69,14 @@ def _evaluate(claim: Claim, study: str, study_cfg: Mapping, tables: Path | None,
                 effects = seed_effects(data, claim, row, rules)
             except TableError as error:
                 reasons = [f"tables missing or malformed: {error}"]
+            if effects.empty and not reasons and row.window in (EARLY, LATE):
+                reasons = [f"no analysed step in the {window_label(row.window, rules)} window: analyse more "
+                           f"checkpoints there (setups.<setup>.checkpoints, the analysis block's steps)"]
         verdict = decide(effects, row.threshold(rules), row.holds, row.exact, rules, reasons)
+        if claim.is_reported(row) and not reasons:
+            verdict.update(verdict=REPORTED, reason="a measurement, not a verdict: " + (
+                "at step 0 the papers state no finding" if row.window == INITIALISATION else
+                f"{claim.source} states no finding for it"))
         out.append({"key": f"{claim.kind}.{row.name}.{row.window}", "claim": claim.claim, "source": claim.source,
                     "study": study, "measure": row.measure, "window": window_label(row.window, rules),
                     "unit": row.unit, "paper": claim.paper, "rule": claim.rule(row, rules),
@@ -102,5 +109,22 @@ def claims(studies_cfg: Mapping, tables: Mapping[str, Path], out_csv: Path, out_
             for kind in cfg.get("claims", []) for row in evaluate(study, kind, cfg, tables.get(study), rules)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_csv(out_csv, table)
-    write_text(out_md, to_markdown(table, usable_fraction_sensitivity(studies_cfg, tables, rules)))
+    write_text(out_md, to_markdown(table, usable_fraction_sensitivity(studies_cfg, tables, rules),
+                                   undecidable_studies(studies_cfg, rules)))
     return table
+
+
+def undecidable_studies(studies_cfg: Mapping, rules: ClaimRules) -> dict[str, list[str]]:
+    """Enabled studies that run with seeds some of their rows cannot decide (allowed by
+    `claim_rules.allow_undecidable`), each with those rows' keys."""
+    out = {}
+    for study, cfg in studies_cfg.items():
+        if not cfg.get("enabled", True):
+            continue
+        mine = rules.overridden(cfg.get("claim_rules"))
+        n = len(cfg.get("seeds", []))
+        rows = [f"{kind}.{row.name}" for kind in cfg.get("claims", [])
+                for row, _ in get(kind).undecidable_rows(n, mine)]
+        if rows:
+            out[study] = list(dict.fromkeys(rows))
+    return out

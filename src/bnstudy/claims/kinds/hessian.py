@@ -18,8 +18,8 @@ from .ics import PAIRING, over_windows
 def outlier_log_ratio(window: str):
     """Mean over the window's steps of log10 (largest eigenvalue / bulk edge of the density)."""
     def metric(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:
-        spectrum = in_window(data.table("spectrum"), window, rules)
-        density = in_window(data.table("density"), window, rules)
+        spectrum = in_window(data.table("spectrum"), window, rules, data.runs)
+        density = in_window(data.table("density"), window, rules, data.runs)
         frame = derived.outlier_ratio(spectrum[spectrum["variant"] == variant],
                                       density[density["variant"] == variant], rules.bulk_mass)
         return by_condition(mean_per_run(frame, frame["outlier_ratio"], log=True), data)
@@ -29,7 +29,7 @@ def outlier_log_ratio(window: str):
 def top_gradient_share(window: str):
     """Mean over the window's steps of the share of ||g||^2 in the top-k Hessian eigenvectors."""
     def metric(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:
-        spectrum = in_window(data.table("spectrum"), window, rules)
+        spectrum = in_window(data.table("spectrum"), window, rules, data.runs)
         frame = derived.spectrum_summary(spectrum[spectrum["variant"] == variant])
         return by_condition(mean_per_run(frame, frame["gradient_share"], log=False), data)
     return metric
@@ -55,8 +55,8 @@ CLAIMS = (
         " gradient concentrates in their eigenspace; with BN both are almost absent",
         over_windows(
             Row("outlier_ratio", "log10 (largest eigenvalue / edge of the bulk: the 1 - bulk_mass quantile of the"
-                " SLQ density), mean over steps; " + PAIRING + " (log10 ratio)", outlier_log_ratio, "below"),
-            Row("gradient_share", "share of ||g||^2 in the top-k Hessian eigenvectors, mean over steps; "
+                " SLQ density), {steps}; " + PAIRING + " (log10 ratio)", outlier_log_ratio, "below"),
+            Row("gradient_share", "share of ||g||^2 in the top-k Hessian eigenvectors, {steps}; "
                 + PAIRING, top_gradient_share, "below", unit="share")),
         findings=(("Ghorbani 2019", SUPPORTED),), tables=("train", "spectrum", "density")),
     Claim(
@@ -67,7 +67,7 @@ CLAIMS = (
              " crossing of 2, standard network, mean over learning rates", eos_median_ratio, "within",
              threshold=_band, unit="value", variant="standard"),
          Row("batchnorm_ratio", "the same, BN network (reported beside it: the source states no finding"
-             " for BN)", eos_median_ratio, "within", threshold=_band, unit="value", variant="batchnorm")),
+             " for BN)", eos_median_ratio, "within", threshold=_band, unit="value", variant="batchnorm", reported=True)),
         findings=(("Cohen 2021", SUPPORTED),), variants=("standard", "batchnorm"), paired=False,
         tables=("train", "spectrum")),
 )

@@ -9,23 +9,29 @@ from ...view import StudyView
 from ..measures import by_condition
 from ..record import NOT_SUPPORTED, SUPPORTED, Claim, Row
 from ..rules import ClaimRules
-from ..windows import INITIALISATION, TRAINING, in_window, mean_per_run
+from ..windows import INITIALISATION, OVER_TRAINING, in_window, mean_per_run
 
 PAIRING = "batchnorm minus standard, paired by seed, lr and grid values, averaged per seed"
 LAYERS = "over the study's layers"
 
 
 def over_windows(*rows: Row) -> tuple[Row, ...]:
-    """Each row over training (the verdicts), then each at initialisation (reported apart). A
-    row's metric is a factory: window -> metric."""
-    return tuple(Row(row.name, row.measure, row.metric(window), row.holds, window, unit=row.unit)
-                 for window in (TRAINING, INITIALISATION) for row in rows)
+    """Each row early and late in training (the verdicts), then at initialisation (reported apart).
+    A row's metric is a factory, window -> metric; `{steps}` in its measure says how the window's
+    steps are averaged."""
+    return tuple(Row(row.name, row.measure.format(steps=STEPS[window]), row.metric(window), row.holds, window,
+                     unit=row.unit)
+                 for window in OVER_TRAINING for row in rows)
+
+
+STEPS = {INITIALISATION: "at step 0"} | dict.fromkeys(
+    OVER_TRAINING[:2], "time-weighted mean over the window's steps (trapezoid)")
 
 
 def ics_rows(data: StudyView, variant: str, rules: ClaimRules, window: str) -> pd.DataFrame:
     """The variant's ICS rows in the window, on the configured layers (layer 1 has no earlier
     layer: its G' is G, so it is left out when no layers are configured)."""
-    ics = in_window(data.table("ics"), window, rules)
+    ics = in_window(data.table("ics"), window, rules, data.runs)
     ics = ics[ics["variant"] == variant]
     layers = [int(x) for x in data.study_cfg.get("layers") or []]
     return ics[ics["layer"].isin(layers)] if layers else ics[ics["layer"] > 1]
@@ -55,9 +61,9 @@ CLAIMS = (
         "2018 (Fig. 3): BN does NOT reduce ICS; BN networks often show larger ||G - G'|| and, in"
         " the DLN, a cosine near 0",
         over_windows(
-            Row("relative", "log10 ||G - G'|| / ||G|| (Definition 2.1 without the gradient's scale), mean over"
-                f" steps and {LAYERS}; " + PAIRING + " (log10 ratio)", ics_relative, "below"),
-            Row("angle", "1 - cos(G, G') (Definition 2.1), mean over steps and " + LAYERS + "; " + PAIRING,
+            Row("relative", "log10 ||G - G'|| / ||G|| (Definition 2.1 without the gradient's scale), mean"
+                f" {LAYERS}, {{steps}}; " + PAIRING + " (log10 ratio)", ics_relative, "below"),
+            Row("angle", f"1 - cos(G, G') (Definition 2.1), mean {LAYERS}, {{steps}}; " + PAIRING,
                 ics_angle, "below", unit="difference")),
         findings=(("2015", SUPPORTED), ("2018", NOT_SUPPORTED)), tables=("train", "ics")),
 )

@@ -17,7 +17,7 @@ from .ics import PAIRING, over_windows
 def landscape_per_step(data: StudyView, variant: str, rules: ClaimRules, window: str) -> pd.DataFrame:
     """Per run and step along the gradient (section 3.2): the loss range over eta, the largest
     gradient change ||g - grad L(W - eta g)|| over eta, and the effective beta (the max over eta)."""
-    landscape = in_window(data.table("landscape"), window, rules)
+    landscape = in_window(data.table("landscape"), window, rules, data.runs)
     landscape = landscape[(landscape["variant"] == variant) & (landscape["direction"] == "gradient")]
     grouped = landscape.groupby(["run", "step"])
     return pd.DataFrame({"loss_range": grouped["loss"].max() - grouped["loss"].min(),
@@ -38,12 +38,12 @@ def landscape_log(column: str):
 def landscape_rows(pairing: str, figure: str = "Fig. 4") -> tuple[Row, ...]:
     """Fig. 4's three quantities, each a row over training and at initialisation."""
     return over_windows(
-        Row("loss_range", f"{figure}a: log10 of the loss range (max - min over eta of L(W - eta g)), mean over"
-            f" steps; {pairing} (log10 ratio)", landscape_log("loss_range"), "below"),
+        Row("loss_range", f"{figure}a: log10 of the loss range (max - min over eta of L(W - eta g)), {{steps}};"
+            f" {pairing} (log10 ratio)", landscape_log("loss_range"), "below"),
         Row("grad_change", f"{figure}b: log10 of the largest gradient change ||g - grad L(W - eta g)|| over"
-            f" eta, mean over steps; {pairing} (log10 ratio)", landscape_log("grad_change"), "below"),
+            f" eta, {{steps}}; {pairing} (log10 ratio)", landscape_log("grad_change"), "below"),
         Row("beta", f"{figure}c: log10 effective beta-smoothness (max over eta of ||g - grad L(W - eta g)|| /"
-            f" ||eta g||), mean over steps; {pairing} (log10 ratio)", landscape_log("beta"), "below"))
+            f" ||eta g||), {{steps}}; {pairing} (log10 ratio)", landscape_log("beta"), "below"))
 
 
 def log_basin_radius(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:

@@ -51,6 +51,6 @@ CLAIMS = (
              threshold=_minus_three, unit="value", variant="batchnorm"),
          Row("standard_cosine", "the same largest |cos(w, g)| of the standard network (reported beside it: no"
              " scale invariance without a normaliser)", log_largest_cosine, "below",
-             threshold=_minus_three, unit="value", variant="standard")),
+             threshold=_minus_three, unit="value", variant="standard", reported=True)),
         findings=(("Arora 2019", SUPPORTED),), paired=False, must_train="batchnorm", tables=("layers",)),
 )
