@@ -26,35 +26,79 @@ def finished_run(tmp_path_factory) -> Path:
     studies = {name: STUDIES[name] for name in ("performance", "noisy_bn", "landscape", "normalisers")}
     folders = {name: make_tables(root, name)["runs"].parent for name in studies}
     claims(studies, folders, root / "claims.csv", root / "claims.md", ClaimRules(min_steps=100))
-    (root / "figures" / "performance").mkdir(parents=True)
-    (root / "figures" / "performance" / "accuracy.png").write_bytes(b"\x89PNG fixture")
+    for study, kind in (("performance", "accuracy"), ("landscape", "landscape")):
+        (root / "figures" / study).mkdir(parents=True)
+        (root / "figures" / study / f"{kind}.png").write_bytes(b"\x89PNG fixture")
     return root
 
 
 def test_digest_keeps_what_the_section_needs_and_nothing_else(finished_run, tmp_path):
     copied = save_digest(finished_run, tmp_path / "digest")
     names = sorted(p.relative_to(tmp_path / "digest").as_posix() for p in copied)
-    assert names == ["claims.csv", "claims.md", "figures/performance-accuracy.png", "runs/landscape.csv",
+    assert names == ["claims.csv", "claims.md", "figures/landscape-landscape.png", "figures/performance-accuracy.png",
+                     "runs/landscape.csv",
                      "runs/noisy_bn.csv", "runs/normalisers.csv", "runs/performance.csv"]
 
 
-def test_section_quotes_every_claims_row_with_its_own_numbers(finished_run, tmp_path):
+def test_section_says_each_claim_once_from_its_own_rows(finished_run, tmp_path):
+    """One line per (study, claim); every row of claims.csv is behind exactly one line, quoted with its
+    own numbers and verdict; a measurement is quoted without a verdict; a per-variant claim names
+    its variant, not BN."""
+    from bnstudy.results import rows_behind
+
     save_digest(finished_run, tmp_path / "digest")
     text = section(tmp_path / "digest", ["performance"])
     table = pd.read_csv(finished_run / "claims.csv")
     bullets = [line for line in text.splitlines() if line.startswith("- **")]
-    assert len(bullets) == len(table)
-    beta = table.set_index("key").loc["smoother_landscape.beta.early"]
-    line = next(b for b in bullets if "(landscape, " in b and "beta" in b)
-    assert f"x{10 ** beta['effect']:.3g}" in line and f"**{beta['verdict']}**" in line
-    # a per-variant claim names its own variant, not BN
-    layernorm = next(b for b in bullets if b.startswith("- **layernorm:") and "beta" in b)
-    assert "layernorm against standard" in layernorm
+    assert len(bullets) == table.groupby(["study", "claim"]).ngroups
+    behind = [pair for line in bullets for pair in rows_behind(line)]
+    assert sorted(behind) == sorted(zip(table["key"], table["study"]))
+    beta = table.set_index("key").loc["smoother_landscape.beta.late"]
+    line = next(b for b in bullets if "study landscape," in b)
+    assert f"(late (after 20% of training)): x{10 ** beta['effect']:.3g}" in line
+    assert f"x{10 ** beta['effect']:.3g} (95% CI" in line and f"**{beta['verdict']}**" in line
+    at_init = table.set_index("key").loc["smoother_landscape.beta.initialisation"]
+    measured = line.split("Measured beside it")[1]
+    assert f"x{10 ** at_init['effect']:.3g}" in measured and "**" not in measured.split("Figures")[0]
+    layernorm = next(b for b in bullets if b.startswith("- **layernorm:"))
+    assert "layernorm against standard" in layernorm and "batchnorm against" not in layernorm
+    assert "Figures: [landscape](" in line  # the study's own figures, linked
     # the accuracy table lists each (variant, lr, setup, steps) of the named study, one value per seed
     runs = pd.read_csv(finished_run / "tables" / "performance" / "runs.csv")
     rows = [line for line in text.splitlines() if line.startswith("| standard |") or line.startswith("| batchnorm |")]
     assert len(rows) == runs.groupby(["variant", "lr", "setup", "steps"]).ngroups
     assert all(line.count("%") == 2 * 3 for line in rows if "diverged" not in line)
+
+
+def test_every_readme_results_line_is_its_rows_in_the_template():
+    """Each generated line of the committed README names its rows of the committed claims.csv, and
+    is exactly what the template writes from those rows alone: a sentence with no row behind it,
+    or one that says more than its rows, fails here."""
+    from bnstudy.results import BEGIN, END, claim_line, rows_behind
+
+    readme = (ROOT / "README.md").read_text()
+    generated = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+    table = pd.read_csv(ROOT / "docs" / "results" / "cifar10-cpu" / "claims.csv")
+    bullets = [line for line in generated.splitlines() if line.startswith("- ")]
+    assert bullets
+    for line in bullets:
+        pairs = rows_behind(line)
+        assert pairs, f"a results line with no row behind it: {line[:80]}"
+        rows = pd.concat([table[(table["key"] == key) & (table["study"] == study)] for key, study in pairs])
+        assert len(rows) == len(pairs), f"rows named but not in claims.csv: {pairs}"
+        figures = line.split(" Figures: ", 1)[1].split(". <!--", 1)[0].split(", ") if " Figures: " in line else []
+        assert claim_line(rows, figures) == line
+
+
+def test_the_readme_states_no_result_by_hand():
+    """Outside the generated section, the results chapter describes the run and its methods: no
+    verdict word and no comparison with the papers' findings."""
+    from bnstudy.results import BEGIN
+
+    readme = (ROOT / "README.md").read_text()
+    chapter = readme.split("## What it produces", 1)[1].split(BEGIN, 1)[0]
+    for word in ("supported", "inconclusive", "agrees", "disagree", "as they find", "not at the edge"):
+        assert word not in chapter.lower(), word
 
 
 def test_rewrite_replaces_only_the_marked_section_and_check_detects_drift(tmp_path):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import Claim
+from .claims import REPORTED, Claim, Row
 from .claims import get as claim_record
+from .claims.markdown import short_measure
 from .tables import read_table, write_text
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -92,19 +93,86 @@ def effect_text(row) -> str:
     return text
 
 
-def sentence(row) -> str:
-    """One line that says what a claims row measured and what its verdict is."""
+def _row_record(row) -> Row | None:
+    """The record of a claims row (key <kind>[.<variant>].<name>.<window>), if its kind still has it."""
+    name = row["key"].split(".")[-2]
+    return next((r for r in claim_of(row).rows if r.name == name), None)
+
+
+def is_measurement(row) -> bool:
+    """A row the section reports without a verdict: `reported` in the table, or one whose record
+    says its source states no finding (a digest written before that verdict existed)."""
+    record = _row_record(row)
+    return row["verdict"] == REPORTED or row["window"] == "step 0" or (
+        record is not None and claim_of(row).is_reported(record))
+
+
+def _clause(row, verdict: bool) -> str:
+    """'<measure> (<window>): <effect>[, <verdict>]' of one row."""
     claim = claim_of(row)
-    measure = str(row["measure"]).split(";")[0]
-    if not claim.paired:
-        what = f"{measure}: {effect_text(row)}"
-    else:
+    measure = short_measure(str(row["measure"]))
+    if claim.paired:
         treated = row["key"].split(".")[1] if claim.per_variant else claim.treated
-        what = f"{measure}, {treated} against {claim.reference}: {effect_text(row)}"
-    agreement = row.get("agreement")
-    tail = f"; {agreement}" if isinstance(agreement, str) and agreement else ""
-    return (f"- **{row['claim']}** ({row['study']}, {row['window']}, {int(row['n_seeds'])} seeds) {what}."
-            f" Verdict: **{row['verdict']}**{tail}.")
+        measure += f", {treated} against {claim.reference}"
+    text = f"{measure} ({row['window']}): {effect_text(row)}"
+    return f"{text}, **{row['verdict']}**" if verdict else text
+
+
+def _agreement(rows: pd.DataFrame) -> str:
+    """How the tested rows' verdicts stand against each source's finding ("agrees with 2018;
+    disagrees with 2015" per row), counted per source, and the rows left undecided."""
+    counts: dict[str, dict[str, int]] = {}
+    undecided = 0
+    for text in rows["agreement"].fillna("").astype(str):
+        if text == "undecided":
+            undecided += 1
+            continue
+        for part in filter(None, text.split("; ")):
+            stance, source = part.split(" with ", 1)  # "agrees with 2018"
+            tally = counts.setdefault(source, {"agrees": 0, "disagrees": 0})
+            tally[stance] += 1
+    parts = [f"{source}: {c['agrees']} agree, {c['disagrees']} disagree" for source, c in counts.items()]
+    if undecided:
+        parts.append(f"undecided on {undecided}")
+    return "; ".join(parts) + (f" (of {len(rows)} tested rows)" if parts else "")
+
+
+def claim_line(rows: pd.DataFrame, figures: list[str] = ()) -> str:
+    """The one generated sentence of a claim as one study tested it, in a fixed template from its
+    rows alone: its tested rows with their verdicts, how they stand against the sources' findings,
+    the measurements beside it, the study's figures, and (hidden) the keys of the rows behind it."""
+    first = rows.iloc[0]
+    measured = rows.apply(is_measurement, axis=1)
+    tested, beside = rows[~measured], rows[measured]
+    seeds = sorted({int(n) for n in rows["n_seeds"]})
+    text = (f"- **{first['claim']}** ({first['source']}; study {first['study']},"
+            f" {'-'.join(map(str, seeds))} seeds).")
+    if len(tested):
+        text += " Tested: " + "; ".join(_clause(r, True) for _, r in tested.iterrows()) + "."
+        stance = _agreement(tested)
+        if stance:
+            text += f" Against the sources' findings: {stance}."
+    if len(beside):
+        text += " Measured beside it (no finding to test): " + "; ".join(
+            _clause(r, False) for _, r in beside.iterrows()) + "."
+    if figures:
+        text += " Figures: " + ", ".join(figures) + "."
+    keys = " ".join(f"{r['key']}@{r['study']}" for _, r in rows.iterrows())
+    return f"{text} <!-- rows: {keys} -->"
+
+
+def claim_groups(claims: pd.DataFrame) -> list[pd.DataFrame]:
+    """The claims table's rows per (study, claim), in the table's order."""
+    group = claims["study"] + "|" + claims["claim"]
+    return [claims[group == g] for g in dict.fromkeys(group)]
+
+
+def rows_behind(line: str) -> list[tuple[str, str]]:
+    """The (key, study) pairs a generated line names as its rows."""
+    if "<!-- rows: " not in line:
+        return []
+    keys = line.split("<!-- rows: ", 1)[1].split(" -->", 1)[0].split()
+    return [tuple(k.rsplit("@", 1)) for k in keys]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +199,9 @@ def accuracy_table(runs: pd.DataFrame) -> str:
 def section(digest: Path, accuracy_studies: list[str]) -> str:
     """The README's results section from a digest folder."""
     digest = Path(digest)
-    claims = read_table(digest / "claims.csv", ["key", "claim", "study", "window", "unit", "effect",
-                                                "ci_low", "ci_high", "p_value", "n_seeds", "verdict"])
+    claims = read_table(digest / "claims.csv", ["key", "claim", "source", "study", "measure", "window", "unit",
+                                                "effect", "ci_low", "ci_high", "p_value", "n_seeds", "verdict",
+                                                "agreement"])
     parts = [NOTE.format(digest=digest.as_posix())]
     frames = [read_table(digest / "runs" / f"{study}.csv") for study in accuracy_studies]
     if frames:
@@ -141,14 +210,17 @@ def section(digest: Path, accuracy_studies: list[str]) -> str:
         steps = ", ".join(sorted({f"{int(s):,}" for s in runs["steps"]}))
         parts += [f"Final accuracies ({', '.join(accuracy_studies)}; {steps} steps; test accuracy from the "
                   "final evaluation, on the whole test set):", "", accuracy_table(runs)]
-    over_training = claims[~claims["window"].eq("step 0")]
-    at_init = claims[claims["window"].eq("step 0")]
-    parts += ["", "What the claims table says (each line is one row of `claims.csv`; the effect is BN's"
-              " value over the reference's, or the difference, paired by seed):", ""]
-    parts += [sentence(row) for _, row in over_training.iterrows()]
-    if len(at_init):
-        parts += ["", "The same measures at initialisation (step 0), reported apart from the verdicts above:", ""]
-        parts += [sentence(row) for _, row in at_init.iterrows()]
+    figures = sorted(p.name for p in (digest / "figures").glob("*.png"))
+    parts += ["", "What the claims table says: one line per claim and study, written from its rows of"
+              " `claims.csv` in fixed templates (the effect is the treated variant's value over the"
+              " reference's, or the difference, paired by seed; a claim about one variant gives its own"
+              " value). Tested rows carry their verdict; rows whose source states no finding are"
+              " measurements, given without one.", ""]
+    for rows in claim_groups(claims):
+        study = rows["study"].iloc[0]
+        links = [f"[{name[len(study) + 1:-4]}]({(digest / 'figures' / name).as_posix()})"
+                 for name in figures if name.startswith(f"{study}-")]
+        parts.append(claim_line(rows, links))
     return "\n".join(parts)
 
 
