@@ -41,6 +41,13 @@ class AnalysisKind:
 BN_MODE = {"type": "string", "enum": ["batch", "running"], "default": "batch",
            "description": "batch: the batch's statistics (training mode: the loss SGD descends); running: "
                           "the checkpoint's running statistics (eval mode, as PyHessian and loss-landscape use)"}
+# the same choice for the Hessian analyses, which may also take both modes (["batch", "running"]):
+# their rows in each (Ghorbani et al. 2019: BN's missing outliers return with whole-data statistics)
+BN_MODES = {"anyOf": [{"type": "string", "enum": ["batch", "running"]},
+                      {"type": "array", "items": {"type": "string", "enum": ["batch", "running"]},
+                       "minItems": 1, "uniqueItems": True}],
+            "default": "batch",
+            "description": BN_MODE["description"] + "; a list of both gives the rows of each"}
 
 ANALYSES: dict[str, AnalysisKind] = {
     # Definition 2.1 (Santurkar et al. 2018, Fig. 3)
@@ -77,29 +84,32 @@ ANALYSES: dict[str, AnalysisKind] = {
     "spectrum": AnalysisKind(
         module="spectrum",
         columns=("step", "bn_mode", "rank", "eigenvalue", "residual", "converged", "gradient_share",
-                 "trace", "trace_se", "products"),
+                 "trace", "trace_se", "products", "samples"),
         figures=("hessian_spectrum", "edge_of_stability"),
         settings={
-            "top_k": {"type": "integer", "minimum": 1, "default": 5,
-                      "description": "largest eigenvalues (and the gradient share in their span)"},
+            "top_k": {"type": "integer", "minimum": 1, "default": 20,
+                      "description": "largest eigenvalues (and the gradient share in their span); Ghorbani "
+                                     "et al. expect about C outliers for C classes: 2C shows their gap"},
             "smallest": {"type": "boolean", "default": True, "description": "also the smallest eigenvalue"},
             "trace_probes": {"type": "integer", "minimum": 0, "default": 10,
                              "description": "Hutchinson probes for the trace; 0 = no trace"},
-            "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3},
+            "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3,
+                    "description": "Lanczos (ARPACK) relative tolerance; a row is converged if its "
+                                   "residual ||H v - lambda v|| / |lambda| <= tol"},
             "max_products": {"type": "integer", "minimum": 2, "default": 300},
-            "bn_mode": BN_MODE,
+            "bn_mode": BN_MODES,
         }),
     # Ghorbani et al. 2019: the spectral density by stochastic Lanczos quadrature
     "density": AnalysisKind(
         module="density",
-        columns=("step", "bn_mode", "start", "node", "weight", "n_params"),
+        columns=("step", "bn_mode", "start", "node", "weight", "n_params", "samples"),
         figures=("spectral_density",),
         settings={
             "lanczos_steps": {"type": "integer", "minimum": 2, "default": 80,
                               "description": "Lanczos steps per start (the reference: 80)"},
             "starts": {"type": "integer", "minimum": 1, "default": 10,
                        "description": "random start vectors (the reference: 10)"},
-            "bn_mode": BN_MODE,
+            "bn_mode": BN_MODES,
         }),
     # Lubana et al. 2021: per-layer similarity of samples, rank, gradient norm
     "activations": AnalysisKind(
@@ -117,6 +127,22 @@ ANALYSES: dict[str, AnalysisKind] = {
                        "description": "grid points per axis (odd: the checkpoint itself is on the grid; the reference: 51)"},
             "span": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
                      "description": "the grid covers [-span, span]^2 in units of the filter-normalised directions"},
+            "bn_mode": BN_MODE,
+        }),
+    # Cohen et al. 2021: the sharpness (the largest Hessian eigenvalue) alone, cheap enough for
+    # every checkpoint; samples = training samples the loss averages over (batch_size x batches)
+    "sharpness": AnalysisKind(
+        module="sharpness",
+        columns=("step", "bn_mode", "sharpness", "residual", "converged", "products", "samples"),
+        figures=(),
+        settings={
+            "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3,
+                    "description": "Lanczos (ARPACK) relative residual tolerance of the largest eigenvalue "
+                                   "(the eigenvalue's own error is of order its square over the gap)"},
+            "max_products": {"type": "integer", "minimum": 22, "default": 40,
+                             "description": "Hessian-vector products per checkpoint, the residual check "
+                                            "included (typically 22: ARPACK's 20 Lanczos vectors take 21 "
+                                            "before its first answer); an unconverged search gives NaN"},
             "bn_mode": BN_MODE,
         }),
 }

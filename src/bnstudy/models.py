@@ -318,10 +318,32 @@ def squared_error(reduction: str):
     return loss
 
 
+def square_loss(classes: int, reduction: str):
+    """Cohen et al. 2021's square loss for classification ("Gradient Descent on Neural Networks
+    Typically Occurs at the Edge of Stability", arXiv 2103.00065; their code's SquaredLoss on
+    one-hot labels): half the squared distance of the logits from the one-hot target, summed over
+    the classes, 1/2 sum_c (f_c(x) - [c = y])^2 per sample; over a batch's samples averaged (their
+    sum divided by the dataset size; `optim.loss_reduction: mean`, the default) or summed. The 1/2
+    matters: it halves the Hessian, so the sharpness that meets 2/lr is theirs. The targets stay
+    class indices (accuracy is the argmax), the one-hot rows are made here, in the logits' dtype."""
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        one_hot = nn.functional.one_hot(target, classes).to(out.dtype)
+        per_sample = 0.5 * (out - one_hot).pow(2).sum(dim=1)
+        return per_sample.sum() if reduction == "sum" else per_sample.mean()
+    return loss
+
+
 def loss_fn(spec: RunSpec):
-    """Cross-entropy for classification, squared error for the deep linear network, combined over
-    a batch as `optim.loss_reduction` says (the config resolves the papers' choice)."""
+    """The loss training descends, evaluation reports and every checkpoint analysis probes: for
+    classification `optim.loss` (cross-entropy, or Cohen et al.'s square loss `mse`), for the deep
+    linear network its squared error whatever `optim.loss` says (it is a regression; the spec
+    drops the key there, see spec.APPLIES); combined over a batch as `optim.loss_reduction` says
+    (the config resolves the papers' choice)."""
     reduction = spec.optim.loss_reduction
     if spec.dataset.task == "regression":
         return squared_error(reduction)
+    if spec.optim.loss == "mse":
+        return square_loss(spec.dataset.classes, reduction)
+    if spec.optim.loss != "cross_entropy":
+        raise ValueError(f"optim.loss {spec.optim.loss!r}: use cross_entropy or mse")
     return functools.partial(nn.functional.cross_entropy, reduction=reduction)

@@ -22,7 +22,7 @@ from .variants import VARIANTS
 
 # Keys added after runs were first planned enter a spec (and its run id) only when they differ
 # from these defaults, so that runs planned before the key existed keep their ids and results.
-ADDED = {"norm.group_size": 8}
+ADDED = {"norm.group_size": 8, "optim.loss": "cross_entropy"}
 
 
 def _added(key: str):
@@ -32,7 +32,9 @@ def _added(key: str):
 # Settings that mean something for some runs only: a run's spec holds them only where they apply,
 # so that runs they cannot change (a BatchNorm run on a grid over GroupNorm's group size) are one
 # run, not one per value.
-APPLIES = {"norm.group_size": lambda spec: VARIANTS[spec["norm"]["variant"]].norm == "group"}
+APPLIES = {"norm.group_size": lambda spec: VARIANTS[spec["norm"]["variant"]].norm == "group",
+           # a regression dataset (the DLN) keeps its own squared error whatever optim.loss says
+           "optim.loss": lambda spec: spec["dataset"]["task"] == "classification"}
 
 
 def without_added_defaults(spec: dict) -> dict:
@@ -111,7 +113,7 @@ class NormSpec:
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """Plain SGD: the learning rate, the schedule length and what a step averages over."""
+    """Plain SGD: the learning rate, the schedule length, the loss and what a step averages over."""
 
     lr: float
     steps: int
@@ -119,6 +121,7 @@ class OptimSpec:
     momentum: float
     weight_decay: float
     loss_reduction: str          # "sum" or "mean" over a batch's samples
+    loss: str = _added("optim.loss")  # classification: "cross_entropy" or "mse" (models.loss_fn)
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ class RunSpec:
             *parents, last = dotted.split(".")
             for part in parents:
                 node = node[part]
-            if last not in node:
+            if last not in node and dotted not in ADDED:  # an added key at its default is left out
                 raise ConfigError(f"run spec has no key {dotted!r}")
             node[last] = value
         return RunSpec.from_dict(data, f"run {self.run} with {sorted(changes)}")

@@ -17,8 +17,11 @@ clones of the buffers, so the loaded buffers never change.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -132,6 +135,38 @@ class Objective:
         self._random_modules = [m for m in self.model.modules()
                                 if hasattr(m, "generator") and m.training
                                 and getattr(m, "enabled", True)]
+
+    @property
+    def samples(self) -> int:
+        """How many training samples L averages over (batch_size x batches for the analysis
+        batches): the sample count a Hessian or gradient of L is computed on."""
+        return sum(int(x.shape[0]) if x.dim() else 1 for x, _ in self.batches)
+
+    def with_statistics(self, statistics: str, noise: bool = False) -> Objective:
+        """This loss with the normalisers on `statistics` ("batch" or "running"): itself if it
+        already is, else an objective on a copy of the module tree switched to that mode, as
+        `run.prepare_model` would have built it (running: all of it in eval mode; batch: training
+        mode, random modules off unless `noise`).
+
+        Why a copy: the model is shared by every analysis of the step (run.Probes), and flipping
+        its train/eval flags would change what the others compute. The copy shares the parameter
+        and buffer tensors (functional_call never reads them: the probe point and the cloned
+        buffers are passed in), so it costs no memory for the weights.
+        """
+        if statistics == self.statistics:
+            return self
+        if statistics not in ("batch", "running"):
+            raise ValueError(f"statistics {statistics!r}: use batch or running")
+        shared = itertools.chain(self.model.parameters(), self.model.buffers())
+        model = copy.deepcopy(self.model, memo={id(t): t for t in shared})
+        if statistics == "running":
+            model.eval()
+        else:
+            model.train()
+            for module in model.modules():
+                if hasattr(module, "generator") and not noise:
+                    module.eval()
+        return dataclasses.replace(self, model=model, statistics=statistics)
 
     # -- one batch -------------------------------------------------------------------------------
 
@@ -284,3 +319,29 @@ class Origin:
     def step(self, grads: Params) -> Params:
         """The parameters after the update the run's optimizer would make with `grads`."""
         return sgd_step(self.params, grads, self.optimizer_state, self.optim)
+
+    def with_statistics(self, statistics: str, noise: bool = False) -> Origin:
+        """The same checkpoint with the normalisers on `statistics` (`Objective.with_statistics`):
+        the stored weights and buffers, the live model untouched."""
+        objective = self.objective.with_statistics(statistics, noise)
+        return self if objective is self.objective else dataclasses.replace(self, objective=objective)
+
+
+# ---------------------------------------------------------------------------------------------
+# the normalisers' mode (bn_mode)
+
+
+def bn_modes(settings: dict) -> list[str]:
+    """settings["bn_mode"] as a list of modes: a plain string (the default "batch") is one mode; a
+    list asks for the analysis in each (Ghorbani et al. 2019, section 4 here: the outliers BN
+    removes with batch statistics return with whole-data, i.e. running, statistics)."""
+    mode = settings.get("bn_mode") or "batch"
+    return [mode] if isinstance(mode, str) else list(mode)
+
+
+def per_mode(origin: Origin, settings: dict) -> Iterator[tuple[str, Origin]]:
+    """(mode, the origin in that mode) for every mode of `bn_modes(settings)`, each derived afresh
+    from `origin`'s stored weights and buffers (never by switching the live model's mode), one at
+    a time so that only one mode's probes are alive at once."""
+    for mode in bn_modes(settings):
+        yield mode, origin.with_statistics(mode, bool(settings.get("noise", False)))

@@ -3,14 +3,23 @@ every curvature and spectral measure shares.
 
 H v is computed by double backward (Pearlmutter's trick, as PyHessian and loss-landscape do): one
 forward and backward with `create_graph=True` builds the gradient g as a differentiable function
-of the weights, then each H v is one more backward through that retained graph, with no new
-forward. With BatchNorm in training mode this is the exact Hessian of the loss SGD descends (batch
-statistics are functions of the weights and are differentiated through); it agrees with finite
-differences to ~1e-8 in float64 (tests/test_analysis_math.py). The checkpoint's running statistics
+of the weights, then each H v is one more backward through that graph (retained for a single
+batch, rebuilt per product for several: see below). With BatchNorm in training mode this is the
+exact Hessian of the loss SGD descends (batch statistics are functions of the weights and are
+differentiated through); it agrees with finite differences to ~1e-8 in float64
+(tests/test_analysis_math.py). The checkpoint's running statistics
 are never touched: `functional.Objective` clones the buffers for every forward.
 
-L is `functional.Objective`'s loss (the mean over the analysis batches); with several batches the
-graph of all of them is kept, so memory grows with `batches`.
+L is `functional.Objective`'s loss: the mean over the analysis batches, i.e. the loss on
+`objective.samples` = batch_size x batches training samples (Ghorbani et al. 2019, section 4 here,
+take the Hessian of the loss on a stated sample, not of one mini-batch). Its Hessian is the mean of
+the per-batch Hessians, so H v is the mean of per-batch products and never needs more than one
+batch's graph:
+- one batch: its graph is built once and kept, each product is one double backward (as before);
+- several batches: each product runs, batch by batch, a forward, a backward with create_graph and
+  the double backward, then frees that batch's graph. Memory is that of one batch whatever the
+  number of batches; a product costs about twice the single-batch product per batch.
+The gradient (`Hessian.gradient`) is that of the same L: the mean over the same batches.
 """
 
 from __future__ import annotations
@@ -23,27 +32,61 @@ from .functional import Objective, Params, dot
 class Hessian:
     """H at `params` as an operator on parameter dicts: `hessian(v)` is H v.
 
-    Building it costs one forward and backward (create_graph); each product one double backward.
-    `gradient` is g at `params` (detached); `products` counts the products taken.
+    `gradient` is g at `params` (detached), `samples` the number of training samples L averages
+    over, `products` counts the products taken. With one batch, building it costs one forward and
+    backward (create_graph) and each product one double backward; with several, building it costs
+    one gradient pass and each product a forward, backward and double backward per batch (see the
+    module docstring: memory of one batch).
     """
 
     def __init__(self, objective: Objective, params: Params):
+        self.objective = objective
         self.names = list(params)
-        self._leaves = [params[k].detach().requires_grad_(True) for k in self.names]
-        point = dict(zip(self.names, self._leaves))
-        n = len(objective.batches)
-        loss = sum(objective.batch_loss(point, b) for b in range(n)) / n
-        g = torch.autograd.grad(loss, self._leaves, create_graph=True, allow_unused=True)
-        self._g = [torch.zeros_like(leaf) if gi is None else gi for leaf, gi in zip(self._leaves, g)]
-        self.gradient: Params = {k: gi.detach() for k, gi in zip(self.names, self._g)}
+        self.samples = objective.samples
         self.products = 0
+        self._params = {k: params[k].detach() for k in self.names}
+        self._leaves, self._g = None, None
+        if len(objective.batches) == 1:
+            self._leaves, self._g = self._differentiable_gradient(0)
+            self.gradient: Params = {k: gi.detach() for k, gi in zip(self.names, self._g)}
+        else:
+            # the mean of the per-batch gradients, one batch's graph at a time
+            _, self.gradient = objective.value_and_grad(self._params)
+
+    def _differentiable_gradient(self, index: int) -> tuple[list, list]:
+        """(leaves, g) for batch `index`: g = d(L_b / B)/dW as a differentiable function of fresh
+        leaves (create_graph), so that a backward through g gives this batch's share of H v."""
+        n = len(self.objective.batches)
+        leaves = [self._params[k].detach().requires_grad_(True) for k in self.names]
+        point = dict(zip(self.names, leaves))
+        loss = self.objective.batch_loss(point, index) / n
+        g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        return leaves, [torch.zeros_like(leaf) if gi is None else gi for leaf, gi in zip(leaves, g)]
+
+    @staticmethod
+    def _backward(leaves: list, g: list, v: list, retain: bool) -> list:
+        """d(g . v)/dW: the double backward. Entries of g that do not depend on W (a parameter
+        entering L linearly with a constant coefficient, or not at all) contribute nothing."""
+        pairs = [(gi, vi) for gi, vi in zip(g, v) if gi.requires_grad]
+        if not pairs:
+            return [torch.zeros_like(leaf) for leaf in leaves]
+        hv = torch.autograd.grad([gi for gi, _ in pairs], leaves, grad_outputs=[vi for _, vi in pairs],
+                                 retain_graph=retain, allow_unused=True)
+        return [torch.zeros_like(leaf) if h is None else h.detach() for leaf, h in zip(leaves, hv)]
 
     def __call__(self, v: Params) -> Params:
         """H v (a new dict; v is not written)."""
         self.products += 1
-        hv = torch.autograd.grad(self._g, self._leaves, grad_outputs=[v[k] for k in self.names],
-                                 retain_graph=True, allow_unused=True)
-        return {k: torch.zeros_like(v[k]) if h is None else h.detach() for k, h in zip(self.names, hv)}
+        vs = [v[k] for k in self.names]
+        if self._g is not None:
+            hv = self._backward(self._leaves, self._g, vs, retain=True)
+        else:
+            hv = None
+            for b in range(len(self.objective.batches)):
+                leaves, g = self._differentiable_gradient(b)
+                part = self._backward(leaves, g, vs, retain=False)  # frees batch b's graph
+                hv = part if hv is None else [a + c for a, c in zip(hv, part)]
+        return dict(zip(self.names, hv))
 
     def quadratic_form(self, v: Params) -> float:
         """v^T H v / ||v||^2: the curvature along v (NaN for v = 0)."""
@@ -92,10 +135,12 @@ def extreme_eigenpairs(hessian: Hessian, k: int, which: str, tol: float, budget:
     restarted Lanczos, `scipy.sparse.linalg.eigsh`, on a LinearOperator of Hessian-vector
     products), from a seeded start vector.
 
-    Returns {values, residuals, vectors, products, converged}, values sorted from the extreme
-    inwards; residual_i = ||H v_i - value_i v_i|| / |value_i| for the returned unit eigenvectors (k
-    more products); converged = ARPACK met `tol` within `budget` products. A search that ran out
-    returns the eigenvalues that had converged, NaN for the rest.
+    Returns {values, residuals, pair_converged, vectors, products, converged}, values sorted from
+    the extreme inwards; residual_i = ||H v_i - value_i v_i|| / |value_i| for the returned unit
+    eigenvectors (k more products); pair_converged_i = residual_i <= tol, ARPACK's own criterion
+    checked on each pair (a search can meet it for its first pairs and not for the last ones, or
+    stop with only some of them); converged = ARPACK met `tol` for all k within `budget` products.
+    A search that ran out returns the eigenvalues that had converged, NaN for the rest.
     """
     import numpy as np
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
@@ -134,8 +179,8 @@ def extreme_eigenpairs(hessian: Hessian, k: int, which: str, tol: float, budget:
         else:
             out_values.append(float("nan"))
             residuals.append(float("nan"))
-    return {"values": out_values, "residuals": residuals, "vectors": unit_vectors, "products": products,
-            "converged": converged}
+    return {"values": out_values, "residuals": residuals, "pair_converged": [r <= tol for r in residuals],
+            "vectors": unit_vectors, "products": products, "converged": converged}
 
 
 def extreme_eigenvalue(hessian: Hessian, which: str, tol: float, budget: int, seed: int) -> dict:
@@ -198,7 +243,7 @@ def slq(hessian: Hessian, steps: int, starts: int, seed: int) -> list[tuple[torc
     return out
 
 
-def gradient_share(gradient: Params, vectors: list[torch.Tensor], flat: "Flat") -> list[float]:
+def gradient_share(gradient: Params, vectors: list[torch.Tensor], flat: Flat) -> list[float]:
     """The share of ||g||^2 in the span of the first 1, 2, ... of the (orthonormal) `vectors`
     (Ghorbani et al.'s measure of gradient concentration in the top eigenspace)."""
     g = flat.flatten(gradient)

@@ -41,7 +41,7 @@ from ..models import build_model, loss_fn, uses_channels_last
 from ..runtime import exact_numerics
 from ..spec import RunSpec
 from ..tables import write_csv
-from .functional import Objective, Origin, all_finite, origin_state
+from .functional import Objective, Origin, all_finite, bn_modes, origin_state
 
 # the settings every analysis kind has (its record in bnstudy.catalog adds its own)
 COMMON = ("steps", "batch_size", "batches", "seed", "noise", "dtype")
@@ -108,8 +108,10 @@ def select_steps(available: list[tuple[int, Path]], steps: list[int] | None) -> 
 
 def statistics(settings: dict) -> str:
     """Which statistics the normalisers use: the batch's (the default) or the running ones, for
-    the analysis kinds that offer the choice (`bn_mode`)."""
-    return settings.get("bn_mode") or "batch"
+    the analysis kinds that offer the choice (`bn_mode`). Where bn_mode is a list (spectrum,
+    density) the origin is built in its first mode and the analysis derives the others from it
+    (`functional.per_mode`)."""
+    return bn_modes(settings)[0]
 
 
 def analysis_dtype(spec: RunSpec, settings: dict) -> torch.dtype:
