@@ -65,9 +65,10 @@ STUDIES: dict[str, dict] = {
                       "figures": ["accuracy", "accuracy_vs_lr"], "claims": ["sigmoid"]},
     "mnist_2015": {**_VGG, "setup": "mlp", "variants": ["standard", "batchnorm"], "layers": [1, 2, 3],
                    "figures": ["test_accuracy", "unit_input"], "claims": ["faster_training"]},
-    "hessian_spectrum": {**_VGG, "variants": ["standard", "batchnorm"], "spectrum": {}, "density": {},
+    "hessian_spectrum": {**_VGG, "variants": ["standard", "batchnorm"], "spectrum": {"bn_mode": ["batch", "running"]},
+                         "density": {},
                          "figures": ["hessian_spectrum", "spectral_density"], "claims": ["hessian_outliers"]},
-    "edge_of_stability": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.02, 0.05], "spectrum": {},
+    "edge_of_stability": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.02, 0.05], "sharpness": {},
                           "figures": ["edge_of_stability"], "claims": ["edge_of_stability"]},
     "landscape_2d": {**_VGG, "variants": ["standard", "batchnorm"], "surface": {},
                      "figures": ["loss_surface"], "claims": ["wider_basin"]},
@@ -98,8 +99,11 @@ class Outcome:
     early_factor: float = 1.0          # the same, over the early window (0 < step <= 20% of the run)
     sharpness: float = 10.0            # the Hessian's largest eigenvalue (an outlier above the bulk)
     bulk: float = 1.0                  # where the bulk of the spectral density ends
+    outliers: int = 9                  # the outlier group's size (Ghorbani et al.: C - 1 with cross-entropy)
+    running_sharpness: float | None = None  # the largest eigenvalue with running statistics (None: as batch)
     share: float = 0.3                 # share of ||g||^2 in the top-k eigenvectors
     eos_level: float | None = None     # full-batch GD: lr x sharpness settles here (None: no such rise)
+    eos_start: float = 1.0             # ... rising from this value at step 0 by 0.05 a step
     basin: float = 0.5                 # the 2-D surface's loss doubles at this distance
     final_loss: float = 0.3            # the training loss goes here from 2.3 (>= 2.3: no training)
     train_batches_accuracy: float | None = None  # training mode; default: train_accuracy
@@ -221,24 +225,34 @@ def _analysis_table(name: str, rng, steps, outcome, layers, lr: float, run_steps
                              "grad_diff": beta * 0.1 * eta_rel * rng.lognormal(0, 0.1),
                              "beta": beta * rng.lognormal(0, 0.1)})
         elif name == "spectrum":
-            top = factor * outcome.sharpness
-            if outcome.eos_level is not None:  # lr x sharpness rises from 1, then settles at eos_level
-                top = min(1.0 + 0.05 * step, outcome.eos_level) / lr * rng.lognormal(0, 0.01)
-            share = min(1.0, factor * outcome.share * rng.lognormal(0, 0.02))
-            for rank in (1, 2, 3):
-                rows.append({"step": step, "bn_mode": "batch", "rank": rank, "eigenvalue": top / rank,
-                             "residual": 1e-5, "converged": True, "gradient_share": share * (0.8 + 0.1 * rank),
-                             "trace": 5 * top, "trace_se": 0.1 * top, "products": 80})
-            rows.append({"step": step, "bn_mode": "batch", "rank": -1, "eigenvalue": -0.1 * top, "residual": 1e-5,
-                         "converged": True, "gradient_share": np.nan, "trace": 5 * top, "trace_se": 0.1 * top,
-                         "products": 80})
+            # an outlier group of `outliers` eigenvalues over a bulk 20 ranks deep; the gradient's
+            # share builds up within the group
+            for mode in ("batch", "running"):
+                top = factor * (outcome.running_sharpness if mode == "running" and outcome.running_sharpness
+                                else outcome.sharpness)
+                group = [top * 0.9 ** r for r in range(outcome.outliers)]
+                bulk = [outcome.bulk * 0.95 ** r for r in range(20 - outcome.outliers)]
+                share = min(1.0, factor * outcome.share * rng.lognormal(0, 0.02))
+                for rank, value in enumerate(group + bulk, start=1):
+                    cumulative = share * min(rank, outcome.outliers) / outcome.outliers + 0.001 * max(0, rank - outcome.outliers)
+                    rows.append({"step": step, "bn_mode": mode, "rank": rank, "eigenvalue": value * rng.lognormal(0, 0.01),
+                                 "residual": 1e-5, "converged": True, "gradient_share": min(cumulative, 1.0),
+                                 "trace": 5 * top, "trace_se": 0.1 * top, "products": 80, "samples": 128})
+                rows.append({"step": step, "bn_mode": mode, "rank": -1, "eigenvalue": -0.1 * top, "residual": 1e-5,
+                             "converged": True, "gradient_share": np.nan, "trace": 5 * top, "trace_se": 0.1 * top,
+                             "products": 80, "samples": 128})
+        elif name == "sharpness":
+            level = outcome.eos_level if outcome.eos_level is not None else 1.0
+            ratio = min(outcome.eos_start + 0.05 * step, max(level, outcome.eos_start))
+            rows.append({"step": step, "bn_mode": "batch", "sharpness": ratio / lr * rng.lognormal(0, 0.01),
+                         "residual": 1e-5, "converged": True, "products": 22, "samples": 128})
         elif name == "density":
             for start in range(2):
                 bulk = np.linspace(-0.1, 1.0, 20) * outcome.bulk * rng.lognormal(0, 0.01)
                 nodes = np.append(bulk, factor * outcome.sharpness)
                 weights = np.append(np.full(20, 0.999 / 20), 0.001)
                 rows += [{"step": step, "bn_mode": "batch", "start": start, "node": node, "weight": weight,
-                          "n_params": 1000} for node, weight in zip(nodes, weights)]
+                          "n_params": 1000, "samples": 128} for node, weight in zip(nodes, weights)]
         elif name == "activations":
             for layer in range(1, 9):
                 rows.append({"step": step, "bn_mode": "batch", "layer": layer,

@@ -434,30 +434,72 @@ def test_usable_bar_is_set_by_a_mean_over_seeds_not_one_lucky_run(tmp_path):
 
 
 def test_hessian_outliers_without_bn_is_supported_when_its_outliers_and_share_are_larger(tmp_path):
-    """Outlier ratio (largest eigenvalue over the density's bulk edge) and gradient share in the
-    top eigenvectors, BN against standard, over training and at initialisation."""
-    outcome = by_variant(standard=Outcome(sharpness=50.0, share=0.8), batchnorm=Outcome(sharpness=5.0, share=0.2))
+    """The outlier group (9 eigenvalues over a bulk, found by the largest gap among the top 20) is
+    separated 10x less with BN and holds less of the gradient (both supported); with running
+    statistics BN's outliers return (Ghorbani et al.), its own value per seed above 0."""
+    outcome = by_variant(standard=Outcome(sharpness=50.0, share=0.8),
+                         batchnorm=Outcome(sharpness=5.0, share=0.2, running_sharpness=40.0))
     rows = verdict_rows(tmp_path, "hessian_spectrum", outcome)
-    ratio = rows.loc["hessian_outliers.outlier_ratio.early"]
-    assert ratio["verdict"] == SUPPORTED and ratio["effect"] == pytest.approx(-1.0, abs=0.05)
-    share = rows.loc["hessian_outliers.gradient_share.early"]
-    assert share["verdict"] == SUPPORTED and share["unit"] == "share"
+    gap = rows.loc["hessian_outliers.outlier_gap.early"]
+    assert gap["verdict"] == SUPPORTED and gap["effect"] == pytest.approx(-1.0, abs=0.05)
+    share = rows.loc["hessian_outliers.gradient_share.late"]
+    assert share["verdict"] == SUPPORTED and share["unit"] == "share" and share["effect"] == pytest.approx(-0.6, abs=0.05)
     assert share["agreement"] == "agrees with Ghorbani 2019"
-    assert "hessian_outliers.outlier_ratio.initialisation" in rows.index
+    back = rows.loc["hessian_outliers.outliers_return.late"]
+    assert back["verdict"] == SUPPORTED and back["effect"] == pytest.approx(math.log10(8), abs=0.05)
+    assert "batchnorm's value per seed" in back["rule"]
+    assert rows.loc["hessian_outliers.outlier_gap.initialisation", "verdict"] == "reported"
+
+
+def test_the_outlier_group_is_found_by_its_gap_and_unconverged_eigenvalues_end_the_list():
+    from bnstudy.derived import outlier_groups
+
+    def spectrum(values, converged=None):
+        converged = converged or [True] * len(values)
+        return pd.DataFrame({"run": "r", "variant": "standard", "lr": 0.1, "seed": 0, "status": "completed",
+                             "step": 10, "bn_mode": "batch", "rank": range(1, len(values) + 1), "eigenvalue": values,
+                             "converged": converged, "gradient_share": np.linspace(0.1, 0.9, len(values))})
+
+    three = outlier_groups(spectrum([90.0, 80.0, 70.0, 2.0, 1.9, 1.8, 1.7]), classes=10).iloc[0]
+    assert (three["members"], three["gap"], three["searched"]) == (3, 35.0, 7)
+    # the group has at most C - 1 members: with 3 classes the best gap among the first 2 is taken
+    capped = outlier_groups(spectrum([90.0, 50.0, 45.0, 2.0, 1.9]), classes=3).iloc[0]
+    assert capped["members"] == 1 and capped["gap"] == pytest.approx(90 / 50)
+    # an unconverged third eigenvalue ends the list: the gap at 3 is not known
+    cut = outlier_groups(spectrum([90.0, 80.0, 70.0, 2.0, 1.9], [True, True, False, True, True]), classes=10).iloc[0]
+    assert cut["searched"] == 2 and cut["members"] == 1
 
 
 @pytest.mark.parametrize("level, expected", [(2.2, SUPPORTED), (5.0, NOT_SUPPORTED)])
 def test_edge_of_stability_places_lr_times_sharpness_in_its_band(tmp_path, level, expected):
-    """The median of lr x sharpness after its first crossing of 2: 2.2 lies in [1.8, 2.6] (Cohen
-    et al.'s finding), 4.0 does not; the BN row is reported beside it, not compared."""
-    outcome = by_variant(standard=Outcome(eos_level=level), batchnorm=Outcome(eos_level=3.5))
+    """lr x sharpness rises from 1 by 0.05 a step and settles at `level`: the median over the window
+    from its first crossing of 2 lies in [1.8, 2.6] for 2.2 (Cohen et al.'s finding), not for 5.0.
+    BN, starting above 2/lr, has no crossing by sharpening: its row is a measurement."""
+    outcome = by_variant(standard=Outcome(eos_level=level), batchnorm=Outcome(eos_level=3.5, eos_start=3.5))
     rows = verdict_rows(tmp_path, "edge_of_stability", outcome)
     standard = rows.loc["edge_of_stability.standard_ratio.final"]
-    # the median after the first crossing: the rise (2, 2.5, ... every 10 steps) and the plateau
     assert standard["verdict"] == expected and 2.0 <= standard["effect"] <= level * 1.02
-    bn = rows.loc["edge_of_stability.batchnorm_ratio.final"]
-    assert bn["effect"] == pytest.approx(3.5, rel=0.02) and (bn["verdict"], bn["agreement"]) == ("reported", "")
     assert "within [1.8, 2.6]" in standard["rule"]
+    bn = rows.loc["edge_of_stability.batchnorm_ratio.final"]
+    assert bn["verdict"] == "reported" and "starts with lr x sharpness >= 2" in bn["reason"]
+    assert bn["agreement"] == ""
+
+
+def test_the_eos_window_runs_from_the_crossing_to_the_fitted_loss():
+    from bnstudy.derived import eos_window
+
+    steps = np.arange(0, 110, 10)
+    sharpness = pd.DataFrame({"run": "r", "variant": "standard", "lr": 0.1, "seed": 0, "status": "completed",
+                              "step": steps, "sharpness": [5, 10, 15, 25, 21, 19, 24, 20, 5, 3, 2],
+                              "converged": [True] * 10 + [False]})
+    train = pd.DataFrame({"run": "r", "variant": "standard", "step": np.arange(0, 101), "loss": np.linspace(1.0, 0.0, 101)})
+    frame = eos_window(sharpness, train, loss_fraction=0.25)
+    inside = frame[frame["in_window"]]
+    # crossing at step 20 (0.1 x 15 < 2, 0.1 x 25 >= 2 at step 30); the loss falls below 0.25 at step 76
+    assert list(inside["step"]) == [30, 40, 50, 60, 70] and frame["crossing"].iloc[0] == 30
+    assert not frame["starts_above"].any() and 100 not in set(frame["step"])  # unconverged: left out
+    above = eos_window(sharpness.assign(sharpness=sharpness["sharpness"] + 20), train, 0.25)
+    assert above["starts_above"].all() and not above["in_window"].any()
 
 
 def test_wider_basin_compares_the_radius_at_the_last_step(tmp_path):

@@ -178,6 +178,34 @@ def test_the_claims_windows_are_marked_where_the_claims_split_them(tables, kind,
     figures.plt.close(fig)
 
 
+def test_the_eos_figure_shows_every_point_of_lr_times_sharpness_against_2(tmp_path):
+    """Every analysed point of every run is drawn in the lr x sharpness row, filled inside the
+    claim's window (from the crossing of 2 by sharpening), hollow outside; 2 is drawn there."""
+    from synthetic_tables import Outcome, make_tables
+
+    study = "edge_of_stability"
+    paths = make_tables(tmp_path, study, STUDIES[study], outcome=lambda v, lr, seed, grid: Outcome(eos_level=2.2))
+    data = figures.figure_data(study, study, STUDIES[study], _given(paths, study))
+    ratio = data[data["row"].str.startswith("lr × sharpness")]
+    points = ratio[ratio["style"].isin(["points", "window-points"])]
+    sharpness = pd.read_csv(paths["sharpness"])
+    assert len(points) == len(sharpness)  # every analysed point, none averaged away
+    inside = points[points["style"] == "window-points"]
+    assert inside["y"].min() >= 2.0 * 0.98 and (points[points["style"] == "points"]["y"] < 2.0).all()
+    assert set(ratio.loc[ratio["style"] == "reference", "y"]) == {2.0}
+    fig = figures.render(study, study, STUDIES[study], _given(paths, study))
+    assert _artists(fig, "window-points") and _artists(fig, "points")
+    figures.plt.close(fig)
+
+
+def test_the_spectrum_figure_has_a_column_per_bn_mode_and_the_outlier_rows(tables):
+    data = figures.figure_data("hessian_spectrum", "hessian_spectrum", STUDIES["hessian_spectrum"],
+                               _given(tables["hessian_spectrum"], "hessian_spectrum"))
+    columns = set(data["column"].dropna())
+    assert any("bn_mode = running" in c for c in columns) and any("bn_mode = batch" in c for c in columns)
+    assert {"outlier group's separation\nλ_k / λ_k+1", "share of ‖g‖² in the\noutlier group's span"} <= set(data["row"])
+
+
 def test_unknown_kind_and_missing_table_are_clear_errors(tables):
     with pytest.raises(KeyError, match="no figure kind 'nope'"):
         figures.render("nope", "ics", STUDIES["ics"], tables["ics"])

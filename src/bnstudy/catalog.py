@@ -85,7 +85,7 @@ ANALYSES: dict[str, AnalysisKind] = {
         module="spectrum",
         columns=("step", "bn_mode", "rank", "eigenvalue", "residual", "converged", "gradient_share",
                  "trace", "trace_se", "products", "samples"),
-        figures=("hessian_spectrum", "edge_of_stability"),
+        figures=("hessian_spectrum",),
         settings={
             "top_k": {"type": "integer", "minimum": 1, "default": 20,
                       "description": "largest eigenvalues (and the gradient share in their span); Ghorbani "
@@ -134,7 +134,7 @@ ANALYSES: dict[str, AnalysisKind] = {
     "sharpness": AnalysisKind(
         module="sharpness",
         columns=("step", "bn_mode", "sharpness", "residual", "converged", "products", "samples"),
-        figures=(),
+        figures=("edge_of_stability",),
         settings={
             "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3,
                     "description": "Lanczos (ARPACK) relative residual tolerance of the largest eigenvalue "
@@ -178,7 +178,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
     "generalisation_gap": FigureKind(),           # final train - test accuracy against dropout / lr
     "hessian_spectrum": FigureKind(),             # lambda_max, trace, gradient share, lambda_min (spectrum)
     "spectral_density": FigureKind(),             # SLQ density per checkpoint (density)
-    "edge_of_stability": FigureKind(("train",)),  # loss and sharpness against 2/lr (spectrum)
+    "edge_of_stability": FigureKind(("train",)),  # loss, sharpness and lr x sharpness against 2 (sharpness)
     "loss_surface": FigureKind(),                 # 2-D surfaces and the basin radius (surface)
     "layer_measures": FigureKind(),               # Lubana et al.'s per-layer measures against depth (activations)
     "gradient_vs_group_size": FigureKind(axis="norm.group_size"),  # first-layer gradient norm (activations)

@@ -32,10 +32,15 @@ def _labels(frame: pd.DataFrame) -> list[str]:
     return first + grid
 
 
+def _modes(frame: pd.DataFrame) -> list[str]:
+    """["bn_mode"] where a Hessian table has it: a study may analyse both modes, each its own rows."""
+    return ["bn_mode"] if "bn_mode" in frame.columns else []
+
+
 def spectrum_summary(spectrum: pd.DataFrame) -> pd.DataFrame:
-    """Per run and step: lambda_max (rank 1), lambda_min (rank -1), trace, trace_se, the gradient
-    share in the top-k eigenvectors (k = the largest rank) and whether every search converged."""
-    labels = _labels(spectrum)
+    """Per run, step (and bn_mode): lambda_max (rank 1), lambda_min (rank -1), trace, trace_se, the
+    gradient share in the top-k eigenvectors (k = the largest rank) and whether every search converged."""
+    labels = _labels(spectrum) + _modes(spectrum)
     top = spectrum[spectrum["rank"] >= 1]
     first = top[top["rank"] == 1].set_index(labels + ["step"])
     out = pd.DataFrame({"lambda_max": first["eigenvalue"], "trace": first["trace"], "trace_se": first["trace_se"]})
@@ -51,28 +56,8 @@ def spectrum_summary(spectrum: pd.DataFrame) -> pd.DataFrame:
 def pooled_quadrature(density: pd.DataFrame) -> pd.DataFrame:
     """Per run and step: every start's nodes with their weights divided by the number of starts
     (so a checkpoint's weights sum to 1)."""
-    starts = density.groupby(KEYS)["start"].transform("nunique")
+    starts = density.groupby(KEYS + _modes(density))["start"].transform("nunique")
     return density.assign(weight=density["weight"] / starts)
-
-
-def bulk_edge(density: pd.DataFrame, mass: float) -> pd.Series:
-    """Per (run, step): the value above which the spectral distribution holds `mass` of its weight
-    (its 1 - mass quantile): the edge of the bulk, outliers above it."""
-    pooled = pooled_quadrature(density).sort_values("node", ascending=False)
-    edges = {}
-    for key, group in pooled.groupby(KEYS, sort=False):
-        above = group["weight"].cumsum()
-        edges[key] = float(group["node"].to_numpy()[np.searchsorted(above.to_numpy(), mass)
-                                                    .clip(max=len(group) - 1)])
-    return pd.Series(edges, dtype=float).rename_axis(KEYS)
-
-
-def outlier_ratio(spectrum: pd.DataFrame, density: pd.DataFrame, mass: float) -> pd.DataFrame:
-    """Per run and step: lambda_max / the bulk edge (NaN where the edge is not positive)."""
-    summary = spectrum_summary(spectrum).set_index(KEYS)
-    edge = bulk_edge(density, mass).reindex(summary.index)
-    ratio = summary["lambda_max"] / edge.where(edge > 0)
-    return summary.assign(bulk_edge=edge, outlier_ratio=ratio).reset_index()
 
 
 def density_curve(nodes: Sequence[float], weights: Sequence[float], grid: np.ndarray, sigma: float) -> np.ndarray:
@@ -120,13 +105,63 @@ def _reach(distances: list[float], losses: list[float], centre: float, factor: f
     return distances[-1] if distances else float("nan")
 
 
-def eos_ratios(spectrum: pd.DataFrame) -> pd.DataFrame:
-    """Per run and step: ratio = lr x lambda_max and whether the run's ratio had reached 2 at or
-    before this step (`after_crossing`)."""
-    summary = spectrum_summary(spectrum).sort_values(["run", "step"])
-    summary["ratio"] = summary["lr"] * summary["lambda_max"]
-    crossed = summary["ratio"].ge(2.0).groupby(summary["run"]).cummax()
-    return summary.assign(after_crossing=crossed)
+def as_bool(values: pd.Series) -> pd.Series:
+    """A CSV boolean column (True/False, 1/0, true/false; missing = False) as bools."""
+    return values.astype(str).str.lower().isin(["true", "1", "1.0"])
+
+
+def outlier_groups(spectrum: pd.DataFrame, classes: int) -> pd.DataFrame:
+    """Ghorbani et al.'s outliers, found by their separation from the bulk: per run, step (and
+    bn_mode), among the largest eigenvalues (rank 1, 2, ...) the group 1..k whose last member
+    stands furthest above the next one, k <= classes - 1 (with cross-entropy there are at most
+    C - 1 outliers: the softmax is shift-invariant, so the logits' Hessian has rank C - 1).
+
+    Only the leading eigenvalues whose search converged count (the first unconverged rank ends
+    the list), and a gap needs a positive next eigenvalue. Columns: members (k), gap (lambda_k /
+    lambda_k+1), gradient_share (of ||g||^2 in the span of the group's eigenvectors), searched
+    (converged leading eigenvalues); gap NaN where fewer than two are known.
+    """
+    top = spectrum[spectrum["rank"] >= 1]
+    keys = _labels(spectrum) + ["step"] + _modes(spectrum)
+    rows = []
+    for key, group in top.groupby(keys, sort=False):
+        group = group.sort_values("rank")
+        converged = as_bool(group["converged"]).to_numpy() & np.isfinite(group["eigenvalue"].to_numpy(dtype=float))
+        known = len(converged) if converged.all() else int(np.argmin(converged))
+        values = group["eigenvalue"].to_numpy(dtype=float)[:known]
+        shares = group["gradient_share"].to_numpy(dtype=float)[:known]
+        candidates = [k for k in range(1, min(classes - 1, known - 1) + 1) if values[k] > 0]
+        gaps = [values[k - 1] / values[k] for k in candidates]
+        best = int(np.argmax(gaps)) if gaps else None
+        rows.append({**dict(zip(keys, key)), "searched": known,
+                     "members": candidates[best] if gaps else np.nan,
+                     "gap": gaps[best] if gaps else np.nan,
+                     "gradient_share": shares[candidates[best] - 1] if gaps else np.nan})
+    return pd.DataFrame(rows, columns=keys + ["searched", "members", "gap", "gradient_share"])
+
+
+def eos_window(sharpness: pd.DataFrame, train: pd.DataFrame, loss_fraction: float) -> pd.DataFrame:
+    """Cohen et al.'s edge of stability, per run and analysed step: ratio = lr x sharpness, and
+    whether the step lies in the run's window, from the first step where the ratio reaches 2 by
+    sharpening (a run whose ratio is >= 2 already at its first analysed step `starts_above`: that is
+    no crossing, and such a run has no window) to the first step where the training loss (the
+    loss gradient descent descends) falls below `loss_fraction` x its first value (the end of the
+    run if it never does). Unconverged sharpness values are left out."""
+    table = sharpness[as_bool(sharpness["converged"]) & sharpness["sharpness"].notna()]
+    table = table.sort_values(["run", "step"]).assign(ratio=lambda t: t["lr"] * t["sharpness"])
+    losses = train.dropna(subset=["loss"]).sort_values(["run", "step"])
+    first_loss = losses.groupby("run")["loss"].transform("first")
+    fitted = losses[losses["loss"] < loss_fraction * first_loss].groupby("run")["step"].min()
+    pieces = []
+    for run, rows in table.groupby("run", sort=False):
+        starts_above = bool(rows["ratio"].iloc[0] >= 2.0)
+        reached = rows.loc[rows["ratio"] >= 2.0, "step"]
+        crossing = np.nan if starts_above or reached.empty else float(reached.iloc[0])
+        end = float(fitted.get(run, np.inf))
+        pieces.append(rows.assign(starts_above=starts_above, crossing=crossing, fitted_step=end,
+                                  in_window=(rows["step"] >= crossing) & (rows["step"] <= end)))
+    columns = list(table.columns) + ["starts_above", "crossing", "fitted_step", "in_window"]
+    return pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(columns=columns)
 
 
 def weight_norms(layers: pd.DataFrame) -> pd.DataFrame:

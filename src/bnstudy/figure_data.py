@@ -178,10 +178,11 @@ def _panel(row: str, column: str, scale: str) -> pd.DataFrame:
 
 
 def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = False,
-                frames: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+                frames: Mapping[str, pd.DataFrame] | None = None, conditions: Sequence[str] = ()) -> pd.DataFrame:
     """Every point of a curves figure: rows = measures, columns = conditions (layer x lr x grid
     when ``by_layer``), one `curve_series` per variant in each panel. `frames` supplies derived
-    tables (e.g. `derived.spectrum_summary`) by the name a measure's `table` gives."""
+    tables (e.g. `derived.spectrum_summary`) by the name a measure's `table` gives; `conditions`
+    adds columns that must not be averaged together (e.g. bn_mode) to lr and the grid."""
     pieces = []
     for measure in measures:
         frame = (frames or {}).get(measure.table)
@@ -190,10 +191,10 @@ def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = Fals
             frame = frame[frame[measure.where[0]] == measure.where[1]]
         frame = frame.assign(value=measure.values(frame))
         scale = resolve_scale(frame["value"], measure.scale)
-        frame, conditions = with_conditions(frame, ["lr", *ctx.grid])
+        frame, labels = with_conditions(frame, ["lr", *ctx.grid, *conditions])
         for layer in (ctx.layers(frame) if by_layer else [None]):
             rows = frame if layer is None else frame[frame["layer"] == layer]
-            for condition in conditions:
+            for condition in labels:
                 cell = rows[rows["condition"] == condition]
                 column = " · ".join(p for p in ([ctx.layer_label(layer)] if by_layer else []) + [condition] if p)
                 pieces.append(_panel(measure.label, column, scale))
@@ -231,12 +232,7 @@ EIGENVALUE_ROWS = {"top_eigenvalue": CURVES["curvature"][0][1].label,
                    "bottom_eigenvalue": CURVES["curvature"][0][2].label}
 
 
-def as_bool(values: pd.Series) -> pd.Series:
-    """A CSV boolean column (True/False, 1/0, true/false; missing = False) as bools."""
-    if values.dtype == bool:
-        return values
-    text = values.astype(str).str.strip().str.lower()
-    return text.isin(["true", "1", "1.0", "yes"])
+as_bool = derived.as_bool
 
 
 def unconverged_points(ctx: Context) -> pd.DataFrame:
@@ -426,36 +422,64 @@ def final_data(ctx: Context) -> pd.DataFrame:
 
 SPECTRUM_ROWS = [
     Measure("largest Hessian\neigenvalue", "spectrum_summary", "lambda_max", scale="auto"),
+    Measure("outlier group's separation\nλ_k / λ_k+1", "outliers", "gap", scale="log"),
+    Measure("share of ‖g‖² in the\noutlier group's span", "outliers", "gradient_share", domain=(0.0, 1.0)),
     Measure("trace of the Hessian\n(Hutchinson)", "spectrum_summary", "trace", scale="auto"),
-    Measure("share of ‖g‖² in the\ntop-k eigenvectors", "spectrum_summary", "gradient_share", domain=(0.0, 1.0)),
     Measure("smallest Hessian\neigenvalue", "spectrum_summary", "lambda_min", scale="auto"),
 ]
 
 
+def modes(frame: pd.DataFrame) -> list[str]:
+    """["bn_mode"] when a Hessian table holds more than one mode: their rows are separate panels."""
+    return ["bn_mode"] if "bn_mode" in frame.columns and frame["bn_mode"].nunique() > 1 else []
+
+
 def spectrum_data(ctx: Context) -> pd.DataFrame:
-    """λ_max, trace, gradient share in the top-k eigenvectors and λ_min against step."""
-    summary = derived.spectrum_summary(ctx.tables["spectrum"])
-    rows = [m for m in SPECTRUM_ROWS if summary[m.column].notna().any()]
-    return curves_data(ctx, rows, frames={"spectrum_summary": summary})
+    """λ_max, the outlier group's separation and its share of the gradient (`derived.outlier_groups`,
+    as the claim finds them), the trace and λ_min against step, a column per bn_mode where the study
+    analyses both; steps where an eigenvalue search did not converge are marked on λ_max."""
+    spectrum = ctx.tables["spectrum"]
+    rules = ClaimRules().overridden(ctx.study_cfg.get("claim_rules"))
+    summary = derived.spectrum_summary(spectrum)
+    frames = {"spectrum_summary": summary, "outliers": derived.outlier_groups(spectrum, rules.classes)}
+    rows = [m for m in SPECTRUM_ROWS if frames[m.table][m.column].notna().any()]
+    data = curves_data(ctx, rows, frames=frames, conditions=modes(spectrum))
+    flagged, _ = with_conditions(summary[~summary["converged"]], ["lr", *ctx.grid, *modes(spectrum)])
+    marks = pd.DataFrame({"row": SPECTRUM_ROWS[0].label, "column": flagged["condition"], "variant": flagged["variant"],
+                          "series": flagged["run"], "style": "unconverged", "step": flagged["step"],
+                          "y": flagged["lambda_max"].astype(float)})
+    return pd.concat([data, marks], ignore_index=True)
 
 
 EOS_ROWS = [Measure("training loss\n(full batch)", "train", "loss", scale="log"),
-            Measure("largest Hessian eigenvalue\n(sharpness)", "spectrum_summary", "lambda_max", scale="log")]
+            Measure("largest Hessian eigenvalue\n(sharpness)", "eos", "sharpness", scale="log"),
+            Measure("lr × sharpness\n(every analysed step)", "eos", "ratio", scale="log")]
 
 
 def eos_data(ctx: Context) -> pd.DataFrame:
-    """Training loss and sharpness against step per learning rate, with 2/lr drawn in the
-    sharpness row (a "reference" line: gradient descent on a quadratic diverges above it)."""
-    summary = derived.spectrum_summary(ctx.tables["spectrum"])
-    data = curves_data(ctx, EOS_ROWS, frames={"spectrum_summary": summary})
+    """Training loss, sharpness and lr x sharpness against step per learning rate: 2/lr drawn in
+    the sharpness row and 2 in the ratio row ("reference" lines: gradient descent on a quadratic
+    diverges above them), every analysed point of every run drawn in the ratio row, the part of
+    each run the claim reads (its window) marked, unconverged points left out and counted."""
+    rules = ClaimRules().overridden(ctx.study_cfg.get("claim_rules"))
+    eos = derived.eos_window(ctx.tables["sharpness"], ctx.tables["train"], rules.eos_loss_fraction)
+    data = curves_data(ctx, EOS_ROWS, frames={"eos": eos})
     lines = []
-    sharpness = data[(data["row"] == EOS_ROWS[1].label) & data["style"].notna()]
-    for column, cell in sharpness.groupby("column"):
-        lr = float(column.split("lr = ")[1].split(" ")[0])  # conditions start with the lr
-        steps = cell["step"].dropna()
-        lines.append(pd.DataFrame({"row": EOS_ROWS[1].label, "column": column, "variant": "2/lr",
-                                   "series": "2/lr", "style": "reference", "step": [steps.min(), steps.max()],
-                                   "y": 2.0 / lr, "scale": "log"}))
+    for row, level in ((EOS_ROWS[1].label, None), (EOS_ROWS[2].label, 2.0)):
+        for column, cell in data[(data["row"] == row) & data["style"].notna()].groupby("column"):
+            lr = float(column.split("lr = ")[1].split(" ")[0])  # conditions start with the lr
+            steps = cell["step"].dropna()
+            lines.append(pd.DataFrame({"row": row, "column": column, "variant": "2/lr", "series": "2/lr",
+                                       "style": "reference", "step": [steps.min(), steps.max()],
+                                       "y": 2.0 / lr if level is None else level, "scale": "log"}))
+    eos, _ = with_conditions(eos, ["lr", *ctx.grid])
+    for (column, variant, run), points in eos.groupby(["condition", "variant", "run"]):
+        window = points["in_window"].astype(bool)
+        for style, part in (("points", points[~window]), ("window-points", points[window])):
+            if len(part):
+                lines.append(pd.DataFrame({"row": EOS_ROWS[2].label, "column": column, "variant": variant,
+                                           "series": run, "style": style, "step": part["step"].to_numpy(),
+                                           "y": part["ratio"].to_numpy(), "scale": "log"}))
     return pd.concat([data, *lines], ignore_index=True)
 
 

@@ -131,6 +131,9 @@ def draw_series(ax: plt.Axes, series: pd.DataFrame, colour, x: str = "step") -> 
                        zorder=6, gid="unconverged")
         elif style == "reference":
             ax.plot(xs, ys, color="0.1", linewidth=1.0, linestyle=":", gid="reference")
+        elif style in ("points", "window-points"):  # every analysed point; filled: inside the claim's window
+            ax.scatter(xs, ys, s=9, color=colour if style == "window-points" else "none", edgecolors=colour,
+                       linewidths=0.6, zorder=4, gid=style)
         elif style == "prediction":
             ax.plot(xs, ys, color=colour, linewidth=1.4, linestyle=":", gid="prediction")
 
@@ -279,13 +282,20 @@ def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
                         "prediction for a scale-invariant weight: ‖w₀‖² + lr² Σ‖g‖² (plain SGD)"))
     if data["style"].eq("reference").any():
         entries.append((Line2D([], [], color="0.1", linewidth=1.0, linestyle=":"),
-                        "2 / lr: gradient descent on a quadratic with this sharpness diverges"))
-    if ctx.kind == "curvature":
-        converged = as_bool(ctx.tables["curvature"]["converged"])
-        flagged, total = int((~converged).sum()), len(converged)
+                        "2 / lr (lr × sharpness: 2): gradient descent on a quadratic with this sharpness diverges"))
+    if data["style"].isin(["points", "window-points"]).any():
+        entries.append((Line2D([], [], marker="o", markersize=3, color=GREY, linestyle=""),
+                        "each run's analysed points; filled: the claim's window (first crossing of 2 by "
+                        "sharpening to the loss below eos_loss_fraction of its start), hollow: outside it"))
+    if ctx.kind in ("curvature", "hessian_spectrum"):
+        flagged = int(data["style"].eq("unconverged").sum() if ctx.kind == "hessian_spectrum"
+                      else (~as_bool(ctx.tables["curvature"]["converged"])).sum())
+        total = len(ctx.tables[ctx.kind if ctx.kind == "curvature" else "spectrum"].groupby(["run", "step"]))
         if flagged:
             marker = Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor=GREY, linestyle="")
-            entries.append((marker, f"eigenvalues whose Lanczos search did not converge: {flagged} of {total} checkpoints"))
+            claims = " (left out of the claims)" if ctx.kind == "hessian_spectrum" else ""
+            entries.append((marker, f"eigenvalues whose Lanczos search did not converge{claims}: {flagged} of "
+                                    f"{total} checkpoints"))
         else:
             entries.append((Line2D([], [], linestyle=""), f"Lanczos converged at all {total} checkpoints"))
     legend(fig, ctx, data["variant"].dropna(), entries)

@@ -50,6 +50,10 @@ class Row:
     unit: str = "log10 ratio"  # "log10 ratio", "accuracy", "share", "difference", "value"
     variant: str | None = None  # an unpaired claim's row about another variant than the treated one
     reported: bool = False  # a measurement beside the claim (its source states no finding for it)
+    paired: bool | None = None  # None: the claim's; False: the row's variant's own value in a paired claim
+    # (view, rules) -> why this study's data make the row a measurement rather than a test, or None
+    # (e.g. a network that starts above the edge has no crossing to test)
+    measured_only: Callable | None = None
 
     def seeds_needed(self, rules: ClaimRules) -> int:
         """The fewest seeds with which this row's test can decide: an exact sign-flip test over n
@@ -100,6 +104,9 @@ class Claim:
         """A per-variant claim's rows for one variant against the reference."""
         return dataclasses.replace(self, treated_variant=variant)
 
+    def row_paired(self, row: Row) -> bool:
+        return self.paired if row.paired is None else row.paired
+
     def is_reported(self, row: Row) -> bool:
         """A measurement, not a verdict: the row says so, the claim's sources state no finding, or
         it is the step-0 value of a measure over training (the papers speak of training; at step 0
@@ -120,7 +127,7 @@ class Claim:
         other = "below" if row.holds == "above" else "above"
         test = (f"exact one-sided sign-flip test over seeds at alpha {rules.alpha:g}" if row.exact else
                 "95% t interval over seeds (exact sign-flip test when the seeds agree exactly)")
-        effect = (f"{self.treated} minus {self.reference}, paired by seed" if self.paired
+        effect = (f"{self.treated} minus {self.reference}, paired by seed" if self.row_paired(row)
                   else f"{row.variant or self.treated}'s value per seed")
         if row.holds == "within":
             low, high = tuple(threshold)

@@ -42,13 +42,17 @@ class ClaimRules:
                                   "rest; each averaged over steps by time (trapezoid). Step 0 is a row of its own. "
                                   "Two windows because the order can change during training (2018, Fig. 4: the "
                                   "gap is largest early)")
-    bulk_mass: float = _rule(0.05, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                             "hessian_outliers: the bulk of the spectral density ends where it leaves this "
-                             "mass above it")
+    classes: int = _rule(10, {"type": "integer", "minimum": 2},
+                         "hessian_outliers: the number of classes C (CIFAR-10: 10); the outlier group has at "
+                         "most C - 1 members (Ghorbani et al.; cross-entropy's softmax is shift-invariant)")
     eos_low: float = _rule(1.8, {"type": "number", "exclusiveMinimum": 0},
                            "edge_of_stability: the band's low end (lr x sharpness)")
     eos_high: float = _rule(2.6, {"type": "number", "exclusiveMinimum": 0},
                             "edge_of_stability: the band's high end (lr x sharpness)")
+    eos_loss_fraction: float = _rule(0.1, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                                     "edge_of_stability: the window ends where the training loss first falls "
+                                     "below this fraction of its first value (after fitting, cross-entropy's "
+                                     "curvature falls with the loss: no longer the edge Cohen et al. describe)")
     t_interval_seeds: int = _rule(3, {"type": "integer", "minimum": 2},
                                   "the fewest seeds the config check accepts for a row decided by a t interval: "
                                   "with 2 the interval has df = 1 (t = 12.7) and decides only a mean more than 9 "

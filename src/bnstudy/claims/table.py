@@ -73,14 +73,15 @@ def _evaluate(claim: Claim, study: str, study_cfg: Mapping, tables: Path | None,
                 reasons = [f"no analysed step in the {window_label(row.window, rules)} window: analyse more "
                            f"checkpoints there (setups.<setup>.checkpoints, the analysis block's steps)"]
         verdict = decide(effects, row.threshold(rules), row.holds, row.exact, rules, reasons)
-        if claim.is_reported(row) and not reasons:
-            verdict.update(verdict=REPORTED, reason="a measurement, not a verdict: " + (
-                "at step 0 the papers state no finding" if row.window == INITIALISATION else
-                f"{claim.source} states no finding for it"))
+        only = row.measured_only(data, rules) if data is not None and row.measured_only and not reasons else None
+        if (claim.is_reported(row) or only) and not reasons:
+            why = only or ("at step 0 the papers state no finding" if row.window == INITIALISATION
+                           else f"{claim.source} states no finding for it")
+            verdict.update(verdict=REPORTED, reason=f"a measurement, not a verdict: {why}")
         out.append({"key": f"{claim.kind}.{row.name}.{row.window}", "claim": claim.claim, "source": claim.source,
                     "study": study, "measure": row.measure, "window": window_label(row.window, rules),
                     "unit": row.unit, "paper": claim.paper, "rule": claim.rule(row, rules),
-                    "agreement": claim.agreement(row, verdict["verdict"]), **verdict})
+                    "agreement": "" if only else claim.agreement(row, verdict["verdict"]), **verdict})
     return out
 
 

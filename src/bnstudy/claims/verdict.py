@@ -90,7 +90,7 @@ def seed_effects(data: StudyView, claim: Claim, row: Row, rules: ClaimRules) -> 
     """Per-seed mean of the paired treated-minus-reference differences (or, for a claim about one
     variant, of its own values)."""
     treated = row.metric(data, row.variant or claim.treated, rules)
-    if claim.paired:
+    if claim.row_paired(row):
         values = paired_differences(treated, row.metric(data, claim.reference, rules))
     else:
         values = treated[np.isfinite(treated.to_numpy(dtype=float))]

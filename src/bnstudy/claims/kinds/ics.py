@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from ...view import StudyView
@@ -19,8 +21,8 @@ def over_windows(*rows: Row) -> tuple[Row, ...]:
     """Each row early and late in training (the verdicts), then at initialisation (reported apart).
     A row's metric is a factory, window -> metric; `{steps}` in its measure says how the window's
     steps are averaged."""
-    return tuple(Row(row.name, row.measure.format(steps=STEPS[window]), row.metric(window), row.holds, window,
-                     unit=row.unit)
+    return tuple(dataclasses.replace(row, measure=row.measure.format(steps=STEPS[window]), metric=row.metric(window),
+                                     window=window)
                  for window in OVER_TRAINING for row in rows)
 
 
