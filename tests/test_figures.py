@@ -206,6 +206,20 @@ def test_the_spectrum_figure_has_a_column_per_bn_mode_and_the_outlier_rows(table
     assert {"outlier group's separation\nλ_k / λ_k+1", "share of ‖g‖² in the\noutlier group's span"} <= set(data["row"])
 
 
+def test_a_density_spike_is_drawn_at_its_peak_wherever_the_grid_falls(tables):
+    """The density is the sum of Gaussians; sampled on a fixed grid, a spike narrower than the grid
+    spacing would read high or low by where the grid falls. Every node of the panel is a grid point
+    (besides >= 10,000 even ones), so each spike is sampled at its peak."""
+    study = "hessian_spectrum"
+    data = figures.figure_data("spectral_density", study, STUDIES[study], _given(tables[study], "spectral_density"))
+    density = pd.read_csv(tables[study]["density"])
+    for (row, column, variant), curve in data.dropna(subset=["x"]).groupby(["row", "column", "variant"]):
+        assert len(curve) >= 10_000
+        step = int(row.split()[1])
+        nodes = density[(density["step"] == step) & (density["variant"] == variant)]
+        assert set(np.round(nodes["node"], 9)) <= set(np.round(curve["x"], 9))
+
+
 def test_unknown_kind_and_missing_table_are_clear_errors(tables):
     with pytest.raises(KeyError, match="no figure kind 'nope'"):
         figures.render("nope", "ics", STUDIES["ics"], tables["ics"])

@@ -484,14 +484,14 @@ def eos_data(ctx: Context) -> pd.DataFrame:
 
 
 ROWS_OF = {"hessian_spectrum": SPECTRUM_ROWS, "edge_of_stability": EOS_ROWS}  # custom-data curves figures
-DENSITY_POINTS = 400
+DENSITY_POINTS = 10_000  # plus every node itself: a spike is sampled at its peak, wherever the grid falls
 DENSITY_VARIANCE = 1e-5  # Ghorbani et al. / PyHessian: kernel variance 1e-5 x max(1, spectrum range)
 
 
 def density_data(ctx: Context) -> pd.DataFrame:
     """The smoothed spectral density per analysed step (rows) and condition (columns), one curve
     per variant: the mean over seeds of each seed's density (its starts pooled)."""
-    density, conditions = with_conditions(ctx.tables["density"], ["lr", *ctx.grid])
+    density, conditions = with_conditions(ctx.tables["density"], ["lr", *ctx.grid, *modes(ctx.tables["density"])])
     pooled = derived.pooled_quadrature(density)
     pieces = []
     for step in sorted(pooled["step"].unique()):
@@ -503,7 +503,8 @@ def density_data(ctx: Context) -> pd.DataFrame:
                 continue
             low, high = float(cell["node"].min()), float(cell["node"].max())
             spread = max(high - low, 1e-12)
-            grid = np.linspace(low - 0.05 * spread, high + 0.05 * spread, DENSITY_POINTS)
+            grid = np.union1d(np.linspace(low - 0.05 * spread, high + 0.05 * spread, DENSITY_POINTS),
+                              cell["node"].to_numpy(dtype=float))
             sigma = (DENSITY_VARIANCE * max(1.0, spread)) ** 0.5
             for variant in ctx.ordered(cell["variant"]):
                 runs = cell[cell["variant"] == variant]
