@@ -502,10 +502,16 @@ def test_the_eos_window_runs_from_the_crossing_to_the_fitted_loss():
     assert above["starts_above"].all() and not above["in_window"].any()
 
 
-def test_wider_basin_compares_the_radius_at_the_last_step(tmp_path):
+def test_wider_basin_is_a_measurement_of_the_radius_at_an_absolute_rise(tmp_path):
+    """The radius is where the loss rises basin_rise above the centre (interpolated on the grid);
+    Li et al. state no finding for BN, so it is reported.
+    A basin wider than the grid gives the grid's edge, and the reason says so."""
     outcome = by_variant(standard=Outcome(basin=0.3), batchnorm=Outcome(basin=0.7))
     row = verdict_rows(tmp_path, "landscape_2d", outcome).loc["wider_basin.radius.final"]
-    assert row["verdict"] == "reported" and row["effect"] > 0 and row["ci_low"] > 0 and row["agreement"] == ""
+    assert row["verdict"] == "reported" and row["agreement"] == "" and row["ci_low"] > 0
+    wide = by_variant(standard=Outcome(basin=0.3), batchnorm=Outcome(basin=10.0))
+    capped = verdict_rows(tmp_path / "w", "landscape_2d", wide).loc["wider_basin.radius.final"]
+    assert capped["verdict"] == "reported" and "reached the grid's edge" in capped["reason"]
 
 
 def test_group_size_gradients_is_a_slope_per_doubling(tmp_path):
@@ -538,6 +544,8 @@ def test_scale_invariance_checks_the_cosine_and_the_norm_identity(tmp_path):
     assert identity["verdict"] == SUPPORTED and identity["effect"] < -10
     control = rows.loc["scale_invariance.standard_cosine.final"]  # a control: measured, not judged
     assert control["verdict"] == "reported" and control["ci_low"] > -3
+    identity_control = rows.loc["scale_invariance.standard_norm_identity.final"]
+    assert identity_control["verdict"] == "reported" and identity_control["effect"] > identity["effect"] + 3
 
 
 def test_scale_invariance_refuses_a_sparse_layer_record(tmp_path):
@@ -561,3 +569,16 @@ def test_smoother_than_none_gives_each_normaliser_its_own_rows(tmp_path):
     assert all(verdicts[v] == {SUPPORTED} for v in ("batchnorm", "layernorm", "groupnorm", "instancenorm"))
     assert SUPPORTED not in verdicts["weightnorm"]
     assert ours.loc["smoother_than_none.weightnorm.beta.early", "claim"].startswith("weightnorm: ")
+
+
+def test_the_basin_radius_is_where_the_loss_rises_by_an_absolute_amount():
+    """Centre 0.2, loss rising linearly by 1 per unit: a rise of 0.1 is reached at 0.1 on each
+    half-axis, whatever the centre (a factor of 2 would give 0.2 here, 1.0 for a centre of 1)."""
+    from bnstudy.derived import basin_radii
+
+    grid = np.linspace(-1, 1, 5)
+    rows = [{"run": "r", "variant": "standard", "lr": 0.1, "seed": 0, "status": "completed", "step": 5,
+             "x": x, "y": y, "loss": 0.2 + abs(x) + abs(y)} for x in grid for y in grid]
+    radii = basin_radii(pd.DataFrame(rows), rise=0.1)
+    assert radii["radius"].iloc[0] == pytest.approx(0.1) and not radii["capped"].iloc[0]
+    assert basin_radii(pd.DataFrame(rows), rise=5.0)["capped"].iloc[0]  # never reached: the edge, flagged

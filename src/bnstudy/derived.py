@@ -67,10 +67,13 @@ def density_curve(nodes: Sequence[float], weights: Sequence[float], grid: np.nda
     return (weights * kernel).sum(axis=0)
 
 
-def basin_radii(surface: pd.DataFrame, factor: float = 2.0) -> pd.DataFrame:
+def basin_radii(surface: pd.DataFrame, rise: float) -> pd.DataFrame:
     """Per run and step: the distance from the checkpoint, along each of the four half-axes of the
-    surface grid, at which the loss first reaches `factor` x its centre value (interpolated; the
-    grid's edge if it never does), and their mean `radius`."""
+    surface grid, at which the loss first rises `rise` above its centre value (interpolated), and
+    their mean `radius`. An absolute rise, not a multiple of the centre: a network whose centre
+    loss is lower would otherwise get a smaller radius for the same walls. A half-axis on which
+    the loss never rises that far counts as the grid's edge and the radius is `capped` (a lower
+    bound: widen surface.span)."""
     from math import isfinite
 
     labels = _labels(surface)
@@ -78,31 +81,36 @@ def basin_radii(surface: pd.DataFrame, factor: float = 2.0) -> pd.DataFrame:
     # exactly 0 hold it at ~1e-17
     surface = surface.assign(x=surface["x"].round(12) + 0.0, y=surface["y"].round(12) + 0.0)
     rows = []
-    for key, group in surface.groupby(labels + ["step"], sort=True):
+    for key, group in surface.groupby(labels + ["step"] + _modes(surface), sort=True):
         centre = group[(group["x"] == 0) & (group["y"] == 0)]["loss"]
         if centre.empty or not isfinite(float(centre.iloc[0])):
             continue
         centre = float(centre.iloc[0])
-        radii = []
+        radii, capped = [], False
         for axis, other in (("x", "y"), ("y", "x")):
             line = group[group[other] == 0].sort_values(axis)
             for sign in (1, -1):
                 half = line[line[axis] * sign > 0].sort_values(axis, key=lambda c: c.abs())
-                radii.append(_reach(list(half[axis].abs()), list(half["loss"]), centre, factor))
-        rows.append({**dict(zip(labels + ["step"], key)), "radius": float(np.mean(radii))})
-    return pd.DataFrame(rows, columns=labels + ["step", "radius"]).astype({"radius": float})
+                radius, edge = _reach(list(half[axis].abs()), list(half["loss"]), centre, centre + rise)
+                radii.append(radius)
+                capped |= edge
+        rows.append({**dict(zip(labels + ["step"] + _modes(surface), key)), "radius": float(np.mean(radii)),
+                     "capped": capped})
+    columns = labels + ["step"] + _modes(surface) + ["radius", "capped"]
+    return pd.DataFrame(rows, columns=columns).astype({"radius": float})
 
 
-def _reach(distances: list[float], losses: list[float], centre: float, factor: float) -> float:
-    target = factor * centre
+def _reach(distances: list[float], losses: list[float], centre: float, target: float) -> tuple[float, bool]:
+    """(distance at which the loss first reaches `target`, interpolated; whether it never did, the
+    grid's edge returned instead)."""
     previous_t, previous_loss = 0.0, centre
     for t, loss in zip(distances, losses):
         if not math.isfinite(loss) or loss >= target:
             if not math.isfinite(loss) or loss == previous_loss:
-                return t
-            return previous_t + (t - previous_t) * (target - previous_loss) / (loss - previous_loss)
+                return t, False
+            return previous_t + (t - previous_t) * (target - previous_loss) / (loss - previous_loss), False
         previous_t, previous_loss = t, loss
-    return distances[-1] if distances else float("nan")
+    return (distances[-1], True) if distances else (float("nan"), False)
 
 
 def as_bool(values: pd.Series) -> pd.Series:

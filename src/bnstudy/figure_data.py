@@ -534,7 +534,8 @@ def surface_data(ctx: Context) -> pd.DataFrame:
                 cell = cell[cell["seed"] == seed]
                 pieces.append(cell.assign(row=f"step {int(step)}", column=column, style="contour",
                                           series=cell["run"]))
-    radii, conditions = with_conditions(derived.basin_radii(ctx.tables["surface"]), ["lr", *ctx.grid])
+    rules = ClaimRules().overridden(ctx.study_cfg.get("claim_rules"))
+    radii, conditions = with_conditions(derived.basin_radii(ctx.tables["surface"], rules.basin_rise), ["lr", *ctx.grid])
     for condition in conditions:
         cell = radii[radii["condition"] == condition]
         for variant in ctx.ordered(cell["variant"]):

@@ -57,6 +57,10 @@ class ClaimRules:
                                   "the fewest seeds the config check accepts for a row decided by a t interval: "
                                   "with 2 the interval has df = 1 (t = 12.7) and decides only a mean more than 9 "
                                   "standard deviations from its threshold")
+    basin_rise: float = _rule(0.1, {"type": "number", "exclusiveMinimum": 0},
+                              "wider_basin: the basin's radius is where the loss first rises this much above its "
+                              "value at the trained weights (an absolute amount, in the loss's units; Li et al. "
+                              "state no threshold: a choice)")
     allow_undecidable: bool = _rule(False, {"type": "boolean"},
                                     "run a study whose seeds cannot decide one of its rows (t interval: fewer than "
                                     "t_interval_seeds; exact test: 2^-n > alpha); its rows then are inconclusive "

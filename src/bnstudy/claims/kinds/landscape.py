@@ -47,11 +47,23 @@ def landscape_rows(pairing: str, figure: str = "Fig. 4") -> tuple[Row, ...]:
 
 
 def log_basin_radius(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:
-    """log10 of the basin radius (derived.basin_radii) at each run's last analysed step."""
+    """log10 of the basin radius (derived.basin_radii: where the loss rises basin_rise above its
+    centre) at each run's last analysed step; a radius beyond the grid counts as the grid's edge."""
     surface = data.table("surface")
-    radii = derived.basin_radii(surface[surface["variant"] == variant])
+    radii = derived.basin_radii(surface[surface["variant"] == variant], rules.basin_rise)
     last = radii[radii["step"] == radii.groupby("run")["step"].transform("max")]
     return by_condition(mean_per_run(last, last["radius"], log=True), data)
+
+
+def radius_capped(data: StudyView, rules: ClaimRules) -> str | None:
+    """Say so when a radius reached the grid's edge (the measurement is then a lower bound)."""
+    surface = data.table("surface")
+    last = surface[surface["step"] == surface.groupby("run")["step"].transform("max")]
+    capped = derived.basin_radii(last, rules.basin_rise)["capped"]
+    if capped.any():
+        return (f"Li et al. state no finding for BN; {int(capped.sum())} of {len(capped)} runs' radius reached the"
+                f" grid's edge (a lower bound: widen surface.span)")
+    return None
 
 
 CLAIMS = (
@@ -70,7 +82,9 @@ CLAIMS = (
         "wider_basin", "BN widens the basin around the trained weights", "Li 2018 (method)",
         "Li et al. 2018 measure surfaces with filter-normalised directions and find skip connections,"
         " not BN, decide how chaotic they are: no stated finding for BN",
-        (Row("radius", "log10 of the basin radius (distance along the filter-normalised directions at"
-             " which the loss reaches twice its centre value) at the last analysed step; " + PAIRING
-             + " (log10 ratio)", log_basin_radius, "above"),), tables=("train", "surface")),
+        (Row("radius", "log10 of the basin radius (mean distance along the four filter-normalised half-axes at"
+             " which the loss first rises claim_rules.basin_rise above its centre value; the grid's edge where it"
+             " never does, a lower bound) at the last analysed step, losses as the study's surface.bn_mode states"
+             " (Li et al.: running statistics); " + PAIRING + " (log10 ratio)", log_basin_radius, "above",
+             measured_only=radius_capped),), tables=("train", "surface")),
 )
