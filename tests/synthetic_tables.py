@@ -185,7 +185,8 @@ def _layers_table(rng, steps, variant, outcome, lr) -> pd.DataFrame:
                      "unit_mean_change": change * rng.lognormal(0, 0.1),
                      "unit_var_change": change * rng.lognormal(0, 0.1),
                      "weight_norm": w_sq[layer] ** 0.5,
-                     "weight_grad_cos": (1e-7 if outcome.scale_invariant else 0.05) * rng.lognormal(0, 0.1)})
+                     "weight_grad_cos": (1e-7 if outcome.scale_invariant else 0.05) * rng.lognormal(0, 0.1),
+                     "unexplained_cos": 1e-8 * rng.lognormal(0, 0.1) if outcome.scale_invariant else np.nan})
         w_sq[layer] = w_sq[layer] + lr ** 2 * grad ** 2 if outcome.scale_invariant else \
             w_sq[layer] * rng.lognormal(0, 0.01)
     return pd.DataFrame(rows, columns=RUN_TABLES["layers"])

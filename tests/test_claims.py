@@ -536,11 +536,14 @@ def test_group_size_gradients_is_a_slope_per_doubling(tmp_path):
 
 
 def test_scale_invariance_checks_the_cosine_and_the_norm_identity(tmp_path):
-    """BN's weights obey ||w_t||^2 = ||w_0||^2 + lr^2 sum ||g||^2 with |cos(w, g)| ~ 0 (both rows
-    supported); the standard network's cosine is reported beside it and is not small."""
+    """BN's weights obey ||w_t||^2 = ||w_0||^2 + lr^2 sum ||g||^2 and w . g = eps/(v + eps) gamma
+    dL/dgamma (both supported); the cosine itself is a measurement (BN's eps sets it), the standard
+    network's cosine and norm gap are controls beside it."""
     rows = verdict_rows(tmp_path, "scale_invariance", default_outcome)
     cosine, identity = rows.loc["scale_invariance.cosine.final"], rows.loc["scale_invariance.norm_identity.final"]
-    assert cosine["verdict"] == SUPPORTED and cosine["effect"] == pytest.approx(-7.0, abs=0.5)
+    assert cosine["verdict"] == "reported" and cosine["effect"] == pytest.approx(-7.0, abs=0.5)
+    eps = rows.loc["scale_invariance.eps_identity.final"]
+    assert eps["verdict"] == SUPPORTED and eps["effect"] == pytest.approx(-8.0, abs=0.5) and "below -4" in eps["rule"]
     assert identity["verdict"] == SUPPORTED and identity["effect"] < -10
     control = rows.loc["scale_invariance.standard_cosine.final"]  # a control: measured, not judged
     assert control["verdict"] == "reported" and control["ci_low"] > -3

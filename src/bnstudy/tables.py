@@ -36,16 +36,17 @@ RUN_TABLES: dict[str, list[str]] = {
     # |gamma_j| / sigma_j (BatchNorm layers), and the change of each unit's mean and variance of the
     # non-linearity's input between steps t and t+1, averaged over the layer's units
     # weight_norm: ||W_i|| of the layer's main weight; weight_grad_cos: the largest |cos(w, g)| over
-    # its filters (0 for scale-invariant filters: Arora, Li & Lyu 2019)
+    # its filters (0 for scale-invariant filters: Arora, Li & Lyu 2019); unexplained_cos: the largest
+    # |w . g - eps/(v + eps) gamma dL/dgamma| / (||w|| ||g||) over a BatchNorm layer's filters (NaN elsewhere)
     "layers": ["step", "layer", "weight_grad_norm", "output_grad_norm", "gamma_over_sigma",
-               "unit_mean_change", "unit_var_change", "weight_norm", "weight_grad_cos"],
+               "unit_mean_change", "unit_var_change", "weight_norm", "weight_grad_cos", "unexplained_cos"],
     # one row per (step, layer, unit) for `log.units` fixed units: one unit's activations over the
     # batch (and spatial positions)
     "units": ["step", "layer", "unit", "mean", "var", "p05", "p15", "p50", "p85", "p95"],
 }
 EVAL_SPLITS = ("train", "test", "train_batches")
 # columns added to a table after runs were first written: tables without them read as NaN there
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"layers": ("weight_norm", "weight_grad_cos"),
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"layers": ("weight_norm", "weight_grad_cos", "unexplained_cos"),
                                               "runs": ("arch", "depth")}
 
 

@@ -77,6 +77,20 @@ def largest_filter_cosine(weight: torch.Tensor, grad: torch.Tensor | None) -> to
     return cosine.abs().max()
 
 
+def unexplained_cosine(weight: torch.Tensor, grad: torch.Tensor | None, stats: dict) -> torch.Tensor | float:
+    """max over a BatchNorm layer's filters of |w_i . g_i - eps/(v_i + eps) gamma_i dL/dgamma_i| /
+    (||w_i|| ||g_i||): what of cos(w_i, g_i) BN's eps does not explain. With eps the layer is not
+    exactly scale-invariant: d/da L(a w) at a = 1 is w . g = eps/(v + eps) gamma dL/dgamma per
+    channel (v: the batch variance of the channel's input), so |cos(w, g)| is set by eps, and the
+    identity, not cos = 0, is what Arora, Li & Lyu's analysis predicts of a real BN layer."""
+    share, norm = stats.get("eps_share"), stats.get("bn")
+    if grad is None or share is None or norm.weight.grad is None:
+        return math.nan
+    w, g = weight.detach().flatten(1).float(), grad.detach().flatten(1).float()
+    predicted = share * norm.weight.detach().float() * norm.weight.grad.detach().float()
+    return (((w * g).sum(1) - predicted).abs() / (w.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-30)).max()
+
+
 def recorded_units(width: int, count: int) -> list[int]:
     """`count` fixed, evenly spaced unit indices of a layer of `width` units (0 always among them)."""
     if count >= width:
@@ -162,7 +176,10 @@ class LayerRecorder:
                 return
             x = args[0].detach().float()
             dims = (0,) if x.ndim == 2 else (0, *range(2, x.ndim))
-            sigma = (x.var(dims, unbiased=False) + norm.eps).sqrt()
+            var = x.var(dims, unbiased=False)
+            sigma = (var + norm.eps).sqrt()
+            if norm.training:  # batch statistics: the eps identity of `unexplained_cosine` holds
+                stats["eps_share"], stats["bn"] = norm.eps / (var + norm.eps), norm
             stats["gamma_over_sigma"] = (weight.detach().abs() / sigma).mean()
         return hook
 
@@ -192,15 +209,17 @@ class LayerRecorder:
                                         scalar(stats.get("output_grad_norm", math.nan)),
                                         scalar(stats.get("gamma_over_sigma", math.nan)),
                                         scalar(weight.detach().float().norm()),
-                                        scalar(largest_filter_cosine(weight, grad))]))
+                                        scalar(largest_filter_cosine(weight, grad)),
+                                        scalar(unexplained_cosine(weight, grad, stats))]))
             unit_stats.append(stats.get("units", ([], torch.empty(0, 2 + len(PERCENTILES)))))
         values = torch.stack(scalars).tolist()  # one read-back for every layer's scalars
-        for i, ((grad_norm, output_norm, gamma, weight_norm, cosine), (units, table)) in \
+        for i, ((grad_norm, output_norm, gamma, weight_norm, cosine, unexplained), (units, table)) in \
                 enumerate(zip(values, unit_stats), start=1):
             layer_rows.append({"step": step, "layer": i, "weight_grad_norm": grad_norm,
                                "output_grad_norm": output_norm, "gamma_over_sigma": gamma,
                                "unit_mean_change": math.nan, "unit_var_change": math.nan,
-                               "weight_norm": weight_norm, "weight_grad_cos": cosine})
+                               "weight_norm": weight_norm, "weight_grad_cos": cosine,
+                               "unexplained_cos": unexplained})
             names = ["mean", "var", *(f"p{p:02d}" for p in PERCENTILES)]
             for unit, row in zip(units, table.tolist()):
                 unit_rows.append({"step": step, "layer": i, "unit": unit, **dict(zip(names, row))})

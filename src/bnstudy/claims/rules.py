@@ -61,6 +61,9 @@ class ClaimRules:
                               "wider_basin: the basin's radius is where the loss first rises this much above its "
                               "value at the trained weights (an absolute amount, in the loss's units; Li et al. "
                               "state no threshold: a choice)")
+    unexplained_cosine: float = _rule(1e-4, {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                                      "scale_invariance: the eps identity holds if the part of |cos(w, g)| it does "
+                                      "not explain stays below this (float32 rounding leaves ~1e-6)")
     allow_undecidable: bool = _rule(False, {"type": "boolean"},
                                     "run a study whose seeds cannot decide one of its rows (t interval: fewer than "
                                     "t_interval_seeds; exact test: 2^-n > alpha); its rows then are inconclusive "
