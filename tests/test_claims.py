@@ -247,6 +247,9 @@ def test_one_seed_is_inconclusive(tmp_path):
     assert row["verdict"] == INCONCLUSIVE and row["n_seeds"] == 1 and "< 2" in row["reason"]
     assert row.name == "smoother_landscape.loss_range.early"
     assert row["effect"] < 0  # the effect is still reported
+    short = (tmp_path / "claims.md").read_text().split("## Detail")[0]
+    line = next(x for x in short.splitlines() if "| landscape |" in x and "loss range" in x and "early" in x)
+    assert line.rstrip(" |").endswith("1 paired seed(s) < 2: no test possible")  # why, in the short table
 
 
 def test_short_runs_are_inconclusive(tmp_path):
@@ -390,7 +393,7 @@ def test_outputs_open_with_the_short_table(tmp_path):
     assert table["rule"].str.contains("supported if").all() and table["paper"].str.len().gt(20).all()
     markdown = (tmp_path / "claims.md").read_text()
     short, detail = markdown.split("## Detail")
-    assert "| claim | study | measure | window | effect [95% CI] | seeds | verdict |" in short
+    assert "| claim | study | measure | window | effect [95% CI] | paired seeds | verdict | why inconclusive |" in short
     assert "| BN reduces internal covariate shift (2015) | ics | log10 \\|\\|G - G'\\|\\| / \\|\\|G\\|\\|" in short
     assert "| early (steps > 0 to 20% of training) |" in short and "| step 0 |" in short and "not supported" in short
     tested, measured = short.split("## Measurements")

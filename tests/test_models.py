@@ -105,3 +105,43 @@ def test_resnet20_is_he_et_als_cifar_network(tmp_path):
     assert y[:, :8].abs().sum() == 0 and y[:, 24:].abs().sum() == 0
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert resnet_layer_names(20)[:3] == ["stem", "s1 b1 c1", "s1 b1 c2"]
+
+
+@pytest.fixture(scope="module")
+def vgg_spec(tmp_path_factory):
+    return spec_for(tmp_path_factory.mktemp("variants"), "vgg-batchnorm")
+
+
+@pytest.mark.parametrize("variant", sorted(__import__("bnstudy.variants", fromlist=["VARIANTS"]).VARIANTS))
+def test_every_variant_builds_and_takes_a_training_step(vgg_spec, variant):
+    """Every VARIANTS row builds the VGG with its normaliser after each conv and takes one SGD step
+    that changes the weights and leaves the loss finite: a row whose normaliser is missing from
+    the registry, or builds the wrong module, fails here."""
+    from bnstudy.norms import NORMALISERS
+    from bnstudy.variants import VARIANTS
+
+    spec = replace(vgg_spec, norm=replace(vgg_spec.norm, variant=variant))
+    model = build_model(spec)
+    expected = type(NORMALISERS[VARIANTS[variant].norm](8, True, VARIANTS[variant], spec.norm))
+    first = model.blocks[0].norm
+    assert isinstance(first[0] if isinstance(first, nn.Sequential) else first, expected)
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = loss_fn(spec)(model(x), y)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.01 * p.grad
+    assert torch.isfinite(loss) and any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_a_variant_naming_an_unknown_normaliser_is_refused():
+    from bnstudy.norms import NORMALISERS
+    from bnstudy.variants import NORMS, Variant
+
+    assert set(NORMALISERS) == set(NORMS)
+    with pytest.raises(ValueError, match="no such normaliser; known"):
+        Variant("batc")
+    with pytest.raises(ValueError, match="needs one"):
+        Variant("lp")

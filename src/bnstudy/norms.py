@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .spec import NormSpec
-from .variants import VARIANTS
+from .variants import VARIANTS, Variant
 
 
 def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -238,6 +239,25 @@ def groups_of(features: int, group_size: int) -> int:
     return features // group_size
 
 
+def _per_sample(groups: Callable[[int, NormSpec], int]):
+    """LayerNorm, GroupNorm and InstanceNorm: `nn.GroupNorm` with `groups(features, norm)` groups."""
+    return lambda features, spatial, v, norm: nn.GroupNorm(groups(features, norm), features, eps=norm.eps)
+
+
+# Variant.norm -> (features, spatial, variant, norm spec) -> the module after the layer; the keys
+# are `variants.NORMS` (a test checks it). WeightNorm reparametrises the layer itself
+# (`models.weight_normed`): its slot here is empty, as is the standard network's.
+NORMALISERS: dict[str | None, Callable[[int, bool, Variant, NormSpec], nn.Module]] = {
+    None: lambda features, spatial, v, norm: nn.Identity(),
+    "weight": lambda features, spatial, v, norm: nn.Identity(),
+    "batch": lambda features, spatial, v, norm: (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, eps=norm.eps),
+    "lp": lambda features, spatial, v, norm: LpNorm(features, v.p, eps=norm.eps, centred=norm.lp_scale == "centred"),
+    "layer": _per_sample(lambda features, norm: 1),
+    "group": _per_sample(lambda features, norm: groups_of(features, norm.group_size)),
+    "instance": _per_sample(lambda features, norm: features),
+}
+
+
 def make_norm(variant: str, features: int, spatial: bool, norm: NormSpec,
               noise_enabled: bool = True) -> nn.Module:
     """The module that follows a conv (spatial=True) or linear layer for this variant.
@@ -251,19 +271,10 @@ def make_norm(variant: str, features: int, spatial: bool, norm: NormSpec,
     if variant not in VARIANTS:
         raise ValueError(f"unknown normalisation variant {variant!r}; known: {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
-    eps = norm.eps
     if v.conv_only and not spatial:
         raise ValueError(f"{variant} normalises each channel over its spatial positions: a linear "
                          f"layer has none (use it on convolutions only)")
-    if v.norm == "batch":
-        module = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, eps=eps)
-    elif v.norm == "lp":
-        module = LpNorm(features, v.p, eps=eps, centred=norm.lp_scale == "centred")
-    elif v.per_sample:
-        groups = {"layer": 1, "instance": features}.get(v.norm) or groups_of(features, norm.group_size)
-        module = nn.GroupNorm(groups, features, eps=eps)
-    else:  # standard, and WeightNorm (the layer carries it)
-        module = nn.Identity()
+    module = NORMALISERS[v.norm](features, spatial, v, norm)
     if not v.noise:
         return module
     noise = DistributionNoise(**dataclasses.asdict(norm.noise), enabled=noise_enabled,

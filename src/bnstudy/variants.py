@@ -26,11 +26,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# the normalisers a variant can name: each has its builder in `bnstudy.norms.NORMALISERS` (a test
+# checks the two agree); None is no normaliser
+NORMS = (None, "batch", "lp", "layer", "group", "instance", "weight")
+NOISES = (None, "absolute", "unit")
+
+
 @dataclass(frozen=True)
 class Variant:
-    norm: str | None  # "batch", "lp", "layer", "group", "instance", "weight" or None
+    norm: str | None  # one of NORMS
     p: float | None = None  # for lp normalisation
     noise: str | None = None  # Algorithm 1 after the normaliser: "absolute" draws, or "unit" (scaled)
+
+    def __post_init__(self):
+        # a typo here would otherwise build a network with no normaliser, silently
+        if self.norm not in NORMS:
+            raise ValueError(f"Variant(norm={self.norm!r}): no such normaliser; known: {', '.join(map(str, NORMS))}")
+        if (self.norm == "lp") != (self.p is not None):
+            raise ValueError(f"Variant(norm={self.norm!r}, p={self.p!r}): p is lp normalisation's, and it needs one")
+        if self.noise not in NOISES:
+            raise ValueError(f"Variant(noise={self.noise!r}): known: {', '.join(map(str, NOISES))}")
 
     @property
     def per_sample(self) -> bool:

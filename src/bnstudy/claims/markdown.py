@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .record import REPORTED
+from .record import INCONCLUSIVE, REPORTED
 
 
 def _cell(value) -> str:
@@ -26,10 +26,14 @@ def _effect_text(row) -> str:
 
 
 def _short(table: pd.DataFrame) -> str:
-    rows = ["| claim | study | measure | window | effect [95% CI] | seeds | verdict |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    """The table a reader scans: each row's verdict, and for an inconclusive one why (the rule and
+    every reason are in the detail table). Seeds are the paired seeds the effect rests on (0: no
+    value could be computed, the reason says why)."""
+    rows = ["| claim | study | measure | window | effect [95% CI] | paired seeds | verdict | why inconclusive |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows += [f"| {_cell(r['claim'])} ({r['source']}) | {r['study']} | {_cell(short_measure(r['measure']))} |"
-             f" {r['window']} | {_effect_text(r)} | {r['n_seeds']} | {r['verdict']} |" for _, r in table.iterrows()]
+             f" {r['window']} | {_effect_text(r)} | {r['n_seeds']} | {r['verdict']} |"
+             f" {_cell(r['reason']) if r['verdict'] == INCONCLUSIVE else ''} |" for _, r in table.iterrows()]
     return "\n".join(rows)
 
 
