@@ -70,6 +70,11 @@ STUDIES: dict[str, dict] = {
                          "figures": ["hessian_spectrum", "spectral_density"], "claims": ["hessian_outliers"]},
     "edge_of_stability": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.02, 0.05], "sharpness": {},
                           "figures": ["edge_of_stability"], "claims": ["edge_of_stability"]},
+    "depth_at_init": {**_VGG, "variants": ["standard", "batchnorm"], "grid": {"model.depth": [11, 16, 19]},
+                      "activations": {}, "figures": ["layer_measures"],
+                      "claims": ["gradient_explosion", "rank_collapse"]},
+    "matched_lr": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.01, 0.03, 0.1, 0.3, 1.0],
+                   "activations": {}, "figures": ["accuracy_vs_lr"], "claims": ["benefit_is_the_lr"]},
     "landscape_2d": {**_VGG, "variants": ["standard", "batchnorm"], "surface": {},
                      "figures": ["loss_surface"], "claims": ["wider_basin"]},
     "normalisers": {**_VGG, "variants": ["standard", "batchnorm", "layernorm", "groupnorm", "instancenorm",
@@ -111,6 +116,9 @@ class Outcome:
     rate: float = 5.0                  # how fast the accuracy curves rise
     converged: bool = True             # curvature: the Lanczos searches converged
     first_grad: float = 1.0            # activations: the first layer's gradient norm at step 0
+    layers: int = 8                    # activations: normalised layers of the network
+    last_rank: float | None = None     # activations: the last layer's stable rank (None: 10 / layer)
+    activation_var: float = 1.0        # activations: scale of the block outputs' variance
     scale_invariant: bool = False      # layers: |cos(w, g)| ~ 0 and ||w||^2 = ||w_0||^2 + lr^2 sum ||g||^2
 
     @property
@@ -255,13 +263,14 @@ def _analysis_table(name: str, rng, steps, outcome, layers, lr: float, run_steps
                 rows += [{"step": step, "bn_mode": "batch", "start": start, "node": node, "weight": weight,
                           "n_params": 1000, "samples": 128} for node, weight in zip(nodes, weights)]
         elif name == "activations":
-            for layer in range(1, 9):
+            for layer in range(1, outcome.layers + 1):
+                rank = outcome.last_rank if outcome.last_rank is not None and layer == outcome.layers else 10 / layer
                 rows.append({"step": step, "bn_mode": "batch", "layer": layer,
                              "cosine_similarity": 0.3 + 0.05 * layer * (outcome.beta / 100),
-                             "stable_rank": 10 / layer * rng.lognormal(0, 0.05),
+                             "stable_rank": rank * rng.lognormal(0, 0.05),
                              "grad_norm": (outcome.first_grad if layer == 1 and step == 0 else 1.0)
                              * rng.lognormal(0, 0.02),
-                             "activation_var": rng.lognormal(0, 0.1)})
+                             "activation_var": outcome.activation_var * rng.lognormal(0, 0.1)})
         elif name == "surface":
             for x, y in product(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)):
                 rows.append({"step": step, "bn_mode": "batch", "x": x, "y": y,

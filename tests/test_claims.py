@@ -588,3 +588,47 @@ def test_the_basin_radius_is_where_the_loss_rises_by_an_absolute_amount():
     radii = basin_radii(pd.DataFrame(rows), rise=0.1)
     assert radii["radius"].iloc[0] == pytest.approx(0.1) and not radii["capped"].iloc[0]
     assert basin_radii(pd.DataFrame(rows), rise=5.0)["capped"].iloc[0]  # never reached: the edge, flagged
+
+
+VGG_LAYERS = {11: 8, 16: 13, 19: 16}
+
+
+def test_gradient_explosion_and_rank_collapse_over_depth(tmp_path):
+    """BN's first-layer gradient grows 10^0.1 per layer of depth, the standard network's not at all
+    (Yang et al.: supported); the standard network's last-layer rank falls 10^-0.05 per layer while
+    BN's holds (Daneshmand et al.: both rows supported)."""
+    def outcome(variant, lr, seed, grid):
+        layers = VGG_LAYERS[grid["model.depth"]]
+        if variant == "batchnorm":
+            return Outcome(layers=layers, first_grad=10 ** (0.1 * layers), last_rank=5.0)
+        return Outcome(layers=layers, first_grad=1.0, last_rank=10 ** (-0.05 * layers))
+
+    rows = verdict_rows(tmp_path, "depth_at_init", outcome)
+    slope = rows.loc["gradient_explosion.slope.at_init"]
+    assert slope["verdict"] == SUPPORTED and slope["effect"] == pytest.approx(0.1, abs=0.01)
+    assert slope["agreement"] == "agrees with Yang 2019"
+    falls = rows.loc["rank_collapse.standard_slope.at_init"]
+    assert falls["verdict"] == SUPPORTED and falls["effect"] == pytest.approx(-0.05, abs=0.01)
+    kept = rows.loc["rank_collapse.batchnorm_vs_standard.at_init"]
+    assert kept["verdict"] == SUPPORTED and kept["effect"] == pytest.approx(0.05, abs=0.01)
+    flat = verdict_rows(tmp_path / "flat", "depth_at_init",
+                        lambda v, lr, seed, grid: Outcome(layers=VGG_LAYERS[grid["model.depth"]]))
+    assert flat.loc["gradient_explosion.slope.at_init", "verdict"] != SUPPORTED
+
+
+def test_benefit_is_the_lr_compares_bn_at_the_standard_networks_best_lr(tmp_path):
+    """BN at its own best lr (1.0) leads by 10 points, at the standard network's best (0.1) by 2:
+    the advantage shrinks by 8 (Bjorck et al.: supported); the standard network's last-layer
+    activations grow as lr^2 (slope 2: supported)."""
+    bn = {0.01: 0.5, 0.03: 0.6, 0.1: 0.72, 0.3: 0.76, 1.0: 0.8}
+    standard = {0.01: 0.55, 0.03: 0.62, 0.1: 0.7, 0.3: 0.65, 1.0: 0.1}
+
+    def outcome(variant, lr, seed, grid):
+        accuracy = (bn if variant == "batchnorm" else standard)[lr]
+        return Outcome(test_accuracy=accuracy, activation_var=lr ** 2 if variant == "standard" else 1.0)
+
+    rows = verdict_rows(tmp_path, "matched_lr", outcome, seeds=[0, 1, 2, 3, 4])  # noiseless: an exact test
+    advantage = rows.loc["benefit_is_the_lr.advantage.final"]
+    assert advantage["verdict"] == SUPPORTED and advantage["effect"] == pytest.approx(-0.08, abs=0.01)
+    activations = rows.loc["benefit_is_the_lr.standard_activations.final"]
+    assert activations["verdict"] == SUPPORTED and activations["effect"] == pytest.approx(2.0, abs=0.1)

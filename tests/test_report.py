@@ -35,5 +35,5 @@ def test_the_front_page_lists_what_the_config_ran(tmp_path):
     assert "at\nleast 3 seeds give a value" in page  # what the bands are
     from docutils.core import publish_parts
 
-    html = publish_parts(page, writer_name="html", settings_overrides={"report_level": 2, "halt_level": 2})["html_body"]
+    html = publish_parts(page, writer="html", settings_overrides={"report_level": 2, "halt_level": 2})["html_body"]
     assert html.count("<li>") >= len(config["datasets"]) + 1  # the lists are lists, not one paragraph

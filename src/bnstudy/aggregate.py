@@ -131,7 +131,8 @@ def aggregate(study: str, study_cfg: dict, run_dirs: list[Path], analyses: Mappi
         for name, digest in analyses.items():
             table = Path(analysis_root) / labels["run"] / f"{name}-{digest}.csv"
             frames[name].append(labelled(read_table(table, ANALYSIS_TABLES[name]), labels))
-    runs = pd.DataFrame(rows, columns=label_columns + RUNS_COLUMNS)
+    # a grid over model.depth labels runs by the column runs.csv has anyway: one column, not two
+    runs = pd.DataFrame(rows, columns=label_columns + [c for c in RUNS_COLUMNS if c not in label_columns])
     runs["diverged_step"] = runs["diverged_step"].astype("Int64")
     written = [write_csv(out_dir / "runs.csv", runs)]
     for name, parts in frames.items():
