@@ -246,7 +246,7 @@ def test_paper_config_matches_the_paper():
     cfg = load_config(REPO / "config" / "paper.yaml")
     vgg = cfg["setups"]["vgg"]
     assert vgg["optim"] == {"steps": 15000, "batch_size": 128, "momentum": 0.0, "weight_decay": 0.0,
-                            "loss_reduction": None, "loss": "cross_entropy"}
+                            "loss_reduction": None, "loss": "cross_entropy", "train_only": "all"}
     assert vgg["model"]["depth"] == 16 and vgg["model"]["head"] == []  # 13 normalised layers
     assert vgg["augment"] == {"crop": 0, "flip": False}
     assert set(cfg["studies"]["performance"]["lrs"]) == {0.1, 0.5}

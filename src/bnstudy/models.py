@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .architectures import resnet_widths, vgg_channels
+from .batches import step_generator
 from .norms import make_norm
 from .variants import VARIANTS
 from .spec import RunSpec
@@ -287,6 +288,51 @@ def build_model(spec: RunSpec, noise: bool = True) -> Network:
         model = ARCHITECTURES[m.arch](spec, noise)
     initialise(model, m.init, m.init_scale, torch.Generator().manual_seed(spec.seed))
     return model
+
+
+MASK_STREAM = 3  # step_generator stream of random_matched's draw (0: epochs, 1: augmentation, 2: noise)
+
+
+def affine_parameters(model: Network) -> list[nn.Parameter]:
+    """The normalisers' affine parameters (gamma and beta of every block's norm module), in the
+    order of `model.parameters()`; none for the standard network and WeightNorm (spec.has_affine)."""
+    ids = {id(p) for block in model.blocks for p in block.norm.parameters()}
+    return [p for p in model.parameters() if id(p) in ids]
+
+
+def training_masks(model: Network, spec: RunSpec) -> list[torch.Tensor | bool | None] | None:
+    """What SGD may change of each parameter of `model` (in `model.parameters()` order) under
+    `optim.train_only` (spec.TRAIN_ONLY): None for everything ("all"), else per parameter None
+    (all of it), False (frozen) or a boolean mask of its entries (`bnstudy.sgd.SGD`'s `masks`).
+
+    bn_affine: the normalisers' gamma and beta, nothing else (Frankle, Schwab & Morcos 2021: every
+    other weight, the output layer's too, stays at its random initialisation). random_matched: the
+    same number of scalars, drawn uniformly without replacement from the entries of all other
+    parameters taken together (so a layer gets a share proportional to its size), gamma and beta
+    frozen. The draw is a pure function of the run's seed and the architecture: a torch.Generator of
+    its own on the CPU (never the global RNG), so a resumed run and every device get the same mask.
+    """
+    mode = spec.optim.train_only
+    if mode == "all":
+        return None
+    params = list(model.parameters())
+    affine = {id(p) for p in affine_parameters(model)}
+    if not affine:
+        raise ValueError(f"optim.train_only {mode!r}: variant {spec.norm.variant} has no normaliser affine parameters")
+    if mode == "bn_affine":
+        return [None if id(p) in affine else False for p in params]
+    if mode != "random_matched":
+        raise ValueError(f"optim.train_only {mode!r}: use all, bn_affine or random_matched")
+    count = sum(p.numel() for p in params if id(p) in affine)
+    others = [p for p in params if id(p) not in affine]
+    sizes = [p.numel() for p in others]
+    if count > sum(sizes):
+        raise ValueError(f"optim.train_only random_matched: {count} affine scalars, only {sum(sizes)} others")
+    chosen = torch.randperm(sum(sizes), generator=step_generator(spec.seed, 0, MASK_STREAM))[:count]
+    flat = torch.zeros(sum(sizes), dtype=torch.bool)
+    flat[chosen] = True
+    masks = {id(p): part.view(p.shape).to(p.device) for p, part in zip(others, flat.split(sizes))}
+    return [False if id(p) in affine else masks[id(p)] for p in params]
 
 
 def uses_channels_last(spec: RunSpec, device: torch.device | str) -> bool:

@@ -17,12 +17,22 @@ import torch
 
 
 class SGD:
-    """x <- x - lr * v with v = g + weight_decay * x, or the momentum buffer b <- m * b + v."""
+    """x <- x - lr * v with v = g + weight_decay * x, or the momentum buffer b <- m * b + v.
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    `masks` (optim.train_only, `bnstudy.models.training_masks`), one per parameter: None = all of
+    it trains, False = frozen (skipped like a parameter without a gradient: no weight decay, no
+    momentum buffer), a boolean tensor = only those entries train: v is zeroed elsewhere after the
+    weight decay is added and before the momentum buffer takes it, so the other entries' update is
+    exactly 0 and they stay bit for bit at their initial values."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 masks: list | None = None):
         self.params = list(params)
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+        self.masks = list(masks) if masks is not None else [None] * len(self.params)
+        if len(self.masks) != len(self.params):
+            raise ValueError(f"{len(self.masks)} masks for {len(self.params)} parameters")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -30,11 +40,14 @@ class SGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        index = [i for i, p in enumerate(self.params) if p.grad is not None]
+        index = [i for i, p in enumerate(self.params) if p.grad is not None and self.masks[i] is not False]
         params = [self.params[i] for i in index]
         grads = [p.grad for p in params]
         if self.weight_decay:
             grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if any(self.masks[i] is not None for i in index):
+            grads = [grad if self.masks[i] is None else torch.where(self.masks[i], grad, 0.0)
+                     for i, grad in zip(index, grads)]
         if self.momentum:
             old, old_grads = [], []
             for i, grad in zip(index, grads):

@@ -22,7 +22,7 @@ from .variants import VARIANTS
 
 # Keys added after runs were first planned enter a spec (and its run id) only when they differ
 # from these defaults, so that runs planned before the key existed keep their ids and results.
-ADDED = {"norm.group_size": 8, "optim.loss": "cross_entropy"}
+ADDED = {"norm.group_size": 8, "optim.loss": "cross_entropy", "optim.train_only": "all"}
 
 
 def _added(key: str):
@@ -35,6 +35,23 @@ def _added(key: str):
 APPLIES = {"norm.group_size": lambda spec: VARIANTS[spec["norm"]["variant"]].norm == "group",
            # a regression dataset (the DLN) keeps its own squared error whatever optim.loss says
            "optim.loss": lambda spec: spec["dataset"]["task"] == "classification"}
+
+
+# optim.train_only (Frankle, Schwab & Morcos 2021, "Training BatchNorm and Only BatchNorm"): which
+# parameters SGD may change, every other one staying bit for bit at its random initialisation.
+# "all" trains everything (the default: such runs keep their ids); "bn_affine" only the
+# normalisers' affine weight and bias (gamma, beta; the output layer too stays frozen, as in their
+# main experiments); "random_matched" as many scalars as bn_affine trains, drawn uniformly from every
+# other parameter (conv/linear weights and biases, the output layer) with a generator seeded by the
+# run's seed, gamma and beta frozen (`bnstudy.models.training_masks`).
+TRAIN_ONLY = ("all", "bn_affine", "random_matched")
+
+
+def has_affine(variant: str) -> bool:
+    """Whether the variant's normaliser has per-channel affine parameters (gamma, beta): BatchNorm
+    (noisy or not), lp, LayerNorm, GroupNorm, InstanceNorm. Not the standard network (no
+    normaliser) nor WeightNorm (its gain is part of the layer, not a normaliser's affine step)."""
+    return VARIANTS[variant].norm not in (None, "weight")
 
 
 def without_added_defaults(spec: dict) -> dict:
@@ -122,6 +139,7 @@ class OptimSpec:
     weight_decay: float
     loss_reduction: str          # "sum" or "mean" over a batch's samples
     loss: str = _added("optim.loss")  # classification: "cross_entropy" or "mse" (models.loss_fn)
+    train_only: str = _added("optim.train_only")  # one of TRAIN_ONLY: what SGD may change (models.training_masks)
 
 
 @dataclass(frozen=True)
@@ -169,6 +187,19 @@ class RunSpec:
     checkpoints: tuple[int, ...]  # the steps whose weights are saved (analyses read them)
     log: LogSpec
     runtime: RuntimeSpec
+
+    def __post_init__(self):
+        # bn_affine trains the normalisers' gamma and beta, random_matched as many other scalars:
+        # a variant without them would train nothing, or match a count of zero
+        mode = self.optim.train_only
+        if mode not in TRAIN_ONLY:
+            raise ConfigError(f"config key optim.train_only: {mode!r} is not allowed; use one of "
+                              f"{', '.join(TRAIN_ONLY)} (run {self.run})")
+        if mode != "all" and not has_affine(self.norm.variant):
+            raise ConfigError(f"config key optim.train_only: {mode!r} is not allowed with variant "
+                              f"{self.norm.variant} (run {self.run}): it has no normaliser affine parameters "
+                              f"(gamma, beta) to train or to match; use a variant with an affine normaliser "
+                              f"(batchnorm, layernorm, groupnorm, ...) or train_only: all")
 
     def to_dict(self) -> dict:
         """The JSON form: lists for tuples, and no dataset key that does not apply to the task."""

@@ -32,7 +32,7 @@ import torch
 from .batches import BatchSampler, InputTransform, augment, step_generator
 from .checkpoint import checkpoint_path, latest_good_checkpoint, list_checkpoints, save_checkpoint
 from .datasets import load_prepared
-from .models import build_model, loss_fn, set_generator, uses_channels_last
+from .models import build_model, loss_fn, set_generator, training_masks, uses_channels_last
 from .runtime import autocast_context, conv_precision, resolve_device, set_threads
 from .sgd import SGD
 from .spec import RunSpec
@@ -367,8 +367,16 @@ class Run:
         self.regression = data.task == "regression"
         self.model, channels_last = place_model(spec, self.device)
         self.transform = InputTransform(data.meta, self.device, channels_last)
+        # optim.train_only: which parameters SGD may change (the rest keep their initial values;
+        # the mask is a pure function of the seed, so a resumed run recomputes the same one)
+        masks = training_masks(self.model, spec)
         self.opt = SGD(self.model.parameters(), lr=optim.lr, momentum=optim.momentum,
-                       weight_decay=optim.weight_decay)
+                       weight_decay=optim.weight_decay, masks=masks)
+        if masks is not None:
+            trained = sum(p.numel() if m is None else int(m.sum()) if isinstance(m, torch.Tensor) else 0
+                          for p, m in zip(self.opt.params, masks))
+            total = sum(p.numel() for p in self.opt.params)
+            self.log(f"[{spec.run}] optim.train_only {optim.train_only}: training {trained:,} of {total:,} parameters")
         self.loss = loss_fn(spec)
         self.summed = optim.loss_reduction == "sum"
         self.sampler = BatchSampler(self.data.train_x.shape[0], optim.batch_size, self.seed, self.device)
