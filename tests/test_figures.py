@@ -124,9 +124,21 @@ def test_captions_are_valid_restructuredtext():
 
 @pytest.mark.parametrize("study, kind", CASES, ids=[f"{s}-{k}" for s, k in CASES])
 def test_figure_renders_from_fixture_tables(tables, study, kind):
-    """Every kind in every study that lists it draws data (files: the test above and the next)."""
-    fig = figures.render(kind, study, STUDIES[study], _given(tables[study], kind))
-    assert _drawn_axes(fig), f"{study}/{kind}: no axes with data"
+    """Every kind in every study that lists it draws what its data function returns: one axes with
+    data for every panel (row, column) whose frame holds a finite value, and every variant of the
+    frame in the legend (files: the test above and the next)."""
+    given = _given(tables[study], kind)
+    data = figures.figure_data(kind, study, STUDIES[study], given)
+    finite = np.zeros(len(data), dtype=bool)
+    for column in ("y", "low", "high", "p50", "loss", "mean"):
+        if column in data:
+            finite |= np.isfinite(pd.to_numeric(data[column], errors="coerce")).to_numpy()
+    panels = data[finite].groupby(["row", "column"]).ngroups
+    fig = figures.render(kind, study, STUDIES[study], given)
+    legend = _legend_texts(fig)
+    assert len(_drawn_axes(fig)) == panels > 0, f"{study}/{kind}"
+    variants = set(data.loc[finite, "variant"].dropna()) - {"2/lr"}
+    assert all(any(label.startswith(v) for label in legend) for v in variants), (variants, legend)
 
 
 def test_rerender_is_byte_identical(tables, tmp_path):
