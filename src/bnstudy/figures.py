@@ -282,11 +282,10 @@ def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
                         "prediction for a scale-invariant weight: ‖w₀‖² + lr² Σ‖g‖² (plain SGD)"))
     if data["style"].eq("reference").any():
         entries.append((Line2D([], [], color="0.1", linewidth=1.0, linestyle=":"),
-                        "2 / lr (lr × sharpness: 2): gradient descent on a quadratic with this sharpness diverges"))
+                        "2 / lr (in lr × sharpness: 2): where GD on a quadratic diverges"))
     if data["style"].isin(["points", "window-points"]).any():
         entries.append((Line2D([], [], marker="o", markersize=3, color=GREY, linestyle=""),
-                        "each run's analysed points; filled: the claim's window (first crossing of 2 by "
-                        "sharpening to the loss below eos_loss_fraction of its start), hollow: outside it"))
+                        "every analysed step; filled: the claim's window (see caption)"))
     if ctx.kind in ("curvature", "hessian_spectrum"):
         flagged = int(data["style"].eq("unconverged").sum() if ctx.kind == "hessian_spectrum"
                       else (~as_bool(ctx.tables["curvature"]["converged"])).sum())
