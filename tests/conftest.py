@@ -31,6 +31,14 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def away_from_the_checkout(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder, so a relative `results:` (every shipped config's)
+    never reads or writes the checkout's `results/`: the suite passes whatever a user's last DAG
+    left there. Tests name the checkout's files by absolute path (REPO / ...)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def pytest_addoption(parser):
     parser.addoption("--slurm", action="store_true", help="run the tests that need a Slurm cluster")
     parser.addoption("--browser", action="store_true", help="run the tests that need chromium")

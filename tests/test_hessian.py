@@ -169,7 +169,7 @@ def test_surface_grid_holds_the_centre_exactly(points):
 
 
 def test_basin_radius_found_where_the_centre_is_stored_a_rounding_off_zero():
-    """Tables written with the centre at ~1e-17 still give a radius: the loss doubles halfway out."""
+    """Tables written with the centre at ~1e-17 still give a radius: the loss rises by 1 a quarter out."""
     import pandas as pd
 
     from bnstudy.derived import basin_radii
@@ -178,6 +178,6 @@ def test_basin_radius_found_where_the_centre_is_stored_a_rounding_off_zero():
     rows = [{"run": "r", "variant": "batchnorm", "lr": 0.1, "seed": 0, "status": "completed", "step": 0,
              "x": x, "y": y, "loss": 1.0 + 4.0 * max(abs(round(x, 12)), abs(round(y, 12)))}
             for x in coords for y in coords]
-    radii = basin_radii(pd.DataFrame(rows))
+    radii = basin_radii(pd.DataFrame(rows), rise=1.0)
     assert len(radii) == 1 and radii["radius"].dtype == float
     assert radii["radius"].iloc[0] == pytest.approx(0.25)
