@@ -159,6 +159,10 @@ class FigureKind:
 
     tables: tuple[str, ...] = ()
     axis: str | None = None
+    # the claims split this figure's measure into an early and a late window: mark the boundary
+    windows: bool = False
+    # the table whose Lanczos searches the legend counts (unconverged points marked in the data)
+    eigen_table: str | None = None
 
 
 FIGURE_KINDS: dict[str, FigureKind] = {
@@ -169,14 +173,14 @@ FIGURE_KINDS: dict[str, FigureKind] = {
     "distributions": FigureKind(("units",)),      # single units' activation percentiles over steps
     "unit_input": FigureKind(("units",)),         # one last-layer unit (Ioffe & Szegedy Fig. 1b-c)
     "moment_changes": FigureKind(("layers",)),    # per-unit |mu_t+1 - mu_t|, |var_t+1 - var_t|
-    "ics": FigureKind(),                          # Definition 2.1
-    "landscape": FigureKind(),                    # loss range, gradient predictiveness, beta
-    "curvature": FigureKind(),                    # g^T H g / |g|^2 and the top Hessian eigenvalue
+    "ics": FigureKind(windows=True),              # Definition 2.1
+    "landscape": FigureKind(windows=True),        # loss range, gradient predictiveness, beta
+    "curvature": FigureKind(eigen_table="curvature"),  # g^T H g / |g|^2 and the top Hessian eigenvalue
     "accuracy_vs_lr": FigureKind(),               # final test accuracy against the learning rate
     "accuracy_vs_init_scale": FigureKind(axis="model.init_scale"),
     "accuracy_vs_dropout": FigureKind(axis="model.dropout"),
     "generalisation_gap": FigureKind(),           # final train - test accuracy against dropout / lr
-    "hessian_spectrum": FigureKind(),             # lambda_max, trace, gradient share, lambda_min (spectrum)
+    "hessian_spectrum": FigureKind(windows=True, eigen_table="spectrum"),  # lambda_max, outliers, trace, lambda_min
     "spectral_density": FigureKind(),             # SLQ density per checkpoint (density)
     "edge_of_stability": FigureKind(("train",)),  # loss, sharpness and lr x sharpness against 2 (sharpness)
     "loss_surface": FigureKind(),                 # 2-D surfaces and the basin radius (surface)

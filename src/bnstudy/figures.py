@@ -46,9 +46,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from .atomic import atomic_write  # noqa: E402
-from .catalog import figure_tables  # noqa: E402
+from .catalog import FIGURE_KINDS, figure_tables  # noqa: E402
 from .figure_data import (  # noqa: E402
-    CURVES, EVAL_MODE, FINAL, MIN_BAND_SEEDS, ROWS_OF, TRAIN_MODE, Context, as_bool, curvature_data, curves_data,
+    CURVES, EVAL_MODE, FINAL, MIN_BAND_SEEDS, ROWS_OF, TRAIN_MODE, Context, curvature_data, curves_data,
     density_data, eos_data, final_data, final_x, format_value, group_size_data, landscape_data,
     layer_measures_data, spectrum_data, surface_data, units_data, weight_norm_data,
 )
@@ -260,12 +260,8 @@ def legend(fig: plt.Figure, ctx: Context, variants: Sequence[str], entries: Sequ
 # figure kinds
 
 
-# the figures of the measures whose claims rows are split into an early and a late window
-WINDOWED = ("ics", "landscape", "hessian_spectrum")
-
-
 def window_entries(ctx: Context) -> list[Entry]:
-    if ctx.kind not in WINDOWED:
+    if not FIGURE_KINDS[ctx.kind].windows:
         return []
     return [(Line2D([], [], color=GREY, linestyle="--", linewidth=0.8),
              f"step {ctx.early_end:g}: the claims' early window ends, the late one begins"
@@ -275,7 +271,8 @@ def window_entries(ctx: Context) -> list[Entry]:
 def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     """Rows: measures; columns: conditions (x layer); x: step; hue: variant."""
     measures = CURVES[ctx.kind][0] if ctx.kind in CURVES else ROWS_OF[ctx.kind]
-    fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures}, windows=ctx.kind in WINDOWED)
+    fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures},
+                        windows=FIGURE_KINDS[ctx.kind].windows)
     entries = style_entries(data) + window_entries(ctx)
     if data["style"].eq("prediction").any():
         entries.append((Line2D([], [], color=GREY, linewidth=1.4, linestyle=":"),
@@ -286,14 +283,14 @@ def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     if data["style"].isin(["points", "window-points"]).any():
         entries.append((Line2D([], [], marker="o", markersize=3, color=GREY, linestyle=""),
                         "every analysed step; filled: the claim's window (see caption)"))
-    if ctx.kind in ("curvature", "hessian_spectrum"):
-        flagged = int(data["style"].eq("unconverged").sum() if ctx.kind == "hessian_spectrum"
-                      else (~as_bool(ctx.tables["curvature"]["converged"])).sum())
-        total = len(ctx.tables[ctx.kind if ctx.kind == "curvature" else "spectrum"].groupby(["run", "step"]))
+    eigen_table = FIGURE_KINDS[ctx.kind].eigen_table
+    if eigen_table:
+        table = ctx.tables[eigen_table]
+        total = table.groupby(["run", "step", *(["bn_mode"] if "bn_mode" in table else [])]).ngroups
+        flagged = len(data.loc[data["style"].eq("unconverged"), ["series", "step", "column"]].drop_duplicates())
         if flagged:
             marker = Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor=GREY, linestyle="")
-            claims = " (left out of the claims)" if ctx.kind == "hessian_spectrum" else ""
-            entries.append((marker, f"eigenvalues whose Lanczos search did not converge{claims}: {flagged} of "
+            entries.append((marker, f"eigenvalues whose Lanczos search did not converge: {flagged} of "
                                     f"{total} checkpoints"))
         else:
             entries.append((Line2D([], [], linestyle=""), f"Lanczos converged at all {total} checkpoints"))
