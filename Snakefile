@@ -1,6 +1,7 @@
 # bnstudy: how does BatchNorm help optimisation? (Santurkar et al. 2018; Ioffe & Szegedy 2015)
-# The DAG: prepare_data -> train (per run) -> analyze (per run: every analysis table it needs)
-#          -> aggregate (per study: its tables) -> figures (per study), claims -> track, report.
+# The DAG: prepare_data, install_data (per dataset) -> train (per run) -> analyze (per run: every
+#          analysis table it needs) -> aggregate (per study: its tables) -> figures (per study),
+#          claims -> track, report. One file per stage in workflow/rules/.
 # Logic lives in the bnstudy package; rules only call it (python -m bnstudy <command>).
 from snakemake.utils import min_version
 
@@ -20,6 +21,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/analyze.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/claims.smk"
+include: "workflow/rules/track.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -29,6 +32,7 @@ report: "workflow/report/workflow.rst"
 # far less than a place in a Slurm queue.
 localrules:
     all,
+    install_data,
     init_tracking,
     aggregate,
     figures,
@@ -40,3 +44,19 @@ rule all:
     input:
         all_outputs(),
     default_target: True
+
+
+# Before the first job: the tracking settings and each run's MLflow labels, for the training jobs
+# (not an input of theirs: see bnstudy.tracking). Not on dry runs.
+onstart:
+    write_context(TRACKING_CONTEXT, TRACKING, run_labels())
+
+
+# The run ends by saying what it found (the claims) and where everything is, with the command that
+# opens each (bnstudy.summary); a failed run, by naming the log of the job that failed.
+onsuccess:
+    on_success(RESULTS, TRACKING, CONFIGFILES)
+
+
+onerror:
+    on_error(log)

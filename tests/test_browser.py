@@ -1,6 +1,9 @@
 """The MLflow UI shows the smoke DAG's runs: headless Debian chromium, driven by chromedriver
 through selenium, opens `mlflow server` (loopback) on the smoke DAG's SQLite store, finds the
-experiment `bnstudy-smoke`, then a training run by its name, and saves screenshots.
+experiment `bnstudy-smoke`, opens the page the track job names (track.json's `ui_page`) on the
+model training view's runs table, with no click on the GenAI / Model training switch (a fresh
+browser profile: MLflow 3.17 would show its GenAI view), then a training run by its name and its
+study tags, and saves screenshots.
 
 Opt-in: `pytest --browser` (needs `chromium` and `chromium-driver` from apt:
 tests/harness/ci_services.sh installs them; selenium comes with `pip install -e ".[test]"`).
@@ -87,36 +90,44 @@ def test_mlflow_ui_shows_the_smoke_runs(smoke_dag, browser, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from mlflow.tracking import MlflowClient
+
     uri = sqlite_uri(smoke_dag)
     tracked = mlflow_training_runs(uri, EXPERIMENT)
     run_id = sorted(r for r in summaries(smoke_dag) if r.startswith("vgg-batchnorm"))[0]
     (run,) = tracked[run_id]
     name = run.info.run_name
     assert name.startswith("vgg batchnorm lr="), name
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(EXPERIMENT)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", exp.tags
+    studies = run.data.tags["study"].split(",")
+    assert studies and all(run.data.tags.get(f"study.{s}") == "true" for s in studies), run.data.tags
+    record = json.loads((smoke_dag / "results" / "tracking" / "track.json").read_text())
+    assert record["ui_page"] == f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
 
     with MlflowServer(store=smoke_dag / "results" / "mlflow.db",
                       artifacts=tmp_path / "artifacts", log=tmp_path / "server.log") as server:
         wait = WebDriverWait(browser, 60)
         browser.get(f"{server.url}/#/experiments")
-        experiment = clickable_link(browser, wait, EXPERIMENT, tmp_path / "failed-experiments.png",
-                                    "experiment not listed")
+        clickable_link(browser, wait, EXPERIMENT, tmp_path / "failed-experiments.png",
+                       "experiment not listed")
         browser.save_screenshot(str(tmp_path / "experiments.png"))
-        # MLflow 3 opens experiments in its GenAI view; training runs live in "Model training"
-        toggles = browser.find_elements(By.XPATH, "//*[normalize-space(text())='Model training']")
-        if toggles:
-            toggles[0].click()
-            experiment = wait.until(EC.element_to_be_clickable((By.LINK_TEXT, EXPERIMENT)))
-        experiment.click()
+        # the page the README and track.json name opens on the model training view's runs table
+        # (no click on the sidebar's GenAI / Model training switch)
+        browser.get(f"{server.url}/{record['ui_page']}")
         link = clickable_link(browser, wait, name, tmp_path / "failed-runs.png",
-                              "run not in the runs table")
+                              "run not in the runs table of the page track.json names")
         assert link.get_attribute("href").endswith(f"/runs/{run.info.run_id}")
+        assert f"/experiments/{exp.experiment_id}/runs" in browser.current_url, browser.current_url
+        assert "workflowType=machine_learning" in browser.current_url, browser.current_url
         browser.save_screenshot(str(tmp_path / "runs.png"))
         link.click()
         wait.until(EC.title_contains(run.info.run_id))
         # the run page shows the bnstudy tags and the spec as params
         wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), run_id))
         text = browser.find_element(By.TAG_NAME, "body").text
-        for expected in (name, "bnstudy.execution", "norm.variant", "checkpoint_dir", "Finished"):
+        for expected in (name, "bnstudy.execution", "norm.variant", "checkpoint_dir", "Finished",
+                         *(f"study.{s}" for s in studies)):
             assert expected in text, f"{expected!r} not on the run page"
         shot = tmp_path / "run.png"
         assert browser.save_screenshot(str(shot))

@@ -48,7 +48,7 @@ ACCOUNT = os.environ.get("SLURM_ACCOUNT", "bnstudy")
 SLURM_ENV = {"BNSTUDY_SLURM_PARTITION": PARTITION, "BNSTUDY_SLURM_ACCOUNT": ACCOUNT}
 GPU_RULES = {"train", "analyze"}
 CLUSTER_RULES = GPU_RULES | {"prepare_data"}
-LOCAL_RULES = {"init_tracking", "aggregate", "figures", "claims", "track", "all"}
+LOCAL_RULES = {"install_data", "init_tracking", "aggregate", "figures", "claims", "track", "all"}
 STUDIES = ("ics_dln",)
 BROKEN = "broken"  # a dataset whose preparation fails
 
@@ -205,7 +205,8 @@ def test_cluster_jobs_went_through_sbatch_and_bookkeeping_stayed_local(slurm_dag
     submitted = {rule: n for rule, n in counts.items() if rule in CLUSTER_RULES}
     assert submitted == {"prepare_data": 2, "train": 2, "analyze": 2}, counts
     assert set(counts) - {"total"} - CLUSTER_RULES <= LOCAL_RULES, counts
-    records = [r for r in sacct(run_uuid) if not r["Comment"].endswith(f"_{BROKEN}")]
+    # prepare_data's wildcards are the dataset and a hash of its source: rule_prepare_data_wildcards_<name>_<hash>
+    records = [r for r in sacct(run_uuid) if f"_wildcards_{BROKEN}_" not in r["Comment"]]
     submitted["prepare_data"] -= 1  # the deliberately failing job: see the next test
     assert len(records) == sum(submitted.values()) == 5, (counts, [r["Comment"] for r in records])
     by_rule: dict[str, int] = {}
@@ -225,10 +226,10 @@ def test_failing_job_is_reported_failed(slurm_dag):
     assert returncode != 0, out[-3000:]
     assert "Error in rule prepare_data" in out, out[-3000:]
     failed = [r for r in sacct(run_uuid) if r["State"] != "COMPLETED"]
-    assert [(rule_of(r), r["Comment"], r["State"]) for r in failed] == \
-        [("prepare_data", f"rule_prepare_data_wildcards_{BROKEN}", "FAILED")], failed
+    assert [(rule_of(r), r["Comment"].startswith(f"rule_prepare_data_wildcards_{BROKEN}_"), r["State"])
+            for r in failed] == [("prepare_data", True, "FAILED")], failed
     assert failed[0]["ExitCode"] != "0:0"
-    log = (work / "results" / "logs" / "prepare_data" / f"{BROKEN}.log").read_text()
+    (log,) = [p.read_text() for p in (work / "results" / "logs" / "prepare_data").glob(f"{BROKEN}-*.log")]
     assert str(missing) in log, log
     # the failed job's Slurm log is kept for inspection; no output is left behind
     assert list((work / ".snakemake" / "slurm_logs").rglob(f"{failed[0]['JobIDRaw']}.log"))

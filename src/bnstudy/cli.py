@@ -60,9 +60,28 @@ def cmd_prepare_data(args) -> None:
     from .datasets import prepare
 
     with work():
-        meta = prepare(_json(args.config), args.name, Path(args.out))
+        meta = prepare(_json(args.config), args.name, Path(args.out), Path(args.record) if args.record else None)
     print(f"prepared {args.name}: {meta['n_train']} train / {meta['n_test']} test samples, "
           f"sha256 {meta['sha256'][:12]}", file=sys.stderr)
+
+
+def cmd_install_data(args) -> None:
+    """Put a finished preparation in place: each --from file becomes its --to file (a hard link,
+    or a copy across file systems), through a temporary name and a rename, so a reader sees the
+    old file or the new one. Rule install_data: see workflow/rules/data.smk for why."""
+    import shutil
+
+    if len(args.sources) != len(args.targets):
+        raise SystemExit("bnstudy install-data: give as many --to files as --from files")
+    for source, target in zip(map(Path, args.sources), map(Path, args.targets)):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
 
 def _marker(tracking: dict) -> Path:
@@ -95,7 +114,19 @@ def cmd_train(args) -> None:
     from .tracking import run_name
     from .train import train
 
-    spec, tracking = RunSpec.from_json(args.spec, "--spec"), _tracking(args.tracking)
+    spec = RunSpec.from_json(args.spec, "--spec")
+    studies = args.studies.split(",") if args.studies else []
+    if args.context:  # the workflow's way: settings and labels from the context, not from params
+        from .tracking import read_context
+
+        context = read_context(Path(args.context), spec.run)
+        if context is None:
+            print(f"{args.context} does not exist (Snakemake ran with --no-hooks?): training "
+                  f"without live tracking; the workflow's track job sends the run", file=sys.stderr)
+        else:
+            settings, context_name, studies = context
+            args.tracking, args.name = json.dumps(settings), args.name or context_name
+    tracking = _tracking(args.tracking)
     run_dir = Path(args.run_dir)
     name = args.name or run_name(spec.to_dict())
     holder = {}
@@ -112,7 +143,7 @@ def cmd_train(args) -> None:
         same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
         holder["t"] = MlflowTracker(
             tracking["uri"], tracking["experiment"], spec.to_dict(), run_dir, previous,
-            studies=args.studies.split(",") if args.studies else [], name=name,
+            studies=studies, name=name,
             artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
             else default_artifact_root(tracking.get("results", "results")),
             resuming=previous is not None or any(run_dir.glob("checkpoints/step_*.pt")))
@@ -258,7 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--config", required=True, help="the dataset's config (JSON)")
     p.add_argument("--out", required=True)
+    p.add_argument("--record", default=None, help="write the source it was made from here (JSON)")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("install-data", help="put a finished dataset preparation in place")
+    p.add_argument("--from", dest="sources", nargs="+", required=True)
+    p.add_argument("--to", dest="targets", nargs="+", required=True)
+    p.set_defaults(func=cmd_install_data)
 
     p = sub.add_parser("init-tracking", help="create the MLflow store and experiment once")
     p.add_argument("--tracking", required=True, help="the tracking config (JSON)")
@@ -271,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--tracking", default='{"enabled": false}')
     p.add_argument("--studies", default="")
+    p.add_argument("--context", default=None, help="take --tracking, --studies and --name from this "
+                   "tracking context (the workflow's: results/tracking/context.json, written when "
+                   "an execution starts); '' = none")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--name", default=None, help="the run's display name in MLflow (default: "
                    "'<setup> <variant> lr=<lr> seed=<seed>')")

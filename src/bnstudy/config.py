@@ -8,6 +8,7 @@ Plain Python (no torch): the Snakemake process imports it to plan the DAG.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from pathlib import Path
@@ -82,6 +83,22 @@ def _prepared_path(config: dict, name: str) -> Path:
     return Path(config["results"]) / "data" / f"{name}.pt"
 
 
+def _prepared_from_this_source(config: dict, name: str) -> bool:
+    """Whether results/data/<name>.pt exists and was made from the configured source, as the
+    record rule prepare_data writes beside it (<name>.json) says; `download` is how the data is
+    fetched, not which. A file from before records were written is taken as it is."""
+    if not _prepared_path(config, name).is_file():
+        return False
+    try:
+        made_from = json.loads(_prepared_path(config, name).with_suffix(".json").read_text())["prepared_from"]
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    wanted = {k: v for k, v in config["datasets"][name].items() if k != "download"}
+    return {k: v for k, v in made_from.items() if k != "download"} == wanted
+
+
 def _count_images(folder: Path) -> tuple[int, int]:
     """(class folders, image files) under an imagefolder split, counted with scandir (fast)."""
     classes = images = 0
@@ -126,8 +143,10 @@ def check_dataset(config: dict, name: str) -> None:
                 raise _bad(f"{key}.{k}", cfg[k], f"{source} has {total} samples: use at most {total} or null")
         if "classes" in cfg and cfg["classes"] != 10:
             raise _bad(f"{key}.classes", cfg["classes"], f"{source} has 10 classes")
-    if _prepared_path(config, name).is_file() or source in ("synthetic", "gaussian"):
-        return  # the raw data is no longer needed (or never was)
+    # the raw data is no longer needed (prepared from this very source) or never was; a changed
+    # source (path, subset, size) is prepared again, so its path is checked here, before any job
+    if source in ("synthetic", "gaussian") or _prepared_from_this_source(config, name):
+        return
     root = cfg["root"]
     if source == "imagefolder":
         folder = Path(root or "")

@@ -10,6 +10,7 @@ airbench: no per-sample Python, no worker processes, no image decoding in the tr
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,8 +198,13 @@ def balanced_subset(y: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
 # prepare / load
 
 
-def prepare(cfg: dict, key: str, out: Path) -> dict:
-    """Build dataset `key` from its config and write it atomically to `out`. Returns its metadata."""
+def prepare(cfg: dict, key: str, out: Path, record: Path | None = None) -> dict:
+    """Build dataset `key` from its config and write it atomically to `out`. Returns its metadata.
+
+    `record` gets the source it was made from and its metadata as JSON, written after the tensor
+    file. The workflow puts both in place as results/data/<key>.pt and .json (rules prepare_data,
+    install_data); the config check reads the record without torch (`bnstudy.config.check_dataset`)
+    to know whether a changed source needs its raw data."""
     source = cfg["source"]
     if source == "gaussian":
         train_x, train_y, test_x, test_y, a = gaussian_regression(cfg)
@@ -231,12 +237,26 @@ def prepare(cfg: dict, key: str, out: Path) -> dict:
                 n_train=int(train_x.shape[0]), n_test=int(test_x.shape[0]))
     blob = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "meta": meta}
     atomic_torch_save(blob, out)
+    if record is not None:
+        described = {k: v for k, v in meta.items() if k != "matrix"}
+        atomic_write(Path(record), lambda tmp: tmp.write_text(json.dumps(
+            {"prepared_from": cfg, **described}, indent=2, sort_keys=True) + "\n"))
     return meta
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save through a temporary file and a rename: never a half-written file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through a temporary file and a rename: never a half-written file.
+
+    Saved through a file object, not the temporary path: given a path, torch.save names the
+    archive's root folder after it, and the random temporary name would make every preparation of
+    the same data different bytes. The same bytes let Snakemake see (by checksum) that a dataset
+    prepared again is unchanged, so nothing that reads it reruns."""
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    atomic_write(path, save)
 
 
 def load_prepared(path: Path | str) -> Prepared:

@@ -1,5 +1,10 @@
 """The config's JSON schema (workflow/schemas/config.schema.yaml) and validation with defaults.
 
+The schema ships with the package: `bnstudy/schemas/config.schema.yaml` is package data, so an
+installed bnstudy (`pip install .`, not editable) validates configs from any working directory.
+In the checkout that file is a symlink to workflow/schemas/config.schema.yaml, the one copy that
+is edited (what the config files and the docs name); building a wheel or an sdist copies it in.
+
 The schema is the contract of every config key: types, ranges, defaults, descriptions. Names that
 live in code are filled in when it is loaded, so each lives in one place: the variant names
 (`bnstudy.variants`), the figure kinds and each analysis kind's settings block
@@ -21,7 +26,8 @@ from .claims import ClaimRules, claims_by_kind
 from .errors import ConfigError
 from .variants import VARIANTS
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# package data (in the checkout, a symlink to workflow/schemas/config.schema.yaml)
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 # libyaml's parser when PyYAML has it (the same documents, ~10x faster)
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -37,7 +43,14 @@ def load_schema() -> dict:
 @functools.cache
 def _parsed_schema() -> dict:
     # parsed once per process: planning paper.yaml validates ~30 setups against it
-    schema = yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
+    try:
+        text = SCHEMA_PATH.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(
+            f"the config schema {SCHEMA_PATH} is unreadable ({err.strerror or err}); it is package "
+            f"data of bnstudy (in a checkout, a symlink to workflow/schemas/config.schema.yaml): "
+            f"reinstall bnstudy, or restore the file") from None
+    schema = yaml.load(text, Loader=YAML_LOADER)
     definitions = schema["definitions"]
     definitions["variant"]["enum"] = list(VARIANTS)
     definitions["figure_kind"]["enum"] = list(FIGURE_KINDS)

@@ -45,17 +45,26 @@ def studies_from_tables(results: Path) -> dict[str, list[str]]:
     return out
 
 
+def runs_page(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's page of the experiment's runs table, in its model training view (MLflow
+    3.17's UI opens an experiment in its GenAI view, whatever the experiment's kind tag, unless
+    the address asks for `workflowType=machine_learning`). A full address for a tracking server;
+    for a SQLite store, the part after the address of the `mlflow ui` serving it."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{uri.rstrip('/')}/{page}" if uri.startswith(("http://", "https://")) else page
+
+
 def sync(results: Path, uri: str, experiment: str, artifact_root=None, log=None, figures=(),
          execution: str = "manual", record: dict | None = None) -> dict:
     """Re-send what the store lacks; returns {checked, repaired, runs, points, artifacts,
-    figures_run, failed}."""
+    figures_run, failed, experiment_id, ui_page (see `runs_page`)}."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = Path(results)
     client, exp, created = tracking.connect(uri, experiment, artifact_root)
     if created:
         log(f"bnstudy track: created the MLflow store {uri}")
     report = {"checked": 0, "repaired": 0, "points": 0, "artifacts": 0, "failed": [],
-              "runs": [], "figures_run": None}
+              "runs": [], "figures_run": None, "experiment_id": exp, "ui_page": runs_page(uri, exp)}
     tracked = tracking.find_runs(client, exp)
     tables = analysis_tables(results)
     studies = studies_from_tables(results)
@@ -98,13 +107,16 @@ def sync_run(client, exp: str, run_dir: Path, tracked: dict, tables: list, studi
         client.update_run(run.info.run_id, name=name)
         writes += 1
     run_id = run.info.run_id
-    tags = tracking.run_tags(spec, run_dir, state.get("studies") or studies,
+    # the studies the job was trained for, and those whose tables list the run since (a study
+    # added later that shares it): `study` is brought up to date, `study.<name>` tags added
+    studies = list(dict.fromkeys([*(state.get("studies") or []), *studies]))
+    tags = tracking.run_tags(spec, run_dir, studies,
                              state.get("execution") or os.environ.get(tracking.EXECUTION_ENV, "manual"))
     if state.get("git_commit"):
         tags["git_commit"] = state["git_commit"]
     wanted = expected_points(run_dir, spec, tracking.final_metrics(summary))
-    top_writes, sent = tracking.top_up(client, run, tracking.run_params(spec), tags,
-                                       tracking.outcome_tags(summary["status"], summary), wanted,
+    current = {**tracking.outcome_tags(summary["status"], summary), "study": tags["study"]}
+    top_writes, sent = tracking.top_up(client, run, tracking.run_params(spec), tags, current, wanted,
                                        summary.get("ended_ms") or tracking.now_ms())
     writes += top_writes
     report["points"] += len(sent)

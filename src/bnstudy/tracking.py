@@ -72,6 +72,20 @@ BULK_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BA
 
 INCOMPLETE_HINT = "results are on disk; run `bnstudy track` to re-send"
 
+# The kind of experiment, for MLflow 3's UI: the experiment tag `mlflow.experimentKind` (values of
+# the UI's ExperimentKind enum: genai_development, custom_model_development, ...; the UI writes it
+# when a user picks a kind). `custom_model_development` is "Machine learning": training runs. Set
+# when the experiment is created, and on an existing one that has none. MLflow 3.17's UI (what
+# the project is tested with) shows an experiment by its sidebar switch GenAI / Model training
+# instead, remembered per browser, GenAI by default; an address with
+# `?workflowType=machine_learning` opens the model training view (bnstudy.track.runs_page).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Each run is tagged `study` = the studies it serves, comma-separated, and `study.<name>` = "true"
+# per study: a run shared by two studies is in both groups when the runs table is grouped (or
+# filtered: tags.`study.<name>` = 'true') by one study's tag.
+STUDY_TAG_PREFIX = "study."
+
 
 def setting(name: str, default: float) -> float:
     """A bound of this module, overridable by the environment (BNSTUDY_TRACKING_<NAME>)."""
@@ -113,6 +127,45 @@ def read_marker(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+# How tracking settings reach a training job: not through its params, nor through any input.
+# The settings and a run's labels (display name, the studies that use it) decide how MLflow shows
+# the run, not what the run is: as params they made Snakemake retrain every run when the
+# experiment was renamed, and a shared run when a new study used it. As a declared input they
+# would too (a rerun producer reruns its consumers); declared ancient(), Snakemake 9 then skips
+# evaluating everything downstream of the consumers (snakemake/snakemake#4166: a new study's
+# tables went unplanned). So the Snakefile's `onstart` writes them to a context file before any
+# job starts (never on a dry run), and the jobs find it through the environment, which they
+# inherit (locally and through sbatch's export), like EXECUTION_ENV.
+CONTEXT_ENV = "BNSTUDY_TRACKING_CONTEXT"
+
+
+def context_path(results: str | Path) -> Path:
+    """Where the Snakefile's `onstart` writes the tracking context of an execution."""
+    return Path(results).resolve() / "tracking" / "context.json"
+
+
+def write_context(path: Path, tracking: dict, runs: dict[str, dict]) -> None:
+    """The tracking settings (`tracking` config plus `results`) and {run: {name, studies}}."""
+    from .atomic import atomic_write
+
+    text = json.dumps({"tracking": tracking, "runs": runs}, indent=1, sort_keys=True) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_context(path: Path, run: str) -> tuple[dict, str | None, list[str]] | None:
+    """(tracking settings, display name, studies) of `run` from a context file; None if there is
+    none (Snakemake ran with --no-hooks). A run the file does not list gets the default name."""
+    try:
+        context = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise RuntimeError(f"tracking context {path} is unreadable ({err}); the next snakemake run "
+                           f"writes it again") from None
+    labels = context.get("runs", {}).get(run, {})
+    return context.get("tracking", {"enabled": False}), labels.get("name"), list(labels.get("studies", []))
 
 
 def incomplete_line(reason: str) -> str:
@@ -213,17 +266,27 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _mark_kind(client, found) -> str:
+    """The id of an existing experiment, given the EXPERIMENT_KIND tag if it has none (a kind
+    someone chose is kept). Best effort: a cosmetic tag never fails a job."""
+    if not (found.tags or {}).get(EXPERIMENT_KIND_TAG):
+        with contextlib.suppress(Exception):
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found.experiment_id
+
+
 def _get_or_create_experiment(client, uri: str, experiment: str, artifact_root) -> str:
     found = client.get_experiment_by_name(experiment)
     if found is not None:
-        return found.experiment_id
+        return _mark_kind(client, found)
     location = Path(artifact_root).resolve().as_uri() if artifact_root and not uri.startswith("http") else None
     try:
-        return client.create_experiment(experiment, artifact_location=location)
+        return client.create_experiment(experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception as err:  # a server, and another job created it first
         if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
             raise
-        return client.get_experiment_by_name(experiment).experiment_id
+        return _mark_kind(client, client.get_experiment_by_name(experiment))
 
 
 def open_store(uri: str, experiment: str, artifact_root=None) -> tuple[object, str | None]:
@@ -315,7 +378,13 @@ def run_tags(spec: dict, run_dir: Path, studies, execution: str) -> dict[str, st
         "bnstudy.execution": execution,
         "git_commit": git_commit(Path(__file__).parent),
         "checkpoint_dir": str((Path(run_dir) / "checkpoints").resolve()),
+        **study_tags(studies),
     }
+
+
+def study_tags(studies) -> dict[str, str]:
+    """One tag per study the run serves (`study.<name>` = "true"; see STUDY_TAG_PREFIX)."""
+    return {f"{STUDY_TAG_PREFIX}{study}": "true" for study in studies}
 
 
 def outcome_tags(status: str, summary: dict) -> dict[str, str]:

@@ -4,10 +4,16 @@ rule train:
     Checkpoints (results/runs/{run}/checkpoints/) are deliberately not outputs: Snakemake deletes
     a failed job's outputs, and the checkpoints must survive to resume from. summary.json, written
     last, lists them; the analyses read them through it.
+
+    What decides a rerun is what the outputs depend on: the resolved spec (params.spec, the only
+    param; the run id hashes it) and the prepared data. How MLflow shows the run (the tracking
+    settings, its display name, the studies that use it) is not: the job reads those from the
+    execution's tracking context, named by $BNSTUDY_TRACKING_CONTEXT (set in common.smk, written
+    by the Snakefile's `onstart`; bnstudy.tracking says why it is no input). Renaming the
+    experiment, or adding a study that reuses this run, retrains nothing.
     """
     input:
         data=run_dataset,
-        tracking=tracking_marker,
     output:
         summary=f"{RESULTS}/runs/{{run}}/summary.json",
         spec=f"{RESULTS}/runs/{{run}}/spec.json",
@@ -17,10 +23,6 @@ rule train:
         units=f"{RESULTS}/runs/{{run}}/units.csv",
     params:
         spec=run_spec,
-        studies=run_studies,
-        tracking=as_json(TRACKING),
-        run_dir=run_folder,
-        name=run_name,
     threads: max(1, config["runtime"]["threads"])
     resources:
         mem_mb=4000,
@@ -31,6 +33,5 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m bnstudy train --spec {params.spec:q} --run-dir {params.run_dir} "
-        "--tracking {params.tracking:q} --studies {params.studies:q} --name {params.name:q} "
-        "--threads {threads} > {log} 2>&1"
+        'python -m bnstudy train --spec {params.spec:q} --run-dir "$(dirname {output.summary:q})" '
+        '--context "$BNSTUDY_TRACKING_CONTEXT" --threads {threads} > {log} 2>&1'
