@@ -194,6 +194,7 @@ def _layers_table(rng, steps, variant, outcome, lr) -> pd.DataFrame:
                      "unit_var_change": change * rng.lognormal(0, 0.1),
                      "weight_norm": w_sq[layer] ** 0.5,
                      "weight_grad_cos": (1e-7 if outcome.scale_invariant else 0.05) * rng.lognormal(0, 0.1),
+                     "weight_grad_cos_p50": (1e-8 if outcome.scale_invariant else 0.01) * rng.lognormal(0, 0.1),
                      "unexplained_cos": 1e-8 * rng.lognormal(0, 0.1) if outcome.scale_invariant else np.nan})
         w_sq[layer] = w_sq[layer] + lr ** 2 * grad ** 2 if outcome.scale_invariant else \
             w_sq[layer] * rng.lognormal(0, 0.01)

@@ -307,6 +307,7 @@ def test_batchnorm_weights_are_scale_invariant_and_their_norm_grows_as_predicted
     layers = pd.read_csv(tmp_path / "run" / "layers.csv").sort_values(["layer", "step"])
     assert layers["weight_grad_cos"].max() < 1e-4
     # what of the cosine BN's eps explains: w . g = eps/(v + eps) gamma dL/dgamma, to float32 rounding
+    assert (layers["weight_grad_cos_p50"] <= layers["weight_grad_cos"]).all()
     assert layers["unexplained_cos"].max() < 1e-5 and layers["unexplained_cos"].max() < layers["weight_grad_cos"].max() / 5
     for _, rows in layers.groupby("layer"):
         w_sq = rows["weight_norm"].to_numpy() ** 2

@@ -183,4 +183,5 @@ def weight_norms(layers: pd.DataFrame) -> pd.DataFrame:
     first = grouped["weight_norm"].transform("first").astype(float) ** 2
     earlier = (layers["lr"] ** 2 * grad_sq).groupby([layers["run"], layers["layer"]]).cumsum() - layers["lr"] ** 2 * grad_sq
     return layers.assign(w_sq=w_sq, w_sq_predicted=first + earlier, effective_lr=layers["lr"] / w_sq,
-                         grad_cos=layers["weight_grad_cos"].astype(float))
+                         grad_cos=layers["weight_grad_cos"].astype(float),
+                         grad_cos_p50=layers["weight_grad_cos_p50"].astype(float))

@@ -595,7 +595,8 @@ def group_size_data(ctx: Context) -> pd.DataFrame:
 
 WEIGHT_ROWS = [Measure("‖wᵢ‖² (dotted: ‖w₀‖² + lr² Σ‖g‖²)", "weights", "w_sq", scale="auto"),
                Measure("effective learning rate\nlr / ‖wᵢ‖²", "weights", "effective_lr", scale="log"),
-               Measure("largest |cos(w, g)|\nover filters", "weights", "grad_cos", scale="log")]
+               Measure("largest |cos(w, g)|\nover filters", "weights", "grad_cos", scale="log"),
+               Measure("median |cos(w, g)|\nover filters", "weights", "grad_cos_p50", scale="log")]
 
 
 def weight_norm_data(ctx: Context) -> pd.DataFrame:

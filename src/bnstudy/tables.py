@@ -37,16 +37,19 @@ RUN_TABLES: dict[str, list[str]] = {
     # non-linearity's input between steps t and t+1, averaged over the layer's units
     # weight_norm: ||W_i|| of the layer's main weight; weight_grad_cos: the largest |cos(w, g)| over
     # its filters (0 for scale-invariant filters: Arora, Li & Lyu 2019); unexplained_cos: the largest
-    # |w . g - eps/(v + eps) gamma dL/dgamma| / (||w|| ||g||) over a BatchNorm layer's filters (NaN elsewhere)
+    # |w . g - eps/(v + eps) gamma dL/dgamma| / (||w|| ||g||) over a BatchNorm layer's filters (NaN elsewhere);
+    # weight_grad_cos_p50: the median |cos(w, g)| over its filters
     "layers": ["step", "layer", "weight_grad_norm", "output_grad_norm", "gamma_over_sigma",
-               "unit_mean_change", "unit_var_change", "weight_norm", "weight_grad_cos", "unexplained_cos"],
+               "unit_mean_change", "unit_var_change", "weight_norm", "weight_grad_cos", "weight_grad_cos_p50",
+               "unexplained_cos"],
     # one row per (step, layer, unit) for `log.units` fixed units: one unit's activations over the
     # batch (and spatial positions)
     "units": ["step", "layer", "unit", "mean", "var", "p05", "p15", "p50", "p85", "p95"],
 }
 EVAL_SPLITS = ("train", "test", "train_batches")
 # columns added to a table after runs were first written: tables without them read as NaN there
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"layers": ("weight_norm", "weight_grad_cos", "unexplained_cos"),
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"layers": ("weight_norm", "weight_grad_cos", "weight_grad_cos_p50",
+                                                         "unexplained_cos"),
                                               "runs": ("arch", "depth")}
 
 

@@ -67,14 +67,25 @@ def unit_percentiles(units: torch.Tensor) -> torch.Tensor:
     return torch.quantile(units, q, dim=1).T
 
 
-def largest_filter_cosine(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | float:
-    """max over the layer's filters of |cos(w_i, g_i)|: 0 for a layer whose filters are each
-    scale-invariant (a layer followed by BatchNorm: w_i . g_i = 0, Arora, Li & Lyu 2019)."""
+def filter_cosines(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | None:
+    """|cos(w_i, g_i)| of each of the layer's filters: 0 for a filter that is scale-invariant (a
+    layer followed by BatchNorm without eps: w_i . g_i = 0, Arora, Li & Lyu 2019)."""
     if grad is None:
-        return math.nan
+        return None
     w, g = weight.detach().flatten(1).float(), grad.detach().flatten(1).float()
-    cosine = (w * g).sum(1) / (w.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-30)
-    return cosine.abs().max()
+    return ((w * g).sum(1) / (w.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-30)).abs()
+
+
+def largest_filter_cosine(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | float:
+    """max over the layer's filters of |cos(w_i, g_i)|."""
+    cosines = filter_cosines(weight, grad)
+    return math.nan if cosines is None else cosines.max()
+
+
+def median_filter_cosine(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | float:
+    """The median over the layer's filters of |cos(w_i, g_i)|: the typical filter beside the largest."""
+    cosines = filter_cosines(weight, grad)
+    return math.nan if cosines is None else cosines.median()
 
 
 def unexplained_cosine(weight: torch.Tensor, grad: torch.Tensor | None, stats: dict) -> torch.Tensor | float:
@@ -210,16 +221,17 @@ class LayerRecorder:
                                         scalar(stats.get("gamma_over_sigma", math.nan)),
                                         scalar(weight.detach().float().norm()),
                                         scalar(largest_filter_cosine(weight, grad)),
+                                        scalar(median_filter_cosine(weight, grad)),
                                         scalar(unexplained_cosine(weight, grad, stats))]))
             unit_stats.append(stats.get("units", ([], torch.empty(0, 2 + len(PERCENTILES)))))
         values = torch.stack(scalars).tolist()  # one read-back for every layer's scalars
-        for i, ((grad_norm, output_norm, gamma, weight_norm, cosine, unexplained), (units, table)) in \
+        for i, ((grad_norm, output_norm, gamma, weight_norm, cosine, median_cosine, unexplained), (units, table)) in \
                 enumerate(zip(values, unit_stats), start=1):
             layer_rows.append({"step": step, "layer": i, "weight_grad_norm": grad_norm,
                                "output_grad_norm": output_norm, "gamma_over_sigma": gamma,
                                "unit_mean_change": math.nan, "unit_var_change": math.nan,
                                "weight_norm": weight_norm, "weight_grad_cos": cosine,
-                               "unexplained_cos": unexplained})
+                               "weight_grad_cos_p50": median_cosine, "unexplained_cos": unexplained})
             names = ["mean", "var", *(f"p{p:02d}" for p in PERCENTILES)]
             for unit, row in zip(units, table.tolist()):
                 unit_rows.append({"step": step, "layer": i, "unit": unit, **dict(zip(names, row))})
