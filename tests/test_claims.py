@@ -596,7 +596,8 @@ VGG_LAYERS = {11: 8, 16: 13, 19: 16}
 def test_gradient_explosion_and_rank_collapse_over_depth(tmp_path):
     """BN's first-layer gradient grows 10^0.1 per layer of depth, the standard network's not at all
     (Yang et al.: supported); the standard network's last-layer rank falls 10^-0.05 per layer while
-    BN's holds (Daneshmand et al.: both rows supported)."""
+    BN's holds (Daneshmand et al.: both rows supported). The fixture's per-run noise moves the
+    slopes by ~0.01, hence the tolerances."""
     def outcome(variant, lr, seed, grid):
         layers = VGG_LAYERS[grid["model.depth"]]
         if variant == "batchnorm":
@@ -608,12 +609,16 @@ def test_gradient_explosion_and_rank_collapse_over_depth(tmp_path):
     assert slope["verdict"] == SUPPORTED and slope["effect"] == pytest.approx(0.1, abs=0.01)
     assert slope["agreement"] == "agrees with Yang 2019"
     falls = rows.loc["rank_collapse.standard_slope.at_init"]
-    assert falls["verdict"] == SUPPORTED and falls["effect"] == pytest.approx(-0.05, abs=0.01)
+    assert falls["verdict"] == SUPPORTED and falls["effect"] == pytest.approx(-0.05, abs=0.02)
     kept = rows.loc["rank_collapse.batchnorm_vs_standard.at_init"]
-    assert kept["verdict"] == SUPPORTED and kept["effect"] == pytest.approx(0.05, abs=0.01)
-    flat = verdict_rows(tmp_path / "flat", "depth_at_init",
-                        lambda v, lr, seed, grid: Outcome(layers=VGG_LAYERS[grid["model.depth"]]))
-    assert flat.loc["gradient_explosion.slope.at_init", "verdict"] != SUPPORTED
+    assert kept["verdict"] == SUPPORTED and kept["effect"] == pytest.approx(0.05, abs=0.02)
+    # BN's gradient shrinking with depth instead: not supported, whatever the fixture's noise
+    def shrinking(variant, lr, seed, grid):
+        layers = VGG_LAYERS[grid["model.depth"]]
+        return Outcome(layers=layers, first_grad=10 ** (-0.1 * layers) if variant == "batchnorm" else 1.0)
+
+    flat = verdict_rows(tmp_path / "flat", "depth_at_init", shrinking)
+    assert flat.loc["gradient_explosion.slope.at_init", "verdict"] == NOT_SUPPORTED
 
 
 def test_benefit_is_the_lr_compares_bn_at_the_standard_networks_best_lr(tmp_path):
