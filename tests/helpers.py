@@ -171,3 +171,23 @@ def scheduled_jobs(snakemake_output: str) -> list[tuple[str, dict]]:
         if m and current is not None:
             current[1].update(dict(kv.split("=", 1) for kv in m.group(1).split(", ")))
     return jobs
+
+
+def assert_default_key_trains_as_absent(spec, block: str, key: str, default, folder: Path) -> None:
+    """A spec stored without an added key (a checkpoint of an earlier version) and one holding it at
+    its default train to the same final metrics and the same train, eval and layers tables."""
+    import pandas as pd
+
+    from bnstudy.spec import RunSpec
+    from bnstudy.train import train
+
+    stored = spec.to_dict()
+    old = RunSpec.from_dict(stored)
+    stored[block][key] = default
+    new = RunSpec.from_dict(stored)
+    a = train(old, folder / "old", log=lambda message: None)
+    b = train(new, folder / "new", log=lambda message: None)
+    assert a["status"] == b["status"] == "completed" and a["final"] == b["final"]
+    for table in ("train", "eval", "layers"):
+        pd.testing.assert_frame_equal(pd.read_csv(folder / "old" / f"{table}.csv"),
+                                      pd.read_csv(folder / "new" / f"{table}.csv"))

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import REPO
+from helpers import REPO, assert_default_key_trains_as_absent
 from synthetic_tables import Outcome, make_tables
+from test_config import fake_imagefolder
 
 from bnstudy.checkpoint import checkpoint_path
 from bnstudy.claims import INCONCLUSIVE, NOT_SUPPORTED, REPORTED, SUPPORTED, ClaimRules
@@ -189,16 +190,8 @@ def test_all_is_the_default_and_keeps_run_ids_and_training_numbers(tmp_path):
     assert "train_only" not in absent.to_dict()["optim"] and absent.optim.train_only == "all"
     assert training_masks(build_model(absent), absent) is None
 
-    stored = absent.to_dict()  # what a checkpoint of an earlier version holds: no train_only
-    old = RunSpec.from_dict(stored)
-    stored["optim"]["train_only"] = "all"
-    new = RunSpec.from_dict(stored)
-    a = train(old, tmp_path / "old", log=quiet)
-    b = train(new, tmp_path / "new", log=quiet)
-    assert a["status"] == b["status"] == "completed" and a["final"] == b["final"]
-    for table in ("train", "eval", "layers"):
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "old" / f"{table}.csv"),
-                                      pd.read_csv(tmp_path / "new" / f"{table}.csv"))
+    # what a checkpoint of an earlier version holds (no train_only) trains as the key at its default
+    assert_default_key_trains_as_absent(absent, "optim", "train_only", "all", tmp_path)
     # a grid over the key: the "all" point is the run without it; the others are runs of their own
     grid = specs(make_config(tmp_path / "a", grid={"optim.train_only": MODES}))
     assert sorted(s.optim.train_only for s in grid) == sorted(MODES)
@@ -331,16 +324,6 @@ def test_a_study_without_the_modes_is_refused(tmp_path):
 # the shipped configs
 
 
-def fake_imagefolder(root, classes=10, per_class=100):
-    for split in ("train", "test"):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                (folder / f"{i}.jpg").touch()
-    return root
-
-
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10-cpu.yaml"])
 def test_the_shipped_bn_only_studies_load_and_share_their_full_training_runs(name, tmp_path):
     """Each config's bn_only study loads with the three modes, enough seeds for its t intervals and
@@ -349,7 +332,7 @@ def test_the_shipped_bn_only_studies_load_and_share_their_full_training_runs(nam
     cfg = yaml.safe_load((REPO / "config" / name).read_text())
     for dataset in cfg["datasets"].values():
         if dataset["source"] == "imagefolder":
-            dataset["root"] = str(fake_imagefolder(tmp_path / "images"))
+            dataset["root"] = str(fake_imagefolder(tmp_path / "images", per_class=100))
     config = load_config(cfg)
     study = config["studies"]["bn_only"]
     assert study["grid"] == {"optim.train_only": MODES} and study["claims"] == ["bn_only_trains"]

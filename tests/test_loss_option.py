@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import assert_default_key_trains_as_absent
+
 from bnstudy.batches import BatchSampler, InputTransform
 from bnstudy.config import load_config
 from bnstudy.datasets import load_prepared, prepare
@@ -102,16 +104,8 @@ def test_cross_entropy_default_keeps_run_ids_and_training_numbers(tmp_path):
     out, y = torch.randn(5, CLASSES, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1])
     assert torch.equal(loss_fn(absent)(out, y), torch.nn.functional.cross_entropy(out, y))
 
-    stored = absent.to_dict()  # what a checkpoint of an earlier version holds: no optim.loss
-    old = RunSpec.from_dict(stored)
-    stored["optim"]["loss"] = "cross_entropy"
-    new = RunSpec.from_dict(stored)
-    a = train(old, tmp_path / "old", log=quiet)
-    b = train(new, tmp_path / "new", log=quiet)
-    assert a["status"] == b["status"] == "completed" and a["final"] == b["final"]
-    for table in ("train", "eval", "layers"):
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "old" / f"{table}.csv"),
-                                      pd.read_csv(tmp_path / "new" / f"{table}.csv"))
+    # what a checkpoint of an earlier version holds (no optim.loss) trains as the key at its default
+    assert_default_key_trains_as_absent(absent, "optim", "loss", "cross_entropy", tmp_path)
 
 
 def test_mse_is_the_loss_training_and_evaluation_use(tmp_path):
