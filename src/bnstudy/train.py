@@ -76,16 +76,11 @@ def filter_cosines(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Ten
     return ((w * g).sum(1) / (w.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-30)).abs()
 
 
-def largest_filter_cosine(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | float:
-    """max over the layer's filters of |cos(w_i, g_i)|."""
+def cosine_spread(weight: torch.Tensor, grad: torch.Tensor | None) -> tuple:
+    """(largest, median) over the layer's filters of |cos(w_i, g_i)|: the extreme filter and the
+    typical one, from one pass over the filters."""
     cosines = filter_cosines(weight, grad)
-    return math.nan if cosines is None else cosines.max()
-
-
-def median_filter_cosine(weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor | float:
-    """The median over the layer's filters of |cos(w_i, g_i)|: the typical filter beside the largest."""
-    cosines = filter_cosines(weight, grad)
-    return math.nan if cosines is None else cosines.median()
+    return (math.nan, math.nan) if cosines is None else (cosines.max(), cosines.median())
 
 
 def unexplained_cosine(weight: torch.Tensor, grad: torch.Tensor | None, stats: dict) -> torch.Tensor | float:
@@ -220,8 +215,7 @@ class LayerRecorder:
                                         scalar(stats.get("output_grad_norm", math.nan)),
                                         scalar(stats.get("gamma_over_sigma", math.nan)),
                                         scalar(weight.detach().float().norm()),
-                                        scalar(largest_filter_cosine(weight, grad)),
-                                        scalar(median_filter_cosine(weight, grad)),
+                                        *map(scalar, cosine_spread(weight, grad)),
                                         scalar(unexplained_cosine(weight, grad, stats))]))
             unit_stats.append(stats.get("units", ([], torch.empty(0, 2 + len(PERCENTILES)))))
         values = torch.stack(scalars).tolist()  # one read-back for every layer's scalars
