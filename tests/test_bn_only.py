@@ -324,7 +324,7 @@ def test_a_study_without_the_modes_is_refused(tmp_path):
 # the shipped configs
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10-cpu.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "cifar10-cpu-lr.yaml"])
 def test_the_shipped_bn_only_studies_load_and_share_their_full_training_runs(name, tmp_path):
     """Each config's bn_only study loads with the three modes, enough seeds for its t intervals and
     a larger rate beside the full network's; its full-training runs are runs another study trains

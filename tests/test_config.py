@@ -27,7 +27,8 @@ def fake_imagefolder(root, classes=10, per_class=13):
     return root
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml", "cifar10-cpu.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml", "cifar10-cpu.yaml", "cifar10-cpu-lr.yaml",
+                                  "cifar10-cpu-beyond.yaml"])
 def test_shipped_configs_validate_and_plan(name, tmp_path):
     cfg = raw(name)
     for dataset in cfg["datasets"].values():  # the CIFAR-10 JPEGs are not in a checkout
@@ -292,7 +293,7 @@ def test_a_claim_its_seeds_cannot_decide_is_refused_at_parse_time():
     load_config(cfg)
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "cifar10-cpu.yaml"])
+@pytest.mark.parametrize("name", ["paper.yaml", "cifar10-cpu.yaml", "cifar10-cpu-lr.yaml", "cifar10-cpu-beyond.yaml"])
 def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
     from bnstudy.claims import ClaimRules
     from bnstudy.claims import get as claim
@@ -307,3 +308,23 @@ def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
         assert not rules.allow_undecidable
         for kind in study["claims"]:
             assert len(study["seeds"]) >= claim(kind).seeds_needed(rules), (study, kind)
+
+
+def test_the_cpu_cifar_configs_split_the_study_without_losing_any_of_it(tmp_path):
+    """config/cifar10-cpu*.yaml: three runs of about two hours each. Together they hold every
+    study the CPU run answers, each once, on one network and one data set (so their digests
+    compare), with the paper's section 3.3 lp-normalisation study, the ICS study's lr 0.01 arm and
+    the deep linear network at the paper's 10,000 steps."""
+    names = ["cifar10-cpu.yaml", "cifar10-cpu-lr.yaml", "cifar10-cpu-beyond.yaml"]
+    configs = {name: raw(name) for name in names}
+    studies = [study for cfg in configs.values() for study in cfg["studies"]]
+    assert len(studies) == len(set(studies))                      # no study twice
+    for wanted in ("performance", "ics", "lp_norms", "ics_dln", "claim_learning_rate", "matched_lr", "bn_only",
+                   "depth_at_init", "hessian_spectrum", "edge_of_stability", "normalisers"):
+        assert wanted in studies, wanted
+    assert len({cfg["results"] for cfg in configs.values()}) == 3  # each run its own results folder
+    vgg = [cfg["setups"]["vgg"] for cfg in configs.values()]
+    assert all(setup == vgg[0] for setup in vgg)
+    paper = configs["cifar10-cpu.yaml"]
+    assert 0.01 in paper["studies"]["ics"]["lrs"] and paper["setups"]["dln"]["optim"]["steps"] == 10_000
+    assert paper["studies"]["lp_norms"]["variants"] == ["standard", "batchnorm", "l1", "l2", "linf"]

@@ -14,7 +14,7 @@ from synthetic_tables import STUDIES, make_tables
 
 from bnstudy.claims import ClaimRules
 from bnstudy.claims.table import claims
-from bnstudy.results import BEGIN, END, accuracy_table, rewrite, save_digest, section
+from bnstudy.results import accuracy_table, markers, readme_sections, rewrite, save_digest, section
 
 ROOT = Path(__file__).parents[1]
 
@@ -70,56 +70,69 @@ def test_section_says_each_claim_once_from_its_own_rows(finished_run, tmp_path):
     assert all(line.count("%") == 2 * 3 for line in rows if "diverged" not in line)
 
 
+def committed_sections() -> dict[str, str]:
+    """The README's generated sections, by digest name; each names a committed digest folder."""
+    sections = readme_sections((ROOT / "README.md").read_text())
+    assert "cifar10-cpu" in sections
+    for name in sections:
+        assert (ROOT / "docs" / "results" / name / "claims.csv").is_file(), name
+    return sections
+
+
 def test_every_readme_results_line_is_its_rows_in_the_template():
-    """Each generated line of the committed README names its rows of the committed claims.csv, and
+    """Each generated line of the committed README names its rows of its digest's claims.csv, and
     is exactly what the template writes from those rows alone: a sentence with no row behind it,
     or one that says more than its rows, fails here."""
-    from bnstudy.results import BEGIN, END, claim_line, rows_behind
+    from bnstudy.results import claim_line, rows_behind
 
-    readme = (ROOT / "README.md").read_text()
-    generated = readme.split(BEGIN, 1)[1].split(END, 1)[0]
-    table = pd.read_csv(ROOT / "docs" / "results" / "cifar10-cpu" / "claims.csv")
-    bullets = [line for line in generated.splitlines() if line.startswith("- ")]
-    assert bullets
-    for line in bullets:
-        pairs = rows_behind(line)
-        assert pairs, f"a results line with no row behind it: {line[:80]}"
-        rows = pd.concat([table[(table["key"] == key) & (table["study"] == study)] for key, study in pairs])
-        assert len(rows) == len(pairs), f"rows named but not in claims.csv: {pairs}"
-        figures = line.split(" Figures: ", 1)[1].split(". <!--", 1)[0].split(", ") if " Figures: " in line else []
-        assert claim_line(rows, figures) == line
+    for name, generated in committed_sections().items():
+        table = pd.read_csv(ROOT / "docs" / "results" / name / "claims.csv")
+        bullets = [line for line in generated.splitlines() if line.startswith("- ")]
+        assert bullets, name
+        for line in bullets:
+            pairs = rows_behind(line)
+            assert pairs, f"a results line with no row behind it: {line[:80]}"
+            rows = pd.concat([table[(table["key"] == key) & (table["study"] == study)] for key, study in pairs])
+            assert len(rows) == len(pairs), f"rows named but not in {name}'s claims.csv: {pairs}"
+            figures = line.split(" Figures: ", 1)[1].split(". <!--", 1)[0].split(", ") if " Figures: " in line else []
+            assert claim_line(rows, figures) == line
 
 
 def test_the_readme_states_no_result_by_hand():
-    """Outside the generated section, the results chapter describes the run and its methods: no
+    """Outside the generated sections, the results chapter describes the runs and their methods: no
     verdict word and no comparison with the papers' findings."""
-    from bnstudy.results import BEGIN
-
     readme = (ROOT / "README.md").read_text()
-    chapter = readme.split("## What it produces", 1)[1].split(BEGIN, 1)[0]
+    chapter = readme.split("## What it produces", 1)[1].split("\n## ", 1)[0]
+    for name, generated in committed_sections().items():
+        chapter = chapter.replace(generated, "")
     for word in ("supported", "inconclusive", "agrees", "disagree", "as they find", "not at the edge"):
         assert word not in chapter.lower(), word
 
 
 def test_rewrite_replaces_only_the_marked_section_and_check_detects_drift(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{BEGIN}\nold numbers\n{END}\nafter\n")
-    assert rewrite(readme, "new numbers", check=True) is True
+    begin, end = markers(Path("docs/results/cpu"))
+    other_begin, other_end = markers(Path("docs/results/other"))
+    assert begin == "<!-- results:begin cpu -->"
+    readme.write_text(f"# title\n\nbefore\n{begin}\nold numbers\n{end}\n{other_begin}\nkept\n{other_end}\nafter\n")
+    assert rewrite(readme, "new numbers", Path("docs/results/cpu"), check=True) is True
     assert "old numbers" in readme.read_text()             # --check writes nothing
-    assert rewrite(readme, "new numbers") is True
-    assert readme.read_text() == f"# title\n\nbefore\n{BEGIN}\nnew numbers\n{END}\nafter\n"
-    assert rewrite(readme, "new numbers", check=True) is False
-    (tmp_path / "plain.md").write_text("no markers\n")
-    with pytest.raises(ValueError, match="markers"):
-        rewrite(tmp_path / "plain.md", "x")
+    assert rewrite(readme, "new numbers", Path("docs/results/cpu")) is True
+    assert readme.read_text() == (f"# title\n\nbefore\n{begin}\nnew numbers\n{end}\n{other_begin}\nkept\n"
+                                  f"{other_end}\nafter\n")     # the other digest's section untouched
+    assert rewrite(readme, "new numbers", Path("docs/results/cpu"), check=True) is False
+    assert readme_sections(readme.read_text()) == {"cpu": "\nnew numbers\n", "other": "\nkept\n"}
+    with pytest.raises(ValueError, match="results:begin absent"):
+        rewrite(readme, "x", Path("docs/results/absent"))
 
 
 def test_the_readme_says_what_its_committed_tables_say():
-    """The committed README's results section is exactly what its committed digest gives."""
-    result = subprocess.run([sys.executable, "-m", "bnstudy", "results", "--digest", "docs/results/cifar10-cpu",
-                             "--readme", "README.md", "--check"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "is up to date" in result.stderr
+    """Each of the committed README's results sections is exactly what its committed digest gives."""
+    for name in committed_sections():
+        result = subprocess.run([sys.executable, "-m", "bnstudy", "results", "--digest", f"docs/results/{name}",
+                                 "--readme", "README.md", "--check"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "is up to date" in result.stderr
 
 
 def test_accuracy_table_keeps_setups_and_lengths_apart():

@@ -256,7 +256,8 @@ def cmd_results(args) -> None:
     if args.results:
         copied = save_digest(Path(args.results), Path(args.digest))
         print(f"bnstudy results: {len(copied)} files of {args.results} copied to {args.digest}", file=sys.stderr)
-    changed = rewrite(Path(args.readme), section(Path(args.digest), args.accuracy_studies), check=args.check)
+    studies = [s for s in args.accuracy_studies if (Path(args.digest) / "runs" / f"{s}.csv").is_file()]
+    changed = rewrite(Path(args.readme), section(Path(args.digest), studies), Path(args.digest), check=args.check)
     if args.check and changed:
         raise SystemExit(f"bnstudy results: {args.readme}'s results section differs from what {args.digest} "
                          f"gives: run `bnstudy results --digest {args.digest} --readme {args.readme}`")
@@ -367,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digest", required=True, help="the committed digest folder (claims.csv, runs/, figures/)")
     p.add_argument("--readme", default="README.md")
     p.add_argument("--accuracy-studies", nargs="*",
-                   default=["performance", "noisy_bn", "normalisers", "normalisers_resnet"],
-                   help="studies whose runs the final-accuracy table lists (default: those of "
-                        "config/cifar10-cpu.yaml that train to a final accuracy)")
+                   default=["performance", "noisy_bn", "lp_norms", "matched_lr", "normalisers",
+                            "normalisers_resnet"],
+                   help="studies whose runs the final-accuracy table lists, where the digest has them "
+                        "(default: those of the CPU CIFAR configs that train to a final accuracy)")
     p.add_argument("--check", action="store_true", help="only say whether the README is up to date")
     p.set_defaults(func=cmd_results)
 
