@@ -621,6 +621,30 @@ def test_gradient_explosion_and_rank_collapse_over_depth(tmp_path):
     assert flat.loc["gradient_explosion.slope.at_init", "verdict"] == NOT_SUPPORTED
 
 
+def test_the_depth_claims_read_an_mlp_grid_over_hidden_layers(tmp_path):
+    """Yang et al.'s own setting, MLPs of 8-64 layers (grid over model.hidden_layers): BN's gradient
+    growing by ReLU-BN's theoretical factor sqrt(pi / (pi - 1)) per layer against a flat standard
+    network gives that slope, supported; the claim refuses a study without a depth grid, naming
+    both keys it accepts."""
+    from bnstudy.claims import get as claim
+
+    rate = 0.5 * np.log10(np.pi / (np.pi - 1))
+
+    def outcome(variant, lr, seed, grid):
+        layers = grid["model.hidden_layers"]
+        return Outcome(layers=layers, first_grad=10 ** (rate * layers) if variant == "batchnorm" else 1.0,
+                       last_rank=3.0 if variant == "batchnorm" else 10 ** (-0.01 * layers))
+
+    rows = verdict_rows(tmp_path, "depth_at_init_mlp", outcome)
+    slope = rows.loc["gradient_explosion.slope.at_init"]
+    assert slope["verdict"] == SUPPORTED and slope["effect"] == pytest.approx(rate, abs=0.01)
+    study = {"variants": ["standard", "batchnorm"], "lrs": [0.1], "grid": {}}
+    problem = claim("gradient_explosion").design_problem(study, {"model": {"activation": "relu"}})
+    assert "model.depth or model.hidden_layers" in problem
+    study["grid"] = {"model.hidden_layers": [8, 64]}
+    assert claim("gradient_explosion").design_problem(study, {"model": {"activation": "relu"}}) is None
+
+
 def test_benefit_is_the_lr_compares_bn_at_the_standard_networks_best_lr(tmp_path):
     """BN at its own best lr (1.0) leads by 10 points, at the standard network's best (0.1) by 2:
     the advantage shrinks by 8 (Bjorck et al.: supported); the standard network's last-layer

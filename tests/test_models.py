@@ -58,6 +58,38 @@ def test_mlp_is_the_2015_sigmoid_network(tmp_path):
     assert all(isinstance(b.act, nn.Sigmoid) for b in model.blocks)
 
 
+def test_mlp_hidden_layers_repeats_one_width_and_leaves_other_runs_alone(tmp_path):
+    """model.hidden_layers (Yang et al. 2019's depth grids): n equal-width layers; unset, the MLP is
+    the layers `hidden` lists, its spec JSON and run id as before the key existed; a config that
+    sets it where it cannot apply names the key."""
+    from helpers import smoke_raw
+
+    from bnstudy.config import load_config
+    from bnstudy.errors import ConfigError
+
+    spec = spec_for(tmp_path, "mlp-batchnorm")
+    assert "hidden_layers" not in spec.to_dict()["model"] and spec.model.hidden_layers is None
+    deep = replace(spec, model=replace(spec.model, hidden=(16,), hidden_layers=12))
+    model = build_model(deep)
+    assert [b.layer.out_features for b in model.blocks] == [16] * 12
+    assert model(torch.zeros(2, *spec.dataset.shape)).shape == (2, 10)
+
+    raw = smoke_raw()
+    raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+    raw["setups"]["mlp"]["model"]["hidden_layers"] = 4   # hidden lists three widths of 16: one width
+    raw["setups"]["mlp"]["model"]["hidden"] = [16]
+    grid = plan(load_config(raw))
+    four = next(s for r, s in grid.runs.items() if r.startswith("mlp-batchnorm"))
+    assert four.model.hidden_layers == 4 and four.run != spec.run
+    raw["setups"]["mlp"]["model"]["hidden"] = [16, 8]
+    with pytest.raises(ConfigError, match="hidden_layers.*give one width"):
+        load_config(raw)
+    raw["setups"]["mlp"]["model"]["hidden"] = [16]
+    raw["setups"]["vgg"]["model"]["hidden_layers"] = 4
+    with pytest.raises(ConfigError, match="setups.vgg.model.hidden_layers.*only arch mlp"):
+        load_config(raw)
+
+
 def test_glorot_init_is_seeded_and_leaves_global_rng_alone(tmp_path):
     spec = spec_for(tmp_path, "vgg-standard")
     state = torch.get_rng_state()

@@ -42,6 +42,12 @@ def resnet_layer_names(depth: int) -> list[str]:
                        for conv in (1, 2)]
 
 
+def mlp_widths(hidden, hidden_layers: int | None) -> list[int]:
+    """An MLP's hidden widths: `hidden` as listed, or (`hidden_layers` set: Yang et al. 2019's
+    depth grids of equal-width layers) `hidden_layers` layers as wide as hidden[0]."""
+    return [hidden[0]] * hidden_layers if hidden_layers else list(hidden)
+
+
 def layer_widths(model: dict) -> list[int]:
     """The number of units (channels or features) of each normalised layer, in order."""
     arch = model["arch"]
@@ -52,7 +58,7 @@ def layer_widths(model: dict) -> list[int]:
         widths = resnet_widths(model["width"])
         return [widths[0]] + [w for w in widths for _ in range(2 * n)]
     if arch == "mlp":
-        return list(model["hidden"])
+        return mlp_widths(model["hidden"], model.get("hidden_layers"))
     return [model.get("dim", 0)] * model["depth"]
 
 
@@ -64,7 +70,7 @@ def normalised_layers(model: dict) -> int:
     if arch == "vgg":
         return sum(1 for item in VGG_CONFIGS[model["depth"]] if item != "M") + len(model["head"])
     if arch == "mlp":
-        return len(model["hidden"])
+        return len(mlp_widths(model["hidden"], model.get("hidden_layers")))
     if arch == "dln":
         return model["depth"]
     raise ValueError(f"unknown architecture {arch!r}")

@@ -178,6 +178,14 @@ def check_setup(config: dict, setup: dict, key: str) -> None:
     if model["arch"] != "dln" and regression:
         raise _bad(f"{key}.model.arch", model["arch"], f"{data_key} is a gaussian regression dataset: "
                    f"use arch dln, or an image dataset")
+    if model.get("hidden_layers") is not None:
+        if model["arch"] != "mlp":
+            raise _bad(f"{key}.model.hidden_layers", model["hidden_layers"],
+                       f"only arch mlp has hidden layers to repeat ({model['arch']}: use model.depth)")
+        if len(set(model["hidden"])) > 1:
+            raise _bad(f"{key}.model.hidden_layers", model["hidden_layers"],
+                       f"it repeats one width, but model.hidden lists {model['hidden']}: give one width, "
+                       f"e.g. hidden: [{model['hidden'][0]}]")
     if model["arch"] == "resnet" and not resnet_depth_ok(model["depth"]):
         raise _bad(f"{key}.model.depth", model["depth"], "CIFAR ResNets have depth 6n + 2 (20, 32, 44, 56, 110)")
     if model["arch"] == "resnet" and regression:

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .architectures import resnet_widths, vgg_channels
+from .architectures import mlp_widths, resnet_widths, vgg_channels
 from .batches import step_generator
 from .norms import make_norm
 from .variants import VARIANTS
@@ -165,7 +165,7 @@ def mlp(spec: RunSpec, noise: bool) -> Network:
     m = spec.model
     dim = math.prod(spec.dataset.shape)
     features: list[nn.Module] = [nn.Flatten()]
-    for hidden in m.hidden:
+    for hidden in mlp_widths(m.hidden, m.hidden_layers):
         features.append(_block(linear(spec, dim, hidden, m.bias), hidden, False, spec, noise))
         if m.dropout:
             features.append(SeededDropout(m.dropout))

@@ -22,7 +22,8 @@ from .variants import VARIANTS
 
 # Keys added after runs were first planned enter a spec (and its run id) only when they differ
 # from these defaults, so that runs planned before the key existed keep their ids and results.
-ADDED = {"norm.group_size": 8, "optim.loss": "cross_entropy", "optim.train_only": "all"}
+ADDED = {"norm.group_size": 8, "optim.loss": "cross_entropy", "optim.train_only": "all",
+         "model.hidden_layers": None}
 
 
 def _added(key: str):
@@ -34,7 +35,8 @@ def _added(key: str):
 # run, not one per value.
 APPLIES = {"norm.group_size": lambda spec: VARIANTS[spec["norm"]["variant"]].norm == "group",
            # a regression dataset (the DLN) keeps its own squared error whatever optim.loss says
-           "optim.loss": lambda spec: spec["dataset"]["task"] == "classification"}
+           "optim.loss": lambda spec: spec["dataset"]["task"] == "classification",
+           "model.hidden_layers": lambda spec: spec["model"]["arch"] == "mlp"}
 
 
 # optim.train_only (Frankle, Schwab & Morcos 2021, "Training BatchNorm and Only BatchNorm"): which
@@ -105,6 +107,7 @@ class ModelSpec:
     dropout: float
     bias: bool
     norm_last: bool
+    hidden_layers: int | None = _added("model.hidden_layers")  # mlp: `hidden[0]` repeated (a depth grid)
 
 
 @dataclass(frozen=True)

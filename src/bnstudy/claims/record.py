@@ -83,7 +83,7 @@ class Claim:
     variants: tuple[str, str] = ("batchnorm", "standard")  # (treated, reference)
     tables: tuple[str, ...] = ()  # study tables besides runs.csv
     min_lrs: int = 1  # a learning-rate grid of at least this size
-    grid: str | None = None  # a setup key the study must vary
+    grid: str | tuple[str, ...] | None = None  # a setup key the study must vary (a tuple: any one of them)
     activation: str | None = None  # the setup's non-linearity
     per_variant: bool = False  # one set of rows per variant of the study against the reference
     paired: bool = True  # False: the treated variant's own values (the reference only must train)
@@ -159,8 +159,10 @@ class Claim:
         if len(study["lrs"]) < self.min_lrs:
             return (f"it compares each variant at its own best learning rate: give the study at least "
                     f"{self.min_lrs} lrs")
-        if self.grid and len(study["grid"].get(self.grid, [])) < 2:
-            return f"it compares runs over {self.grid}: give the study grid: {{{self.grid}: [two or more values]}}"
+        keys = (self.grid,) if isinstance(self.grid, str) else self.grid or ()
+        if keys and max(len(study["grid"].get(key, [])) for key in keys) < 2:
+            return (f"it compares runs over {' or '.join(keys)}: give the study grid: {{{keys[0]}: [two or more"
+                    f" values]}}")
         if self.activation and setup["model"]["activation"] != self.activation:
             return f"it is about {self.activation} networks: set model.activation: {self.activation}"
         return next((problem for check in self.design if (problem := check(study, setup))), None)

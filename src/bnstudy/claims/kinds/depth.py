@@ -2,7 +2,7 @@
 Schoenholz 2019 (gradients explode exponentially with depth with BN) and Daneshmand, Kohler, Bach,
 Hofmann & Lucchi 2020 (without normalisation the representations' rank collapses with depth; BN
 keeps it). Both read the activations analysis at step 0 of networks of several depths (a study
-grid over model.depth)."""
+grid over model.depth, or for an MLP over model.hidden_layers)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from ..rules import ClaimRules
 from ..windows import AT_INIT
 
 
+DEPTH_KEYS = ("model.depth", "model.hidden_layers")  # VGG / ResNet depth, or an MLP's number of hidden layers
+
+
 def over_depths(data: StudyView, variant: str, value) -> pd.Series:
     """Per seed (and lr): the least-squares slope, over the study's depths, of log10 `value(run's
     step-0 activations rows)` against the run's number of normalised layers (its deepest layer)."""
@@ -23,7 +26,7 @@ def over_depths(data: StudyView, variant: str, value) -> pd.Series:
     table = table[(table["variant"] == variant) & (table["step"] == 0)]
     if "bn_mode" in table.columns:
         table = table[table["bn_mode"] == table["bn_mode"].iloc[0]] if len(table) else table
-    keys = [k for k in data.condition_keys(exclude=["depth"]) if k in table.columns]
+    keys = [k for k in data.condition_keys(exclude=["depth", "hidden_layers"]) if k in table.columns]
     per_run = table.groupby("run").apply(lambda rows: pd.Series({
         "layers": float(rows["layer"].max()), "value": float(value(rows))}), include_groups=False)
     per_run = per_run.join(table.drop_duplicates("run").set_index("run")[keys])
@@ -63,7 +66,7 @@ CLAIMS = (
         (Row("slope", "log10 change of the first layer's weight-gradient norm ||dL/dW_1||" + _PER_LAYER
              + "; batchnorm minus standard, paired by seed (above 0: BN's gradients grow faster with depth)",
              gradient_slope, "above", window=AT_INIT, unit="value"),),
-        findings=(("Yang 2019", SUPPORTED),), grid="model.depth", must_train=None, tables=("activations",)),
+        findings=(("Yang 2019", SUPPORTED),), grid=DEPTH_KEYS, must_train=None, tables=("activations",)),
     Claim(
         "rank_collapse", "Without a normaliser the representations' rank collapses with depth; BN keeps it",
         "Daneshmand 2020",
@@ -76,6 +79,6 @@ CLAIMS = (
              variant="standard", paired=False),
          Row("batchnorm_vs_standard", "the same slope, batchnorm minus standard, paired by seed (above 0: BN"
              " keeps the rank as depth grows)", rank_slope, "above", window=AT_INIT, unit="value")),
-        findings=(("Daneshmand 2020", SUPPORTED),), grid="model.depth", must_train=None,
+        findings=(("Daneshmand 2020", SUPPORTED),), grid=DEPTH_KEYS, must_train=None,
         tables=("activations",)),
 )
