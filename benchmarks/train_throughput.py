@@ -3,7 +3,8 @@
 Measures, in one process on one machine, images/s of three loops training the same model
 (VGG-11, width 0.25, BatchNorm, batch 128, plain SGD):
   project   bnstudy.train.train: uint8 tensors on the device, batches drawn by index, no workers,
-            channels_last for conv nets on CPU/CUDA, runtime.precision from --precision
+            channels_last for conv nets on CPU/CUDA, runtime.precision from --precision; the
+            final whole-test-set evaluation (once per run) timed and printed apart
   typical   torchvision ImageFolder + PIL transforms + DataLoader(--workers), reading JPEG/PNG
             files, default memory format, fp32 (the real CIFAR-10 JPEGs when present, else PNGs
             it writes)
@@ -95,13 +96,23 @@ def image_folder(target: Path, tar: Path | None, per_class: int) -> str:
     return f"PNG images written by the benchmark ({per_class} per class)"
 
 
-def project_loop(spec: RunSpec, results: Path, steps: int) -> float:
-    """images/s of bnstudy.train.train (warm-up run first; timed: the whole call)."""
+def project_loop(spec: RunSpec, results: Path, steps: int) -> tuple[float, float]:
+    """images/s of bnstudy.train.train's loop, and the seconds of its final whole-test-set
+    evaluation apart. Timed: the whole call (start-up, the steps, the tables), with the final
+    evaluation cut to the 128 samples the periodic ones use, so that the figure is the loop's; the
+    final evaluation is then the difference of two short runs, one evaluating the whole test set."""
     warm = spec.updated({"optim.steps": 5, "checkpoints": [5]})
     train(warm, results / "warm", log=lambda m: None)
+    small = {"log.final_test_samples": 128}
     start = time.perf_counter()
-    train(spec, results / "timed", log=lambda m: None)
-    return steps * 128 / (time.perf_counter() - start)
+    train(spec.updated(small), results / "timed", log=lambda m: None)
+    rate = steps * 128 / (time.perf_counter() - start)
+    short = []
+    for name, final in (("short", small), ("short-whole", {"log.final_test_samples": None})):
+        start = time.perf_counter()
+        train(warm.updated(final), results / name, log=lambda m: None)
+        short.append(time.perf_counter() - start)
+    return rate, short[1] - short[0]
 
 
 def typical_loop(spec: RunSpec, root: Path, steps: int, workers: int) -> float:
@@ -188,11 +199,12 @@ def main() -> None:
               f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {source}")
         noisy_spec, _ = base_spec(results, "noisy_batchnorm", args.steps, args.device, args.precision)
         compute = compute_loop(spec, args.steps)
-        project = project_loop(spec, results, args.steps)
+        project, final_eval = project_loop(spec, results, args.steps)
         typical = typical_loop(spec, results / "images", args.steps, args.workers)
         bn_step = 128 / compute_loop(spec, args.steps)
         noisy_step = 128 / compute_loop(noisy_spec, args.steps)
-        print(f"project  {project:8.0f} img/s   (bnstudy.train.train)")
+        print(f"project  {project:8.0f} img/s   (bnstudy.train.train: the loop)")
+        print(f"final evaluation on the whole test set: {final_eval:.2f} s (once per run, not in the figure above)")
         print(f"typical  {typical:8.0f} img/s   (ImageFolder + PIL transforms + DataLoader, {args.workers} workers)")
         print(f"compute  {compute:8.0f} img/s   (fixed batch: the ceiling)")
         print(f"step time: batchnorm {bn_step * 1e3:.1f} ms, noisy_batchnorm {noisy_step * 1e3:.1f} ms")
