@@ -2,7 +2,7 @@
 
 Measures, in one process on one machine, images/s of three loops training the same model
 (VGG-11, width 0.25, BatchNorm, batch 128, plain SGD):
-  project   bnstudy.train.train: uint8 tensors on the device, batches drawn by index, no workers,
+  project   bnstudy.train.loop.train: uint8 tensors on the device, batches drawn by index, no workers,
             channels_last for conv nets on CPU/CUDA, runtime.precision from --precision
   typical   torchvision ImageFolder + PIL transforms + DataLoader(--workers), reading JPEG/PNG
             files, default memory format, fp32 (the real CIFAR-10 JPEGs when present, else PNGs
@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 
-from bnstudy.config import load_config
-from bnstudy.plan import plan
-from bnstudy.datasets import prepare
-from bnstudy.models import build_model, set_generator
-from bnstudy.runtime import autocast_context, resolve_device
-from bnstudy.spec import RunSpec
-from bnstudy.train import place_model, train
+from bnstudy.config.load import load_config
+from bnstudy.config.plan import plan
+from bnstudy.data.datasets import prepare
+from bnstudy.models.networks import build_model, set_generator
+from bnstudy.train.runtime import autocast_context, resolve_device
+from bnstudy.config.spec import RunSpec
+from bnstudy.train.loop import place_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -96,7 +96,7 @@ def image_folder(target: Path, tar: Path | None, per_class: int) -> str:
 
 
 def project_loop(spec: RunSpec, results: Path, steps: int) -> float:
-    """images/s of bnstudy.train.train (warm-up run first; timed: the whole call)."""
+    """images/s of bnstudy.train.loop.train (warm-up run first; timed: the whole call)."""
     warm = spec.updated({"optim.steps": 5, "checkpoints": [5]})
     train(warm, results / "warm", log=lambda m: None)
     start = time.perf_counter()
@@ -192,7 +192,7 @@ def main() -> None:
         typical = typical_loop(spec, results / "images", args.steps, args.workers)
         bn_step = 128 / compute_loop(spec, args.steps)
         noisy_step = 128 / compute_loop(noisy_spec, args.steps)
-        print(f"project  {project:8.0f} img/s   (bnstudy.train.train)")
+        print(f"project  {project:8.0f} img/s   (bnstudy.train.loop.train)")
         print(f"typical  {typical:8.0f} img/s   (ImageFolder + PIL transforms + DataLoader, {args.workers} workers)")
         print(f"compute  {compute:8.0f} img/s   (fixed batch: the ceiling)")
         print(f"step time: batchnorm {bn_step * 1e3:.1f} ms, noisy_batchnorm {noisy_step * 1e3:.1f} ms")

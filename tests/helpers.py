@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from bnstudy.config import load_config
-from bnstudy.datasets import prepare
-from bnstudy.plan import plan
-from bnstudy.spec import RunSpec
+from bnstudy.config.load import load_config
+from bnstudy.data.datasets import prepare
+from bnstudy.config.plan import plan
+from bnstudy.config.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -178,8 +178,8 @@ def assert_default_key_trains_as_absent(spec, block: str, key: str, default, fol
     its default train to the same final metrics and the same train, eval and layers tables."""
     import pandas as pd
 
-    from bnstudy.spec import RunSpec
-    from bnstudy.train import train
+    from bnstudy.config.spec import RunSpec
+    from bnstudy.train.loop import train
 
     stored = spec.to_dict()
     old = RunSpec.from_dict(stored)

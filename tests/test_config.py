@@ -5,9 +5,9 @@ import copy
 import pytest
 import yaml
 
-from bnstudy.catalog import ANALYSES
-from bnstudy.config import ConfigError, load_config
-from bnstudy.plan import checkpoint_steps, plan
+from bnstudy.config.catalog import ANALYSES
+from bnstudy.config.load import ConfigError, load_config
+from bnstudy.config.plan import checkpoint_steps, plan
 
 from helpers import REPO
 

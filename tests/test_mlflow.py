@@ -40,7 +40,7 @@ def client(uri: str):
 
 
 def expected_git_commit() -> str:
-    """What bnstudy.tracking.git_commit should record: HEAD's hash, or "unknown" without one."""
+    """What bnstudy.tracking.runs.git_commit should record: HEAD's hash, or "unknown" without one."""
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
@@ -209,7 +209,7 @@ def test_parallel_writers_lose_nothing(tmp_path):
     n_proc, steps = 6, 200
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        from bnstudy.tracking import init_store
+        from bnstudy.tracking.runs import init_store
         init_store({uri!r}, "concurrency", None)
         """)], env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
@@ -217,7 +217,7 @@ def test_parallel_writers_lose_nothing(tmp_path):
     worker.write_text(textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        import bnstudy.tracking as tracking
+        import bnstudy.tracking.runs as tracking
         uri, i, steps, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
         tracking.FLUSH_ROWS = 15          # many small batches: maximal write interleaving
         spec = {"run": f"conc-{i}", "setup": "toy", "seed": i, "dataset": {"name": "none"},
@@ -325,7 +325,7 @@ def test_crash_and_sigterm_end_failed_and_resume_continues_the_run(smoke_dag, tm
     # 1. training crashes mid-way (injected where the loop hands metrics to the tracker): FAILED,
     #    with the reason (a tracking outage itself no longer fails a job: test_tracking_outage.py)
     crash = textwrap.dedent("""
-        import sys, bnstudy.tracking as tracking
+        import sys, bnstudy.tracking.runs as tracking
         original = tracking.MlflowTracker.log_metrics
         def log_metrics(self, metrics, step):
             if step >= 25:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy import track, tracking
+from bnstudy.tracking import sync as track
+from bnstudy.tracking import runs as tracking
 
 KIND = "custom_model_development"
 

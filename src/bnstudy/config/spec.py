@@ -1,6 +1,6 @@
 """The run spec: the resolved settings of one training run, as frozen dataclasses.
 
-`bnstudy.plan` builds it once per run from the validated config; training, the models and the
+`bnstudy.config.plan` builds it once per run from the validated config; training, the models and the
 analyses read it by attribute (`spec.optim.lr`, `spec.log.eval_every`), so a misspelt name fails
 where it is written rather than as a KeyError deep in a job. On disk and on the Snakemake command
 line it is JSON (`spec.json`, a checkpoint's `spec`) with exactly the keys of docs/architecture.md;
@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .variants import VARIANTS
 
 # Keys added after runs were first planned enter a spec (and its run id) only when they differ
@@ -43,7 +43,7 @@ APPLIES = {"norm.group_size": lambda spec: VARIANTS[spec["norm"]["variant"]].nor
 # normalisers' affine weight and bias (gamma, beta; the output layer too stays frozen, as in their
 # main experiments); "random_matched" as many scalars as bn_affine trains, drawn uniformly from every
 # other parameter (conv/linear weights and biases, the output layer) with a generator seeded by the
-# run's seed, gamma and beta frozen (`bnstudy.models.training_masks`).
+# run's seed, gamma and beta frozen (`bnstudy.models.networks.training_masks`).
 TRAIN_ONLY = ("all", "bn_affine", "random_matched")
 
 
@@ -119,7 +119,7 @@ class NoiseSpec:
 
 @dataclass(frozen=True)
 class NormSpec:
-    """The normalisation variant (a row of `bnstudy.variants.VARIANTS`) and its settings."""
+    """The normalisation variant (a row of `bnstudy.config.variants.VARIANTS`) and its settings."""
 
     variant: str
     eps: float
@@ -174,7 +174,7 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run. `run` is `{setup}-{variant}-lr{lr}-s{seed}-{hash8}` (bnstudy.plan)."""
+    """One training run. `run` is `{setup}-{variant}-lr{lr}-s{seed}-{hash8}` (bnstudy.config.plan)."""
 
     run: str
     setup: str

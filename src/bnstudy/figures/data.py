@@ -2,10 +2,10 @@
 
 Each figure kind is two layers: a function here that returns what its panels plot (one row per
 plotted point, labelled by panel `row` and `column`, `variant` and, for curves, `series` and
-`style`), and drawing code in `bnstudy.figures` that only draws such a frame. The tests assert on
-these frames; `bnstudy.figures.figure_data(kind, ...)` gives the frame of any kind.
+`style`), and drawing code in `bnstudy.figures.draw` that only draws such a frame. The tests assert on
+these frames; `bnstudy.figures.draw.figure_data(kind, ...)` gives the frame of any kind.
 
-Conventions (why the figures read alike) are in `bnstudy.figures`' docstring.
+Conventions (why the figures read alike) are in `bnstudy.figures.draw`' docstring.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from . import derived
-from .stats import mean_ci
-from .tables import StudyTables, TableError
-from .claims.rules import ClaimRules
-from .view import StudyView
+from ..tables import derived
+from ..tables.stats import mean_ci
+from ..tables.files import StudyTables, TableError
+from ..claims.rules import ClaimRules
+from ..tables.view import StudyView
 
 MIN_BAND_SEEDS = 3   # fewer seeds: their own lines, not a t band
 MAX_UNITS = 4        # single units drawn per distribution panel
@@ -37,7 +37,7 @@ EVAL_MODE = "eval mode"
 
 
 class Context(StudyView):
-    """What every drawer gets: the study's view (`bnstudy.view.StudyView`, shared with the claims)
+    """What every drawer gets: the study's view (`bnstudy.tables.view.StudyView`, shared with the claims)
     and the figure kind it draws."""
 
     def __init__(self, kind: str, study: str, study_cfg: Mapping, tables: StudyTables):

@@ -10,7 +10,7 @@ Snakefile and the config checks plan with this module alone (no torch, no matplo
   schema of its settings, with defaults), its table's columns and the figure kinds that read the
   table. A new analysis is its module, its record here and the caption of the figure that shows it;
 - a figure kind: the run tables it reads (the analysis tables come from the analysis records) and
-  the setup key a study must vary for it; its code is a drawer in `bnstudy.figures.DRAWERS` and its
+  the setup key a study must vary for it; its code is a drawer in `bnstudy.figures.draw.DRAWERS` and its
   caption `workflow/report/figures/<kind>.rst`.
 The tests check that every record has its code and caption.
 """

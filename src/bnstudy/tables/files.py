@@ -17,9 +17,9 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .atomic import atomic_write
-from .catalog import ANALYSES
-from .errors import TableError  # noqa: F401  (raised here; defined without torch)
+from ..atomic import atomic_write
+from ..config.catalog import ANALYSES
+from ..errors import TableError  # noqa: F401  (raised here; defined without torch)
 
 # ---------------------------------------------------------------------------------------------
 # contracts
@@ -208,7 +208,7 @@ class StudyTables:
         return cls({name: Path(folder) / f"{name}.csv" for name in names}, study_cfg)
 
 # ---------------------------------------------------------------------------------------------
-# the metric points MLflow holds of a run (bnstudy.tracking and bnstudy.track send them)
+# the metric points MLflow holds of a run (bnstudy.tracking.runs and bnstudy.tracking.sync send them)
 
 
 def _finite_cell(text) -> float | None:

@@ -2,7 +2,7 @@
 
 The config checks use these facts to stop a bad config before any job starts: a VGG depth that
 has no layer table, a figure layer beyond the network's normalised layers, images too small for
-the VGG's five poolings. `bnstudy.models` builds the networks from the same tables.
+the VGG's five poolings. `bnstudy.models.networks` builds the networks from the same tables.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A *setup* is a (dataset, model, training) recipe; a *study* names a setup, the variants, learning
 rates and seeds it needs, optional `overrides` of the setup, an optional `grid` over more setup
 keys, and the analyses, figures and claims it produces. `plan()` expands every enabled study into
-run specs (`bnstudy.spec.RunSpec`) and analysis tables. A run's id ends in a hash of its resolved
+run specs (`bnstudy.config.spec.RunSpec`) and analysis tables. A run's id ends in a hash of its resolved
 settings (and numeric precision), so a run that several studies need is trained once; an analysis
 table is keyed by (run, analysis, hash of its settings), so two studies that ask for the same
 analysis of a shared run read one table, and one job per run computes all of its tables.
@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 
 from .catalog import ANALYSES
-from .errors import ConfigError
+from ..errors import ConfigError
 from .schema import load_schema, setup_schema, validate
 from .spec import APPLIES, RunSpec, without_added_defaults
 

@@ -1,6 +1,6 @@
 """Config: load a YAML config, validate it against the schema (filling defaults), then run the
 checks a schema cannot express, so that every bad config stops before any job starts, naming the
-key, the bad value and what is allowed. The expansion of the studies into runs is `bnstudy.plan`.
+key, the bad value and what is allowed. The expansion of the studies into runs is `bnstudy.config.plan`.
 
 Plain Python (no torch): the Snakemake process imports it to plan the DAG.
 """
@@ -13,12 +13,12 @@ import math
 import os
 from pathlib import Path
 
-from .architectures import VGG_CONFIGS, VGG_POOLS, layer_widths, normalised_layers, resnet_depth_ok
+from ..models.architectures import VGG_CONFIGS, VGG_POOLS, layer_widths, normalised_layers, resnet_depth_ok
 from .variants import VARIANTS
 from .catalog import ANALYSES, FIGURE_KINDS, figure_tables
-from .claims import ClaimRules
-from .claims import get as claim
-from .errors import ConfigError
+from ..claims import ClaimRules
+from ..claims import get as claim
+from ..errors import ConfigError
 from .plan import SOURCE_SIZES, checkpoint_steps, setup_for, setups_of
 from .schema import load_schema, read_yaml, validate
 

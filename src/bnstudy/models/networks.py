@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from .architectures import resnet_widths, vgg_channels
-from .batches import step_generator
+from ..data.batches import step_generator
 from .norms import make_norm
-from .variants import VARIANTS
-from .spec import RunSpec
+from ..config.variants import VARIANTS
+from ..config.spec import RunSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
 
@@ -303,7 +303,7 @@ def affine_parameters(model: Network) -> list[nn.Parameter]:
 def training_masks(model: Network, spec: RunSpec) -> list[torch.Tensor | bool | None] | None:
     """What SGD may change of each parameter of `model` (in `model.parameters()` order) under
     `optim.train_only` (spec.TRAIN_ONLY): None for everything ("all"), else per parameter None
-    (all of it), False (frozen) or a boolean mask of its entries (`bnstudy.sgd.SGD`'s `masks`).
+    (all of it), False (frozen) or a boolean mask of its entries (`bnstudy.train.sgd.SGD`'s `masks`).
 
     bn_affine: the normalisers' gamma and beta, nothing else (Frankle, Schwab & Morcos 2021: every
     other weight, the output layer's too, stays at its random initialisation). random_matched: the

@@ -3,7 +3,7 @@ Snakemake process read it without importing the training stack).
 
 A variant is a row: which normaliser follows each conv/linear layer, and whether Algorithm 1's
 distributional noise (Santurkar et al. 2018, section 2) follows the normaliser. Adding a variant
-is one row here, plus a normaliser class in `bnstudy.norms` if it needs a new one.
+is one row here, plus a normaliser class in `bnstudy.models.norms` if it needs a new one.
 
     standard         no normalisation
     batchnorm        BatchNorm (Ioffe & Szegedy 2015)
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-# the normalisers a variant can name: each has its builder in `bnstudy.norms.NORMALISERS` (a test
+# the normalisers a variant can name: each has its builder in `bnstudy.models.norms.NORMALISERS` (a test
 # checks the two agree); None is no normaliser
 NORMS = (None, "batch", "lp", "layer", "group", "instance", "weight")
 NOISES = (None, "absolute", "unit")

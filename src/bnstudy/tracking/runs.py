@@ -27,7 +27,7 @@ By hand, only what MLflow lacks:
   last points) or its store vanished, it compares the store with the tables just written and
   sends what the store lacks. So `complete` is a fact, not a hope. If the store stays away,
   `summary.json` records `tracking: {"complete": false, "error": ...}`, one line on stderr says
-  so, and `bnstudy track` (bnstudy.track) re-sends later what the store lacks, from the run
+  so, and `bnstudy track` (bnstudy.tracking.sync) re-sends later what the store lacks, from the run
   folders;
 - the SQLite store created once, under a lock: MLflow creates a missing SQLite file and runs
   alembic's migrations in every process that opens it, so concurrent jobs would race them.
@@ -51,7 +51,7 @@ import threading
 import time
 from pathlib import Path
 
-from .tables import expected_points
+from ..tables.files import expected_points
 
 EXECUTION_ENV = "BNSTUDY_EXECUTION"
 FLUSH_SECONDS = 5.0   # a batch goes to MLflow this often (BNSTUDY_TRACKING_FLUSH_SECONDS), or
@@ -78,7 +78,7 @@ INCOMPLETE_HINT = "results are on disk; run `bnstudy track` to re-send"
 # when the experiment is created, and on an existing one that has none. MLflow 3.17's UI (what
 # the project is tested with) shows an experiment by its sidebar switch GenAI / Model training
 # instead, remembered per browser, GenAI by default; an address with
-# `?workflowType=machine_learning` opens the model training view (bnstudy.track.runs_page).
+# `?workflowType=machine_learning` opens the model training view (bnstudy.tracking.sync.runs_page).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # Each run is tagged `study` = the studies it serves, comma-separated, and `study.<name>` = "true"
@@ -148,7 +148,7 @@ def context_path(results: str | Path) -> Path:
 
 def write_context(path: Path, tracking: dict, runs: dict[str, dict]) -> None:
     """The tracking settings (`tracking` config plus `results`) and {run: {name, studies}}."""
-    from .atomic import atomic_write
+    from ..atomic import atomic_write
 
     text = json.dumps({"tracking": tracking, "runs": runs}, indent=1, sort_keys=True) + "\n"
     atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -452,7 +452,7 @@ def top_up(client, run, params: dict, tags: dict, outcome: dict,
 
 
 class MlflowTracker:
-    """The tracker `bnstudy.train.train` talks to; continues `previous_run_id` when resuming.
+    """The tracker `bnstudy.train.loop.train` talks to; continues `previous_run_id` when resuming.
 
     The training thread never waits on the store: `log_metrics` appends, and hands MLflow's async
     queue a batch every FLUSH_SECONDS. A daemon thread imports mlflow and opens the run meanwhile

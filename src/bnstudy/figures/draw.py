@@ -1,17 +1,17 @@
-"""Study tables -> figures (PNG + PDF), one drawer per figure kind of `bnstudy.catalog`.
+"""Study tables -> figures (PNG + PDF), one drawer per figure kind of `bnstudy.config.catalog`.
 
 The workflow's figures job of a study calls ``draw_study``: every figure kind the study lists,
 each from the study tables ``catalog.figure_tables(kind)`` names, into the study's figures folder.
 Nothing here imports torch, so figures can be redrawn on a machine without the training stack.
 
-Every kind is two layers: pandas functions in `bnstudy.figure_data` that return what the panels
+Every kind is two layers: pandas functions in `bnstudy.figures.data` that return what the panels
 plot (a tidy frame; ``figure_data`` gives it, the tests assert on it), and the drawing code here,
 which only draws such a frame.
 
 Conventions shared by every figure, so that they read alike:
 
 * seeds are the experimental unit. A curve is the mean over the seeds that did not diverge, with
-  its 95% Student-t band (`bnstudy.stats.mean_ci`, the claims table's interval) at the steps where
+  its 95% Student-t band (`bnstudy.tables.stats.mean_ci`, the claims table's interval) at the steps where
   at least ``MIN_BAND_SEEDS`` seeds give a value. A variant with fewer completed seeds in a panel
   gets each seed's own line instead (a t band over 2 seeds is 12.7 standard errors wide). Bands are clipped to the measure's domain
   (accuracies to [0, 1]); on log axes mean and band are taken over log10 values (a geometric mean);
@@ -45,14 +45,14 @@ from matplotlib.legend_handler import HandlerTuple  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .atomic import atomic_write  # noqa: E402
-from .catalog import FIGURE_KINDS, figure_tables  # noqa: E402
-from .figure_data import (  # noqa: E402
+from ..atomic import atomic_write  # noqa: E402
+from ..config.catalog import FIGURE_KINDS, figure_tables  # noqa: E402
+from .data import (  # noqa: E402
     CURVES, EVAL_MODE, FINAL, MIN_BAND_SEEDS, ROWS_OF, TRAIN_MODE, Context, curvature_data, curves_data,
     density_data, eos_data, final_data, final_x, format_value, group_size_data, landscape_data,
     layer_measures_data, spectrum_data, surface_data, units_data, weight_norm_data,
 )
-from .tables import StudyTables, TableError  # noqa: E402
+from ..tables.files import StudyTables, TableError  # noqa: E402
 
 # Index into seaborn's colour-blind palette per variant, fixed so a variant looks the same in every
 # figure; the lp variants avoid the hues of batchnorm/standard they are compared with.

@@ -7,8 +7,8 @@ is edited (what the config files and the docs name); building a wheel or an sdis
 
 The schema is the contract of every config key: types, ranges, defaults, descriptions. Names that
 live in code are filled in when it is loaded, so each lives in one place: the variant names
-(`bnstudy.variants`), the figure kinds and each analysis kind's settings block
-(`bnstudy.catalog`), the claim kinds and the `claim_rules` block (`bnstudy.claims`). Validation
+(`bnstudy.config.variants`), the figure kinds and each analysis kind's settings block
+(`bnstudy.config.catalog`), the claim kinds and the `claim_rules` block (`bnstudy.claims`). Validation
 fills in defaults (the snakemake idiom) and reports every problem at once, each naming its key.
 """
 
@@ -22,8 +22,8 @@ import jsonschema
 import yaml
 
 from .catalog import ANALYSES, FIGURE_KINDS
-from .claims import ClaimRules, claims_by_kind
-from .errors import ConfigError
+from ..claims import ClaimRules, claims_by_kind
+from ..errors import ConfigError
 from .variants import VARIANTS
 
 # package data (in the checkout, a symlink to workflow/schemas/config.schema.yaml)

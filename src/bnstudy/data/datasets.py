@@ -3,7 +3,7 @@
 Every source (synthetic, cifar10, imagefolder, gaussian, mnist) is turned once into a single
 `.pt` file holding uint8 images (or float vectors for the deep linear network), int64 labels and
 metadata (class names, normalisation statistics, a checksum). Training and the analyses then keep
-these tensors on their device and draw batches by index (`bnstudy.batches`), in the style of
+these tensors on their device and draw batches by index (`bnstudy.data.batches`), in the style of
 airbench: no per-sample Python, no worker processes, no image decoding in the training loop.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
-from .errors import DataError  # noqa: F401  (raised here; defined without torch)
+from ..atomic import atomic_write
+from ..errors import DataError  # noqa: F401  (raised here; defined without torch)
 
 FORMAT_VERSION = 1
 
@@ -203,7 +203,7 @@ def prepare(cfg: dict, key: str, out: Path, record: Path | None = None) -> dict:
 
     `record` gets the source it was made from and its metadata as JSON, written after the tensor
     file. The workflow puts both in place as results/data/<key>.pt and .json (rules prepare_data,
-    install_data); the config check reads the record without torch (`bnstudy.config.check_dataset`)
+    install_data); the config check reads the record without torch (`bnstudy.config.load.check_dataset`)
     to know whether a changed source needs its raw data."""
     source = cfg["source"]
     if source == "gaussian":

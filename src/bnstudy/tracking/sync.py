@@ -10,7 +10,7 @@ does not hold, the terminal status (with the run's real end time), analysis tabl
 attached; and, given this execution's figures, a 'figures' run holding them. A second pass sends
 nothing. Run folders are never written (they are the training jobs' outputs: rewriting one would
 make Snakemake redo what reads it); what a pass did is its report (`results/tracking/track.json`
-when the workflow's `track` rule runs it). mlflow is reached through bnstudy.tracking only, with
+when the workflow's `track` rule runs it). mlflow is reached through bnstudy.tracking.runs only, with
 its HTTP retries on (`tracking.BULK_SETTINGS`).
 """
 
@@ -22,8 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import tracking
-from .tables import expected_points
+from . import runs as tracking
+from ..tables.files import expected_points
 
 
 def analysis_tables(results: Path) -> dict[str, list[Path]]:

@@ -1,5 +1,5 @@
 """The normalisers and Algorithm 1's noise, placed after each conv/linear layer and before the
-non-linearity. Which variant uses which is the table `bnstudy.variants.VARIANTS`.
+non-linearity. Which variant uses which is the table `bnstudy.config.variants.VARIANTS`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .spec import NormSpec
-from .variants import VARIANTS, Variant
+from ..config.spec import NormSpec
+from ..config.variants import VARIANTS, Variant
 
 
 def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -86,7 +86,7 @@ class DistributionNoise(nn.Module):
     i.e. noise of the size relative to the unit's spread that it has after BatchNorm.
 
     Randomness comes from `self.generator`, which the training loop reseeds every step (see
-    `bnstudy.batches.step_generator`) so that resumed runs draw the same noise.
+    `bnstudy.data.batches.step_generator`) so that resumed runs draw the same noise.
     """
 
     def __init__(self, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float, enabled: bool = True,
@@ -172,7 +172,7 @@ class CpuNoise(torch.autograd.Function):
 
     Why by hand: drawing ~10 million numbers a step with torch's single-threaded CPU generator and
     applying them in separate passes made a noisy-BatchNorm step about 1.9x a BatchNorm step on
-    the 2-core CPU. Here one compiled loop (`bnstudy.noise_kernel`) draws, looks up, adds the
+    the 2-core CPU. Here one compiled loop (`bnstudy.models.noise_kernel`) draws, looks up, adds the
     per-unit terms and applies the noise per element. Only s is kept for the backward pass
     (dy/dx = s). The random bits are counter-based (element k of the activation's memory gets
     splitmix64 of key + k), so the numbers are a pure function of (seed, layout).
@@ -198,7 +198,7 @@ CPU_NOISE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def _cpu_apply_noise(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, r_mu: float,
                      r_sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, s) in x's dtype and layout, from `bnstudy.noise_kernel.noise_f32`."""
+    """(y, s) in x's dtype and layout, from `bnstudy.models.noise_kernel.noise_f32`."""
     from . import noise_kernel  # numba: imported only by jobs that draw CPU noise
 
     if x.dtype != torch.float32:  # bf16 autocast: float32 arithmetic, rounded once

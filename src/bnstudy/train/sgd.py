@@ -19,7 +19,7 @@ import torch
 class SGD:
     """x <- x - lr * v with v = g + weight_decay * x, or the momentum buffer b <- m * b + v.
 
-    `masks` (optim.train_only, `bnstudy.models.training_masks`), one per parameter: None = all of
+    `masks` (optim.train_only, `bnstudy.models.networks.training_masks`), one per parameter: None = all of
     it trains, False = frozen (skipped like a parameter without a gradient: no weight decay, no
     momentum buffer), a boolean tensor = only those entries train: v is zeroed elsewhere after the
     weight decay is added and before the momentum buffer takes it, so the other entries' update is

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from .batches import BatchSampler, InputTransform, augment, step_generator
+from ..data.batches import BatchSampler, InputTransform, augment, step_generator
 from .checkpoint import checkpoint_path, latest_good_checkpoint, list_checkpoints, save_checkpoint
-from .datasets import load_prepared
-from .models import build_model, loss_fn, set_generator, training_masks, uses_channels_last
+from ..data.datasets import load_prepared
+from ..models.networks import build_model, loss_fn, set_generator, training_masks, uses_channels_last
 from .runtime import autocast_context, conv_precision, resolve_device, set_threads
 from .sgd import SGD
-from .spec import RunSpec
-from .tables import RUN_TABLES, eval_metric, write_csv, write_json
+from ..config.spec import RunSpec
+from ..tables.files import RUN_TABLES, eval_metric, write_csv, write_json
 
 PERCENTILES = (5, 15, 50, 85, 95)
 READBACK_EVERY = {"cpu": 1}  # steps between reading losses back to the host; 32 elsewhere (see Readback)
@@ -341,7 +341,7 @@ class Readback:
 
 
 class NullTracker:
-    """What `train` calls when MLflow is off (bnstudy.tracking provides the real one)."""
+    """What `train` calls when MLflow is off (bnstudy.tracking.runs provides the real one)."""
 
     run_id = None
 
@@ -580,7 +580,7 @@ def train(spec: RunSpec, run_dir: Path, open_tracker=None, log=None, threads: in
                                run.wall(), run.tracker.run_id, threads=run.threads, name=name,
                                started_ms=run.started_ms, ended_ms=int(time.time() * 1000))
         write_tables(spec, run.run_dir, run.metrics)
-    # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking); the
+    # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking.runs); the
     # tracker checks the store against them, and summary.json (written last: it marks the run
     # done) records whether tracking is complete (`bnstudy track` re-sends what is not)
     run.tracker.finish(status, summary)

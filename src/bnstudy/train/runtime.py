@@ -8,7 +8,7 @@ import contextlib
 
 import torch
 
-from .spec import RuntimeSpec
+from ..config.spec import RuntimeSpec
 
 
 def resolve_device(runtime: RuntimeSpec) -> torch.device:

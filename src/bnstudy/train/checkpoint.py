@@ -2,7 +2,7 @@
 
 A checkpoint holds model, optimizer, step, resolved spec, RNG states, the metric rows recorded so
 far and the MLflow run id, so a killed job resumes where it stopped and ends with the same
-numbers (see `bnstudy.train`). Files live in `results/runs/{run}/checkpoints/step_{step:07d}.pt`.
+numbers (see `bnstudy.train.loop`). Files live in `results/runs/{run}/checkpoints/step_{step:07d}.pt`.
 
 A checkpoint holds tensors and plain values only (dicts, lists, tuples, numbers, strings, None),
 and is loaded with `torch.load(weights_only=True)`: a `.pt` file is a pickle, and anyone who can
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .datasets import atomic_torch_save
-from .errors import CheckpointError  # noqa: F401  (raised here; defined without torch)
+from ..data.datasets import atomic_torch_save
+from ..errors import CheckpointError  # noqa: F401  (raised here; defined without torch)
 
 REQUIRED_KEYS = ("model", "optimizer", "step", "spec")
 NAME = re.compile(r"step_(\d{7})\.pt$")
