@@ -209,7 +209,7 @@ def test_parallel_writers_lose_nothing(tmp_path):
     n_proc, steps = 6, 200
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        from bnstudy.tracking.runs import init_store
+        from bnstudy.tracking.store import init_store
         init_store({uri!r}, "concurrency", None)
         """)], env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
@@ -217,7 +217,7 @@ def test_parallel_writers_lose_nothing(tmp_path):
     worker.write_text(textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        import bnstudy.tracking.runs as tracking
+        import bnstudy.tracking.tracker as tracking
         uri, i, steps, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
         tracking.FLUSH_ROWS = 15          # many small batches: maximal write interleaving
         spec = {"run": f"conc-{i}", "setup": "toy", "seed": i, "dataset": {"name": "none"},

@@ -104,7 +104,7 @@ def test_the_snakemake_process_plans_without_torch_or_plotting():
 
     code = ("import sys, runpy; sys.path.insert(0, 'src'); "
             "import bnstudy.config.load, bnstudy.config.plan, bnstudy.config.catalog, bnstudy.claims, "
-            "bnstudy.tracking.runs; "
+            "bnstudy.tracking.context; "
             "bnstudy.config.plan.plan(bnstudy.config.load.load_config('config/paper.yaml')); "
             "loaded = [m for m in ('torch', 'matplotlib', 'seaborn', 'mlflow', 'scipy') if m in sys.modules]; "
             "print(loaded); sys.exit(1 if loaded else 0)")

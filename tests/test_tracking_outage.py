@@ -200,7 +200,7 @@ def test_sqlite_store_deleted_under_two_jobs(tmp_path):
     the end what it lost, from their tables. Deleted again after the fact, `bnstudy track`
     rebuilds it from the run folders; each time every point is there once, and a second
     `bnstudy track` sends nothing."""
-    from bnstudy.tracking.runs import forget_store
+    from bnstudy.tracking.store import forget_store
 
     specs = [long_spec(tmp_path, "vgg-batchnorm", STEPS), long_spec(tmp_path, "vgg-standard", STEPS)]
     work = tmp_path / "work"
@@ -449,7 +449,7 @@ def test_errors_are_described_in_one_line():
     """summary.json's error and the stderr line name an error in one line: its type and first
     informative line, without the SQL statement and parameters SQLAlchemy appends (their numbers
     once read as HTTP statuses) or its "raised as a result of" preamble."""
-    from bnstudy.tracking.runs import describe
+    from bnstudy.tracking.context import describe
 
     readonly = RuntimeError(
         "(raised as a result of Query-invoked autoflush; consider using a session.no_autoflush block)\n"

@@ -39,7 +39,7 @@ def _json(text: str):
 
 def _tracking(text: str) -> dict:
     """The tracking params of a rule, with the URI resolved (null = <results>/mlflow.db)."""
-    from .tracking.runs import resolve_uri
+    from .tracking.context import resolve_uri
 
     tracking = _json(text)
     if tracking.get("enabled"):
@@ -92,7 +92,8 @@ def _marker(tracking: dict) -> Path:
 def cmd_init_tracking(args) -> None:
     """Create the store and experiment once per execution. A tracking outage here does not stop
     the DAG: the marker records the error and the jobs try (and degrade) on their own."""
-    from .tracking.runs import describe, incomplete_line, init_store
+    from .tracking.context import describe, incomplete_line
+    from .tracking.store import init_store
 
     tracking = _tracking(args.tracking)
     exp, error = None, None
@@ -117,7 +118,7 @@ def cmd_train(args) -> None:
     spec = RunSpec.from_json(args.spec, "--spec")
     studies = args.studies.split(",") if args.studies else []
     if args.context:  # the workflow's way: settings and labels from the context, not from params
-        from .tracking.runs import read_context
+        from .tracking.context import read_context
 
         context = read_context(Path(args.context), spec.run)
         if context is None:
@@ -135,7 +136,8 @@ def cmd_train(args) -> None:
     live = tracking["enabled"] and tracking.get("live", True)
 
     def open_tracker(previous):
-        from .tracking.runs import MlflowTracker, default_artifact_root, read_marker
+        from .tracking.context import default_artifact_root, read_marker
+        from .tracking.tracker import MlflowTracker
 
         # the artifact root init_tracking chose, if it is for this store (a job that recreates
         # the store or the experiment gives it the same)
@@ -212,7 +214,7 @@ def cmd_claims(args) -> None:
 def cmd_track(args) -> None:
     """Re-send to MLflow what the store is missing, from the run folders (idempotent)."""
     from .tracking.sync import sync
-    from .tracking.runs import EXECUTION_ENV, read_marker, resolve_uri
+    from .tracking.context import EXECUTION_ENV, read_marker, resolve_uri
 
     tracking, results = {}, "results"
     if args.configfile:

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works without `pip in
 from bnstudy.config.load import ConfigError, load_config
 from bnstudy.config.plan import plan, short_hash
 from bnstudy.summary import on_error, on_success, unknown_target
-from bnstudy.tracking.runs import CONTEXT_ENV, EXECUTION_ENV, context_path, write_context
+from bnstudy.tracking.context import CONTEXT_ENV, EXECUTION_ENV, context_path, write_context
 
 try:
     _validated = load_config(config)

@@ -10,8 +10,8 @@ does not hold, the terminal status (with the run's real end time), analysis tabl
 attached; and, given this execution's figures, a 'figures' run holding them. A second pass sends
 nothing. Run folders are never written (they are the training jobs' outputs: rewriting one would
 make Snakemake redo what reads it); what a pass did is its report (`results/tracking/track.json`
-when the workflow's `track` rule runs it). mlflow is reached through bnstudy.tracking.runs only, with
-its HTTP retries on (`tracking.BULK_SETTINGS`).
+when the workflow's `track` rule runs it). mlflow is reached through the store's client (`store.connect`) only, with
+its HTTP retries on (`context.BULK_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import runs as tracking
+from . import context, runs, store
 from ..tables.files import expected_points
 
 
@@ -60,12 +60,12 @@ def sync(results: Path, uri: str, experiment: str, artifact_root=None, log=None,
     figures_run, failed, experiment_id, ui_page (see `runs_page`)}."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = Path(results)
-    client, exp, created = tracking.connect(uri, experiment, artifact_root)
+    client, exp, created = store.connect(uri, experiment, artifact_root)
     if created:
         log(f"bnstudy track: created the MLflow store {uri}")
     report = {"checked": 0, "repaired": 0, "points": 0, "artifacts": 0, "failed": [],
               "runs": [], "figures_run": None, "experiment_id": exp, "ui_page": runs_page(uri, exp)}
-    tracked = tracking.find_runs(client, exp)
+    tracked = runs.find_runs(client, exp)
     tables = analysis_tables(results)
     studies = studies_from_tables(results)
     for summary_path in sorted(results.glob("runs/*/summary.json")):
@@ -75,14 +75,14 @@ def sync(results: Path, uri: str, experiment: str, artifact_root=None, log=None,
             writes = sync_run(client, exp, run_dir, tracked, tables.get(run_dir.name, []),
                               studies.get(run_dir.name, []), report)
         except Exception as err:
-            report["failed"].append(f"{run_dir.name}: {tracking.describe(err)}")
+            report["failed"].append(f"{run_dir.name}: {context.describe(err)}")
             continue
         report["repaired"] += bool(writes)
     if figures:
         try:
             sync_figures(client, exp, [Path(f) for f in figures], execution, record or {}, report)
         except Exception as err:
-            report["failed"].append(f"figures: {tracking.describe(err)}")
+            report["failed"].append(f"figures: {context.describe(err)}")
     return report
 
 
@@ -93,7 +93,7 @@ def sync_run(client, exp: str, run_dir: Path, tracked: dict, tables: list, studi
     spec = json.loads((run_dir / "spec.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     state = summary.get("tracking") or {}
-    name = summary.get("name") or tracking.run_name(spec)
+    name = summary.get("name") or runs.run_name(spec)
     writes = 0
     candidates = tracked.get(spec["run"], [])
     run = next((r for r in candidates if r.info.run_id == summary.get("mlflow_run_id")),
@@ -110,14 +110,14 @@ def sync_run(client, exp: str, run_dir: Path, tracked: dict, tables: list, studi
     # the studies the job was trained for, and those whose tables list the run since (a study
     # added later that shares it): `study` is brought up to date, `study.<name>` tags added
     studies = list(dict.fromkeys([*(state.get("studies") or []), *studies]))
-    tags = tracking.run_tags(spec, run_dir, studies,
-                             state.get("execution") or os.environ.get(tracking.EXECUTION_ENV, "manual"))
+    tags = runs.run_tags(spec, run_dir, studies,
+                             state.get("execution") or os.environ.get(context.EXECUTION_ENV, "manual"))
     if state.get("git_commit"):
         tags["git_commit"] = state["git_commit"]
-    wanted = expected_points(run_dir, spec, tracking.final_metrics(summary))
-    current = {**tracking.outcome_tags(summary["status"], summary), "study": tags["study"]}
-    top_writes, sent = tracking.top_up(client, run, tracking.run_params(spec), tags, current, wanted,
-                                       summary.get("ended_ms") or tracking.now_ms())
+    wanted = expected_points(run_dir, spec, runs.final_metrics(summary))
+    current = {**runs.outcome_tags(summary["status"], summary), "study": tags["study"]}
+    top_writes, sent = runs.top_up(client, run, runs.run_params(spec), tags, current, wanted,
+                                       summary.get("ended_ms") or context.now_ms())
     writes += top_writes
     report["points"] += len(sent)
 
@@ -147,7 +147,7 @@ def sync_figures(client, exp: str, figures: list[Path], execution: str, record: 
             report["figures_run"] = record["figures_run"]
             return
         except Exception as err:
-            if not tracking.is_not_found(err):
+            if not context.is_not_found(err):
                 raise
     run_id = client.create_run(exp, run_name=f"figures ({execution})",
                                tags={"bnstudy.figures": "true", "bnstudy.execution": execution}).info.run_id
