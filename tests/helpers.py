@@ -62,6 +62,13 @@ def prepared_spec(tmp_path: Path, run_prefix: str, config: dict | None = None, *
     return spec
 
 
+def toy_spec(run: str, updates: dict | None = None) -> RunSpec:
+    """A run spec that nothing trains (for the tracking tests): the first smoke run's, with id
+    `run` and dotted keys replaced by `updates`, e.g. {"optim.lr": 0.1}."""
+    spec = next(iter(plan(load_config({**smoke_raw(), "tracking": {"enabled": False}})).runs.values()))
+    return spec.updated({"run": run, **(updates or {})})
+
+
 def changed(spec: RunSpec, updates: dict) -> RunSpec:
     """`spec` with dotted keys replaced, e.g. {"model.dropout": 0.2, "checkpoints": [0, 10]}."""
     return spec.updated(updates)

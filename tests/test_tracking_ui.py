@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import toy_spec
 
 from bnstudy.tracking import sync as track
 from bnstudy.tracking import runs
@@ -66,8 +67,8 @@ def test_an_existing_experiment_gets_the_kind_once_and_a_chosen_kind_stays(store
 
 
 def test_run_tags_name_each_study():
-    spec = {"run": "r1", "setup": "vgg", "norm": {"variant": "batchnorm"}, "optim": {"lr": 0.1},
-            "seed": 0, "dataset": {"name": "cifar10"}}
+    spec = toy_spec("r1", {"setup": "vgg", "norm.variant": "batchnorm", "optim.lr": 0.1, "seed": 0,
+                           "dataset.name": "cifar10"})
     tags = runs.run_tags(spec, Path("."), ["ics", "landscape"], "x")
     assert tags["study"] == "ics,landscape"
     assert tags["study.ics"] == tags["study.landscape"] == "true"
@@ -78,9 +79,9 @@ def finished_run(results: Path, run: str, studies: list[str]) -> None:
     """A run folder as a training job leaves it (tracking off: summary.json names its studies)."""
     folder = results / "runs" / run
     folder.mkdir(parents=True)
-    spec = {"run": run, "setup": "vgg", "norm": {"variant": "batchnorm"}, "optim": {"lr": 0.1},
-            "seed": 0, "dataset": {"name": "cifar10"}}
-    (folder / "spec.json").write_text(json.dumps(spec))
+    spec = toy_spec(run, {"setup": "vgg", "norm.variant": "batchnorm", "optim.lr": 0.1, "seed": 0,
+                          "dataset.name": "cifar10"})
+    (folder / "spec.json").write_text(spec.to_json())
     (folder / "summary.json").write_text(json.dumps({
         "status": "finished", "final": {"test_accuracy": 0.5}, "diverged_step": None,
         "started_ms": 1_700_000_000_000, "ended_ms": 1_700_000_060_000,

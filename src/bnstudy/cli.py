@@ -129,7 +129,7 @@ def cmd_train(args) -> None:
             args.tracking, args.name = json.dumps(settings), args.name or context_name
     tracking = _tracking(args.tracking)
     run_dir = Path(args.run_dir)
-    name = args.name or run_name(spec.to_dict())
+    name = args.name or run_name(spec)
     holder = {}
     # live tracking: this job sends its metrics as it trains; else (tracking.live: false) the
     # workflow's `track` job sends every run at the end, and this job never imports mlflow
@@ -144,7 +144,7 @@ def cmd_train(args) -> None:
         marker = read_marker(_marker(tracking))
         same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
         holder["t"] = MlflowTracker(
-            tracking["uri"], tracking["experiment"], spec.to_dict(), run_dir, previous,
+            tracking["uri"], tracking["experiment"], spec, run_dir, previous,
             studies=studies, name=name,
             artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
             else default_artifact_root(tracking.get("results", "results")),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .catalog import ANALYSES
 from ..errors import ConfigError
 from .schema import load_schema, setup_schema, validate
-from .spec import APPLIES, RunSpec, without_added_defaults
+from .spec import APPLIES, RunSpec, assign, lookup, without_added_defaults
 
 # the training-set sizes, image sizes and channels of the torchvision sources
 SOURCE_SIZES = {"cifar10": (50000, 10000, 32, 3), "mnist": (60000, 10000, 28, 1)}
@@ -34,19 +34,6 @@ def deep_merge(base: dict, update: dict) -> dict:
         out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
             else copy.deepcopy(value)
     return out
-
-
-def get_dotted(d: dict, key: str):
-    for part in key.split("."):
-        d = d[part]
-    return d
-
-
-def set_dotted(d: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for part in parts[:-1]:
-        d = d[part]
-    d[parts[-1]] = value
 
 
 def leaves(d: dict, prefix: str = "") -> dict:
@@ -82,7 +69,7 @@ def setups_of(config: dict, study: str, schema: dict | None = None) -> list[tupl
     grid = config["studies"][study]["grid"]
     for key in grid:
         try:
-            get_dotted(setup, key)
+            lookup(setup, key)
         except (KeyError, TypeError):
             raise ConfigError(f"config key studies.{study}.grid.{key}: no such setup key; grid keys "
                               f"are dotted paths into the setup such as model.init_scale") from None
@@ -90,7 +77,7 @@ def setups_of(config: dict, study: str, schema: dict | None = None) -> list[tupl
     for values in itertools.product(*grid.values()):
         point = copy.deepcopy(setup)
         for key, value in zip(grid, values):
-            set_dotted(point, key, value)
+            assign(point, key, value)
         where = " ".join(f"{k}={v!r}" for k, v in zip(grid, values))
         root = f"studies.{study}.grid[{where}]" if grid else f"studies.{study}"
         validate(point, setup_schema(schema), root=root)

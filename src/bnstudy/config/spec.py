@@ -15,6 +15,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -65,17 +66,33 @@ def without_added_defaults(spec: dict) -> dict:
     return spec
 
 
-def setting(spec: dict, dotted: str):
-    """A spec's value at a dotted key, the default of an added key where it applies but was left
-    out, NaN where it does not apply; KeyError if a key every spec has is missing."""
-    node = spec
+def lookup(tree: Mapping, dotted: str):
+    """The value at a dotted key such as "norm.group_size" in a nested mapping (a run spec's JSON
+    form, a setup, a config): the one walk over dotted keys. KeyError(dotted) if a part is missing."""
+    node = tree
     for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if dotted in ADDED:
-                return ADDED[dotted] if APPLIES.get(dotted, lambda _: True)(spec) else float("nan")
+        if not isinstance(node, Mapping) or part not in node:
             raise KeyError(dotted)
         node = node[part]
     return node
+
+
+def assign(tree: dict, dotted: str, value) -> None:
+    """Set the value at a dotted key of a nested dict (its parents must exist)."""
+    *parents, last = dotted.split(".")
+    node = lookup(tree, ".".join(parents)) if parents else tree
+    node[last] = value
+
+
+def setting(spec: dict, dotted: str):
+    """A spec's value at a dotted key, the default of an added key where it applies but was left
+    out, NaN where it does not apply; KeyError if a key every spec has is missing."""
+    try:
+        return lookup(spec, dotted)
+    except KeyError:
+        if dotted in ADDED:
+            return ADDED[dotted] if APPLIES.get(dotted, lambda _: True)(spec) else float("nan")
+        raise
 
 
 @dataclass(frozen=True)
@@ -213,13 +230,11 @@ class RunSpec:
         (benchmarks and tests derive variants of a planned run this way)."""
         data = self.to_dict()
         for dotted, value in changes.items():
-            node = data
             *parents, last = dotted.split(".")
-            for part in parents:
-                node = node[part]
+            node = lookup(data, ".".join(parents)) if parents else data
             if last not in node and dotted not in ADDED:  # an added key at its default is left out
                 raise ConfigError(f"run spec has no key {dotted!r}")
-            node[last] = value
+            assign(data, dotted, value)
         return RunSpec.from_dict(data, f"run {self.run} with {sorted(changes)}")
 
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config.spec import setting
+from ..config.spec import lookup, setting
 from .files import (
     ANALYSIS_TABLES, LABEL_COLUMNS, RUN_TABLES, RUNS_COLUMNS, FINAL_METRICS, TableError, grid_columns,
     read_json, read_table, required_columns, write_csv,
@@ -26,12 +26,10 @@ from .files import (
 
 def lookup_dotted(spec: Mapping, dotted: str, source: Path):
     """The value at ``a.b.c`` inside ``spec``; a missing key raises TableError naming ``source``."""
-    node = spec
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise TableError(f"{source}: no value at {dotted!r}")
-        node = node[part]
-    return node
+    try:
+        return lookup(spec, dotted)
+    except KeyError:
+        raise TableError(f"{source}: no value at {dotted!r}") from None
 
 
 def _as_float(value) -> float:
@@ -48,12 +46,12 @@ def run_labels(run_dir: Path, grid: Mapping[str, str]) -> tuple[dict, dict, dict
         missing = [key for key in keys if key not in mapping]
         if missing:
             raise TableError(f"{path}: missing keys {missing}")
-    if summary["run"] != spec["run"]:
-        raise TableError(f"{summary_path}: run {summary['run']!r} does not match spec run {spec['run']!r}")
+    if summary["run"] != lookup(spec, "run"):
+        raise TableError(f"{summary_path}: run {summary['run']!r} does not match spec run {lookup(spec, 'run')!r}")
     if summary["status"] not in ("completed", "diverged"):
         raise TableError(f"{summary_path}: unknown status {summary['status']!r}")
-    labels = {"run": spec["run"], "variant": lookup_dotted(spec, "norm.variant", spec_path),
-              "lr": float(lookup_dotted(spec, "optim.lr", spec_path)), "seed": int(spec["seed"]),
+    labels = {"run": lookup(spec, "run"), "variant": lookup_dotted(spec, "norm.variant", spec_path),
+              "lr": float(lookup_dotted(spec, "optim.lr", spec_path)), "seed": int(lookup(spec, "seed")),
               "status": summary["status"]}
     for dotted, column in grid.items():
         try:
@@ -73,7 +71,7 @@ def runs_row(labels: dict, spec: dict, summary: dict, summary_path: Path) -> dic
     row["task"] = (spec.get("dataset") or {}).get("task")
     for name in FINAL_METRICS:
         row[f"final_{name}"] = _as_float(final.get(name))
-    row["steps"] = int(spec["optim"].get("steps", summary["steps_done"]))
+    row["steps"] = int(lookup(spec, "optim").get("steps", summary["steps_done"]))
     row["steps_done"] = int(summary["steps_done"])
     diverged_step = summary.get("diverged_step")
     row["diverged_step"] = None if diverged_step is None else int(diverged_step)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..config.catalog import ANALYSES
+from ..config.spec import RunSpec
 from ..errors import TableError  # noqa: F401  (raised here; defined without torch)
 
 # ---------------------------------------------------------------------------------------------
@@ -226,10 +227,10 @@ def _csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def expected_points(run_dir: Path, spec: dict, final: dict[str, float]) -> dict[tuple[str, int], float]:
+def expected_points(run_dir: Path, spec: RunSpec, final: dict[str, float]) -> dict[tuple[str, int], float]:
     """(key, step) -> value of every metric point MLflow holds of a run, from its train.csv and
     eval.csv (`final`: the final_* metrics, at step 0). Missing tables give no points."""
-    regression = spec["dataset"].get("task") == "regression"
+    regression = spec.dataset.task == "regression"
     points: dict[tuple[str, int], float] = {}
     for row in _csv_rows(run_dir / "train.csv"):
         step, loss = int(row["step"]), _finite_cell(row["loss"])

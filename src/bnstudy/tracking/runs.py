@@ -9,6 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from ..config.spec import RunSpec
+
 
 
 # Each run is tagged `study` = the studies it serves, comma-separated, and `study.<name>` = "true"
@@ -41,20 +43,20 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def run_name(spec: dict) -> str:
+def run_name(spec: RunSpec) -> str:
     """The default display name (`bnstudy train --name` overrides it)."""
-    return f"{spec['setup']} {spec['norm']['variant']} lr={spec['optim']['lr']:g} seed={spec['seed']}"
+    return f"{spec.setup} {spec.norm.variant} lr={spec.optim.lr:g} seed={spec.seed}"
 
 
-def run_params(spec: dict) -> dict[str, str]:
-    return {k[:250]: v[:6000] for k, v in flatten(spec).items()}
+def run_params(spec: RunSpec) -> dict[str, str]:
+    return {k[:250]: v[:6000] for k, v in flatten(spec.to_dict()).items()}
 
 
-def run_tags(spec: dict, run_dir: Path, studies, execution: str) -> dict[str, str]:
+def run_tags(spec: RunSpec, run_dir: Path, studies, execution: str) -> dict[str, str]:
     return {
-        "variant": spec["norm"]["variant"], "lr": f"{spec['optim']['lr']:g}",
-        "seed": str(spec["seed"]), "setup": spec["setup"], "dataset": spec["dataset"]["name"],
-        "study": ",".join(studies), "bnstudy.run": spec["run"],
+        "variant": spec.norm.variant, "lr": f"{spec.optim.lr:g}",
+        "seed": str(spec.seed), "setup": spec.setup, "dataset": spec.dataset.name,
+        "study": ",".join(studies), "bnstudy.run": spec.run,
         "bnstudy.execution": execution,
         "git_commit": git_commit(Path(__file__).parent),
         "checkpoint_dir": str((Path(run_dir) / "checkpoints").resolve()),

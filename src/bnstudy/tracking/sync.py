@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from . import context, runs, store
+from ..config.spec import RunSpec
 from ..tables.files import expected_points
 
 
@@ -90,17 +91,17 @@ def sync_run(client, exp: str, run_dir: Path, tracked: dict, tables: list, studi
              report: dict) -> int:
     """Send what the store lacks of one run; returns how many writes that took besides
     attaching analysis tables (0: the run was complete)."""
-    spec = json.loads((run_dir / "spec.json").read_text())
+    spec = RunSpec.from_json((run_dir / "spec.json").read_text(), str(run_dir / "spec.json"))
     summary = json.loads((run_dir / "summary.json").read_text())
     state = summary.get("tracking") or {}
     name = summary.get("name") or runs.run_name(spec)
     writes = 0
-    candidates = tracked.get(spec["run"], [])
+    candidates = tracked.get(spec.run, [])
     run = next((r for r in candidates if r.info.run_id == summary.get("mlflow_run_id")),
                candidates[-1] if candidates else None)
     if run is None:
         created = client.create_run(exp, start_time=summary.get("started_ms"), run_name=name,
-                                    tags={"bnstudy.run": spec["run"]})
+                                    tags={"bnstudy.run": spec.run})
         run = client.get_run(created.info.run_id)
         writes += 1
     elif run.info.run_name != name:  # e.g. named before names carried a run's grid values
@@ -132,7 +133,7 @@ def sync_run(client, exp: str, run_dir: Path, tracked: dict, tables: list, studi
         client.set_terminated(run_id, status="FINISHED", end_time=summary.get("ended_ms"))
         writes += 1
     if writes:
-        report["runs"].append(spec["run"])
+        report["runs"].append(spec.run)
     return writes
 
 

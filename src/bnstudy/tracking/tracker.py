@@ -47,6 +47,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..config.spec import RunSpec
 from ..tables.files import expected_points
 from .context import EXECUTION_ENV, configure, describe, incomplete_line, is_not_found, now_ms
 from .runs import final_metrics, find_runs, outcome_tags, points_in_store, run_name, run_params, run_tags, top_up
@@ -83,7 +84,7 @@ class MlflowTracker:
     is open; `state()` says whether everything reached the store.
     """
 
-    def __init__(self, uri: str, experiment: str, spec: dict, run_dir: Path,
+    def __init__(self, uri: str, experiment: str, spec: RunSpec, run_dir: Path,
                  previous_run_id: str | None = None, studies=(), *, name: str | None = None,
                  artifact_root: Path | None = None, resuming: bool | None = None, log=None):
         self.uri, self.experiment, self.spec = uri, experiment, spec
@@ -209,7 +210,7 @@ class MlflowTracker:
                 if not is_not_found(err):
                     raise
         if self.resuming:
-            runs = find_runs(client, exp, self.spec["run"]).get(self.spec["run"], [])
+            runs = find_runs(client, exp, self.spec.run).get(self.spec.run, [])
             if runs:
                 return runs[-1]
         return None
