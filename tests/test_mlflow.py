@@ -329,7 +329,7 @@ def test_crash_and_sigterm_end_failed_and_resume_continues_the_run(smoke_dag, tm
     # 1. training crashes mid-way (injected where the loop hands metrics to the tracker): FAILED,
     #    with the reason (a tracking outage itself no longer fails a job: test_tracking_outage.py)
     crash = textwrap.dedent("""
-        import sys, bnstudy.tracking.runs as tracking
+        import sys, bnstudy.tracking.tracker as tracking
         original = tracking.MlflowTracker.log_metrics
         def log_metrics(self, metrics, step):
             if step >= 25:

@@ -214,7 +214,7 @@ def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
 
 @pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-4), (0.0, 1e-3)])
 def test_plain_sgd_is_torch_sgd_bit_for_bit(momentum, weight_decay):
-    """bnstudy.sgd.SGD avoids torch.optim's start-up cost, not its arithmetic: same parameters,
+    """bnstudy.train.sgd.SGD avoids torch.optim's start-up cost, not its arithmetic: same parameters,
     same momentum buffers, same state dict, and each loads the other's state."""
     from bnstudy.train.sgd import SGD
 

@@ -37,7 +37,7 @@ if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_me
 
 TRACKING = {**config["tracking"], "results": RESULTS}
 # where the training jobs find the tracking settings and their runs' labels (written by the
-# Snakefile's onstart; bnstudy.tracking.runs says why this is not an input)
+# Snakefile's onstart; bnstudy.tracking.context says why this is not an input)
 TRACKING_CONTEXT = context_path(RESULTS)
 os.environ[CONTEXT_ENV] = str(TRACKING_CONTEXT)
 CAPTIONS = Path(workflow.basedir) / "workflow" / "report" / "figures"

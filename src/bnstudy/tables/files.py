@@ -209,7 +209,7 @@ class StudyTables:
         return cls({name: Path(folder) / f"{name}.csv" for name in names}, study_cfg)
 
 # ---------------------------------------------------------------------------------------------
-# the metric points MLflow holds of a run (bnstudy.tracking.runs and bnstudy.tracking.sync send them)
+# the metric points MLflow holds of a run (bnstudy.tracking.tracker and bnstudy.tracking.sync send them)
 
 
 def _finite_cell(text) -> float | None:

@@ -58,7 +58,7 @@ def place_model(spec: RunSpec, device: torch.device) -> tuple[torch.nn.Module, b
 
 
 class NullTracker:
-    """What `train` calls when MLflow is off (bnstudy.tracking.runs provides the real one)."""
+    """What `train` calls when MLflow is off (bnstudy.tracking.tracker provides the real one)."""
 
     run_id = None
 
@@ -297,7 +297,7 @@ def train(spec: RunSpec, run_dir: Path, open_tracker=None, log=None, threads: in
                                run.wall(), run.tracker.run_id, threads=run.threads, name=name,
                                started_ms=run.started_ms, ended_ms=int(time.time() * 1000))
         write_tables(spec, run.run_dir, run.metrics)
-    # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking.runs); the
+    # the tables are on disk before tracking is waited for (bounded: bnstudy.tracking.tracker); the
     # tracker checks the store against them, and summary.json (written last: it marks the run
     # done) records whether tracking is complete (`bnstudy track` re-sends what is not)
     run.tracker.finish(status, summary)
