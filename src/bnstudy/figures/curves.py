@@ -16,10 +16,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..config.catalog import FIGURE_KINDS  # noqa: E402
-from .beyond_frames import ROWS_OF
-from .drawing import Entry, GREY, SideBySide, _grid, _label, _no_data, _order, legend, panels_figure, style_entries
-from .frames import Context
-from .paper_frames import CURVES
+from .beyond_frames import ROWS_OF  # noqa: E402
+from .drawing import (  # noqa: E402
+    Entry, GREY, SideBySide, _grid, _label, _no_data, _order, legend, panels_figure, style_entries,
+)
+from .frames import Context  # noqa: E402
+from .paper_frames import CURVES  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

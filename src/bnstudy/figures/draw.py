@@ -43,12 +43,15 @@ import seaborn as sns  # noqa: E402
 from ..atomic import atomic_write  # noqa: E402
 from ..config.catalog import figure_tables  # noqa: E402
 from ..tables.files import StudyTables, TableError  # noqa: E402
-from .beyond_frames import density_data, eos_data, group_size_data, layer_measures_data, spectrum_data, surface_data, weight_norm_data
-from .curves import curves_figure, landscape_figure, units_figure
-from .drawing import DPI, Styled
-from .frames import Context, EVAL_MODE, TRAIN_MODE, curves_data
-from .paper_frames import CURVES, curvature_data, final_data, landscape_data, units_data
-from .snapshots import axis_figure, density_figure, final_figure, surface_figure
+from .beyond_frames import (  # noqa: E402
+    density_data, eos_data, group_size_data, layer_measures_data, spectrum_data, surface_data,
+    weight_norm_data,
+)
+from .curves import curves_figure, landscape_figure, units_figure  # noqa: E402
+from .drawing import DPI, Styled  # noqa: E402
+from .frames import Context, EVAL_MODE, TRAIN_MODE, curves_data  # noqa: E402
+from .paper_frames import CURVES, curvature_data, final_data, landscape_data, units_data  # noqa: E402
+from .snapshots import axis_figure, density_figure, final_figure, surface_figure  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.legend_handler import HandlerTuple  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from .frames import Context, MIN_BAND_SEEDS
+from .frames import Context, MIN_BAND_SEEDS  # noqa: E402
 
 
 

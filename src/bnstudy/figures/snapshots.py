@@ -15,9 +15,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from .drawing import AXIS_LABELS, Entry, GREY, _grid, _has_values, _label, _no_data, _order, draw_series, legend, limit_to_data, style_entries
-from .frames import Context, MIN_BAND_SEEDS, format_value
-from .paper_frames import FINAL, final_x
+from .drawing import (  # noqa: E402
+    AXIS_LABELS, Entry, GREY, _grid, _has_values, _label, _no_data, _order, draw_series, legend,
+    limit_to_data, style_entries,
+)
+from .frames import Context, MIN_BAND_SEEDS, format_value  # noqa: E402
+from .paper_frames import FINAL, final_x  # noqa: E402
 
 
 

@@ -9,6 +9,7 @@ import contextlib
 import os
 import sqlite3
 from pathlib import Path
+
 from .context import configure
 
 

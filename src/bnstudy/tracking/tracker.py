@@ -1,5 +1,6 @@
-"""MLflow tracking: the live tracker of a training job, and how the package uses mlflow. Tracking is a view of the results on disk,
-never a condition for them: a tracking outage degrades a run's tracking, it never costs a run.
+"""MLflow tracking: the live tracker of a training job, and how this package uses mlflow.
+Tracking is a view of the results on disk, never a condition for them: a tracking outage
+degrades a run's tracking, it never costs a run.
 
 One training run = one MLflow run, reached through `MlflowClient` (no global active run, so
 parallel jobs in one process tree cannot step on each other).
@@ -50,7 +51,9 @@ from pathlib import Path
 from ..config.spec import RunSpec
 from ..tables.files import expected_points
 from .context import EXECUTION_ENV, configure, describe, incomplete_line, is_not_found, now_ms
-from .runs import final_metrics, find_runs, outcome_tags, points_in_store, run_name, run_params, run_tags, top_up
+from .runs import (
+    final_metrics, find_runs, outcome_tags, points_in_store, run_name, run_params, run_tags, top_up,
+)
 from .store import connect, file_identity, forget_store, sqlite_path
 
 
