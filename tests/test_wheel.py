@@ -65,7 +65,7 @@ def test_an_installed_wheel_plans_a_config_outside_the_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "bnstudy/py.typed" in names
-        assert zf.read("bnstudy/schemas/config.schema.yaml") == WORKFLOW_SCHEMA.read_bytes()
+        assert zf.read("bnstudy/config/schemas/config.schema.yaml") == WORKFLOW_SCHEMA.read_bytes()
 
     site = tmp_path / "site"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", site, wheel])

@@ -1,6 +1,6 @@
 """The config's JSON schema (workflow/schemas/config.schema.yaml) and validation with defaults.
 
-The schema ships with the package: `bnstudy/schemas/config.schema.yaml` is package data, so an
+The schema ships with the package: `bnstudy/config/schemas/config.schema.yaml` is package data, so an
 installed bnstudy (`pip install .`, not editable) validates configs from any working directory.
 In the checkout that file is a symlink to workflow/schemas/config.schema.yaml, the one copy that
 is edited (what the config files and the docs name); building a wheel or an sdist copies it in.
