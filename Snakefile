@@ -47,7 +47,7 @@ rule all:
 
 
 # Before the first job: the tracking settings and each run's MLflow labels, for the training jobs
-# (not an input of theirs: see bnstudy.tracking). Not on dry runs.
+# (not an input of theirs: see bnstudy.tracking.context). Not on dry runs.
 onstart:
     write_context(TRACKING_CONTEXT, TRACKING, run_labels())
 

@@ -43,9 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bnstudy.config import load_config  # noqa: E402
-from bnstudy.plan import plan  # noqa: E402
-from bnstudy.spec import RunSpec  # noqa: E402
+from bnstudy.config.load import load_config  # noqa: E402
+from bnstudy.config.plan import plan  # noqa: E402
+from bnstudy.config.spec import RunSpec  # noqa: E402
 
 
 def choose_jobs_per_gpu(rates: dict[int, float], cores: int, within: float = 0.05) -> int:
@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--within", type=float, default=0.05,
                     help="jobs_per_gpu: the fewest jobs within this fraction of the best aggregate rate")
     args = ap.parse_args()
-    from bnstudy.datasets import prepare  # torch: only for a measurement (the helpers above need none)
+    from bnstudy.data.datasets import prepare  # torch: only for a measurement (the helpers above need none)
 
     if args.setup == "paper" and not args.images and not args.configfile:
         ap.error("--setup paper needs --images")

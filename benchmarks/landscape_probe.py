@@ -32,12 +32,12 @@ import torch
 from bnstudy.analysis import landscape
 from bnstudy.analysis.functional import Objective, Origin, norm, origin_state
 from bnstudy.analysis.run import analysis_layout, prepare_model
-from bnstudy.checkpoint import load_checkpoint
-from bnstudy.config import load_config
-from bnstudy.plan import plan
-from bnstudy.models import build_model, loss_fn
-from bnstudy.runtime import exact_numerics
-from bnstudy.spec import RunSpec
+from bnstudy.train.checkpoint import load_checkpoint
+from bnstudy.config.load import load_config
+from bnstudy.config.plan import plan
+from bnstudy.models.networks import build_model, loss_fn
+from bnstudy.train.runtime import exact_numerics
+from bnstudy.config.spec import RunSpec
 
 
 def demo_spec() -> RunSpec:

@@ -1,7 +1,7 @@
 """Time one full paper run: config/paper.yaml's VGG-16 (BatchNorm, lr 0.1, seed 0) for its 15,000
 steps on the real CIFAR-10, with the project's training loop, and size the whole paper DAG from it.
 
-What runs: `bnstudy.train.train` on exactly the spec the workflow would train (paper.yaml's `vgg`
+What runs: `bnstudy.train.loop.train` on exactly the spec the workflow would train (paper.yaml's `vgg`
 setup: batch 128, plain SGD, its checkpoint, eval and layer-statistics schedule), with tracking
 off and the dataset read from the CIFAR-10 JPEG folders (source: imagefolder) instead of
 torchvision's download. First a short run measures the rate; the full run follows when its
@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from bnstudy.config import load_config
-from bnstudy.plan import plan
-from bnstudy.datasets import prepare
-from bnstudy.train import train
+from bnstudy.config.load import load_config
+from bnstudy.config.plan import plan
+from bnstudy.data.datasets import prepare
+from bnstudy.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 Measures, in one process on one machine, images/s of three loops training the same model
 (VGG-11, width 0.25, BatchNorm, batch 128, plain SGD):
-  project   bnstudy.train.train: uint8 tensors on the device, batches drawn by index, no workers,
+  project   bnstudy.train.loop.train: uint8 tensors on the device, batches drawn by index, no workers,
             channels_last for conv nets on CPU/CUDA, runtime.precision from --precision; the
             final whole-test-set evaluation (once per run) timed and printed apart
   typical   torchvision ImageFolder + PIL transforms + DataLoader(--workers), reading JPEG/PNG
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 
-from bnstudy.config import load_config
-from bnstudy.plan import plan
-from bnstudy.datasets import prepare
-from bnstudy.models import build_model, set_generator
-from bnstudy.runtime import autocast_context, resolve_device
-from bnstudy.spec import RunSpec
-from bnstudy.train import place_model, train
+from bnstudy.config.load import load_config
+from bnstudy.config.plan import plan
+from bnstudy.data.datasets import prepare
+from bnstudy.models.networks import build_model, set_generator
+from bnstudy.train.runtime import autocast_context, resolve_device
+from bnstudy.config.spec import RunSpec
+from bnstudy.train.loop import place_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -97,7 +97,7 @@ def image_folder(target: Path, tar: Path | None, per_class: int) -> str:
 
 
 def project_loop(spec: RunSpec, results: Path, steps: int) -> tuple[float, float]:
-    """images/s of bnstudy.train.train's loop, and the seconds of its final whole-test-set
+    """images/s of bnstudy.train.loop.train's loop, and the seconds of its final whole-test-set
     evaluation apart. Timed: the whole call (start-up, the steps, the tables), with the final
     evaluation cut to the 128 samples the periodic ones use, so that the figure is the loop's; the
     final evaluation is then the difference of two short runs, one evaluating the whole test set."""
@@ -203,7 +203,7 @@ def main() -> None:
         typical = typical_loop(spec, results / "images", args.steps, args.workers)
         bn_step = 128 / compute_loop(spec, args.steps)
         noisy_step = 128 / compute_loop(noisy_spec, args.steps)
-        print(f"project  {project:8.0f} img/s   (bnstudy.train.train: the loop)")
+        print(f"project  {project:8.0f} img/s   (bnstudy.train.loop.train: the loop)")
         print(f"final evaluation on the whole test set: {final_eval:.2f} s (once per run, not in the figure above)")
         print(f"typical  {typical:8.0f} img/s   (ImageFolder + PIL transforms + DataLoader, {args.workers} workers)")
         print(f"compute  {compute:8.0f} img/s   (fixed batch: the ceiling)")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from bnstudy.config import load_config
-from bnstudy.datasets import prepare
-from bnstudy.plan import plan
-from bnstudy.spec import RunSpec
+from bnstudy.config.load import load_config
+from bnstudy.data.datasets import prepare
+from bnstudy.config.plan import plan
+from bnstudy.config.spec import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -60,6 +60,13 @@ def prepared_spec(tmp_path: Path, run_prefix: str, config: dict | None = None, *
     if not Path(spec.dataset.path).exists():
         prepare(config["datasets"][spec.dataset.name], spec.dataset.name, spec.dataset.path)
     return spec
+
+
+def toy_spec(run: str, updates: dict | None = None) -> RunSpec:
+    """A run spec that nothing trains (for the tracking tests): the first smoke run's, with id
+    `run` and dotted keys replaced by `updates`, e.g. {"optim.lr": 0.1}."""
+    spec = next(iter(plan(load_config({**smoke_raw(), "tracking": {"enabled": False}})).runs.values()))
+    return spec.updated({"run": run, **(updates or {})})
 
 
 def changed(spec: RunSpec, updates: dict) -> RunSpec:
@@ -178,8 +185,8 @@ def assert_default_key_trains_as_absent(spec, block: str, key: str, default, fol
     its default train to the same final metrics and the same train, eval and layers tables."""
     import pandas as pd
 
-    from bnstudy.spec import RunSpec
-    from bnstudy.train import train
+    from bnstudy.config.spec import RunSpec
+    from bnstudy.train.loop import train
 
     stored = spec.to_dict()
     old = RunSpec.from_dict(stored)

@@ -12,8 +12,8 @@ import pytest
 
 from synthetic_tables import FIXTURE_DIGEST, STUDIES, Outcome, default_outcome, make_study
 
-from bnstudy.aggregate import aggregate
-from bnstudy.tables import LABEL_COLUMNS, RUN_TABLES, TableError
+from bnstudy.tables.aggregate import aggregate
+from bnstudy.tables.files import LABEL_COLUMNS, RUN_TABLES, TableError
 
 STUDY = "claim_initialisation"  # has a grid column (init_scale)
 CFG = {**STUDIES[STUDY], "ics": {}, "lrs": [0.1]}  # and an analysis

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from bnstudy.analysis.run import AnalysisJob, analysis_dtype, analyze
-from bnstudy.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
-from bnstudy.config import load_config
-from bnstudy.datasets import prepare
-from bnstudy.models import build_model
-from bnstudy.plan import plan
-from bnstudy.spec import RunSpec
-from bnstudy.tables import ANALYSIS_TABLES as COLUMNS
+from bnstudy.train.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
+from bnstudy.config.load import load_config
+from bnstudy.data.datasets import prepare
+from bnstudy.models.networks import build_model
+from bnstudy.config.plan import plan
+from bnstudy.config.spec import RunSpec
+from bnstudy.tables.files import ANALYSIS_TABLES as COLUMNS
 
 ANALYSES = ("ics", "landscape", "curvature")
 

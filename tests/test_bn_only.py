@@ -20,18 +20,18 @@ from helpers import REPO, assert_default_key_trains_as_absent
 from synthetic_tables import Outcome, make_tables
 from test_config import fake_imagefolder
 
-from bnstudy.checkpoint import checkpoint_path
+from bnstudy.train.checkpoint import checkpoint_path
 from bnstudy.claims import INCONCLUSIVE, NOT_SUPPORTED, REPORTED, SUPPORTED, ClaimRules
 from bnstudy.claims.table import claims
-from bnstudy.config import load_config
-from bnstudy.datasets import prepare
+from bnstudy.config.load import load_config
+from bnstudy.data.datasets import prepare
 from bnstudy.errors import ConfigError
-from bnstudy.models import affine_parameters, build_model, training_masks
-from bnstudy.plan import plan
-from bnstudy.sgd import SGD
-from bnstudy.spec import RunSpec, has_affine
-from bnstudy.train import train
-from bnstudy.variants import VARIANTS
+from bnstudy.models.networks import affine_parameters, build_model, training_masks
+from bnstudy.config.plan import plan
+from bnstudy.train.sgd import SGD
+from bnstudy.config.spec import RunSpec, has_affine
+from bnstudy.train.loop import train
+from bnstudy.config.variants import VARIANTS
 
 MODES = ["all", "bn_affine", "random_matched"]
 STEPS = 3
@@ -283,8 +283,8 @@ def test_bn_only_at_chance_and_below_the_control_is_not_supported(tmp_path):
 
 def test_the_study_figure_has_a_panel_per_lr_and_kind_of_training(tmp_path):
     """test_accuracy (the shipped studies' figure) splits its panels by the grid's string values."""
-    from bnstudy import figures
-    from bnstudy.catalog import figure_tables
+    from bnstudy.figures import draw as figures
+    from bnstudy.config.catalog import figure_tables
 
     levels = {"all": {0.1: 0.8, 2.0: 0.2}, "bn_affine": {0.1: 0.15, 2.0: 0.4}, "random_matched": {0.1: 0.12, 2.0: 0.2}}
     tables = make_tables(tmp_path, "bn_only", copy.deepcopy(STUDY), outcome=accuracies(levels))

@@ -11,12 +11,12 @@ import pytest
 
 from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables
 
-from bnstudy.catalog import ANALYSES
+from bnstudy.config.catalog import ANALYSES
 from bnstudy.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimRules, claims_by_kind
 from bnstudy.claims.table import COLUMNS, claims
 from bnstudy.claims.verdict import decide
-from bnstudy.variants import VARIANTS
-from bnstudy.stats import mean_ci, paired_differences, sign_flip_p, t_quantile
+from bnstudy.config.variants import VARIANTS
+from bnstudy.tables.stats import mean_ci, paired_differences, sign_flip_p, t_quantile
 
 FAST = ClaimRules(min_steps=100)  # the fixtures train for 200 steps
 
@@ -127,7 +127,7 @@ def test_a_registered_claim_kind_is_in_the_next_schema_and_a_duplicate_is_refuse
     import dataclasses
 
     from bnstudy.claims import record
-    from bnstudy.schema import load_schema
+    from bnstudy.config.schema import load_schema
 
     base = claims_by_kind()["bn_trains_better"]
     extra = dataclasses.replace(base, kind="test_only_kind")
@@ -411,8 +411,8 @@ def test_usable_bar_is_set_by_a_mean_over_seeds_not_one_lucky_run(tmp_path):
     run to 0.545 and make BN's 0.5 at lr 1.0 unusable; the mean over seeds (0.863) puts it at
     0.48, so BN's lr 1.0 counts. claims.md shows the verdict at usable fractions 0.4-0.6."""
     from bnstudy.claims.kinds.accuracy import usable_bar
-    from bnstudy.view import StudyView
-    from bnstudy.tables import StudyTables
+    from bnstudy.tables.view import StudyView
+    from bnstudy.tables.files import StudyTables
 
     def outcome(variant, lr, seed, grid):
         if variant == "batchnorm":
@@ -455,7 +455,7 @@ def test_hessian_outliers_without_bn_is_supported_when_its_outliers_and_share_ar
 
 
 def test_the_outlier_group_is_found_by_its_gap_and_unconverged_eigenvalues_end_the_list():
-    from bnstudy.derived import outlier_groups
+    from bnstudy.tables.derived import outlier_groups
 
     def spectrum(values, converged=None):
         converged = converged or [True] * len(values)
@@ -489,7 +489,7 @@ def test_edge_of_stability_places_lr_times_sharpness_in_its_band(tmp_path, level
 
 
 def test_the_eos_window_runs_from_the_crossing_to_the_fitted_loss():
-    from bnstudy.derived import eos_window
+    from bnstudy.tables.derived import eos_window
 
     steps = np.arange(0, 110, 10)
     sharpness = pd.DataFrame({"run": "r", "variant": "standard", "lr": 0.1, "seed": 0, "status": "completed",
@@ -580,7 +580,7 @@ def test_smoother_than_none_gives_each_normaliser_its_own_rows(tmp_path):
 def test_the_basin_radius_is_where_the_loss_rises_by_an_absolute_amount():
     """Centre 0.2, loss rising linearly by 1 per unit: a rise of 0.1 is reached at 0.1 on each
     half-axis, whatever the centre (a factor of 2 would give 0.2 here, 1.0 for a centre of 1)."""
-    from bnstudy.derived import basin_radii
+    from bnstudy.tables.derived import basin_radii
 
     grid = np.linspace(-1, 1, 5)
     rows = [{"run": "r", "variant": "standard", "lr": 0.1, "seed": 0, "status": "completed", "step": 5,

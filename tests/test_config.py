@@ -5,9 +5,9 @@ import copy
 import pytest
 import yaml
 
-from bnstudy.catalog import ANALYSES
-from bnstudy.config import ConfigError, load_config
-from bnstudy.plan import checkpoint_steps, plan
+from bnstudy.config.catalog import ANALYSES
+from bnstudy.config.load import ConfigError, load_config
+from bnstudy.config.plan import checkpoint_steps, plan
 
 from helpers import REPO
 
@@ -328,3 +328,16 @@ def test_the_cpu_cifar_configs_split_the_study_without_losing_any_of_it(tmp_path
     paper = configs["cifar10-cpu.yaml"]
     assert 0.01 in paper["studies"]["ics"]["lrs"] and paper["setups"]["dln"]["optim"]["steps"] == 10_000
     assert paper["studies"]["lp_norms"]["variants"] == ["standard", "batchnorm", "l1", "l2", "linf"]
+
+
+def test_run_specs_are_typed_outside_the_config_stage():
+    """Outside bnstudy.config a run spec is a `RunSpec` (attributes), or a spec.json read through
+    the one dotted-key helper (`bnstudy.config.spec.lookup`): no `spec["..."]` anywhere else."""
+    import re
+
+    package = REPO / "src" / "bnstudy"
+    found = [f"{path.relative_to(package)}:{number}: {line.strip()}"
+             for path in sorted(package.rglob("*.py")) if path.relative_to(package).parts[0] != "config"
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"""\bspec\[["']""", line)]
+    assert not found, "\n".join(found)

@@ -4,8 +4,8 @@
 import pytest
 import torch
 
-from bnstudy.batches import BatchSampler, analysis_batches, augment, step_generator
-from bnstudy.datasets import DataError, balanced_subset, load_prepared, prepare
+from bnstudy.data.batches import BatchSampler, analysis_batches, augment, step_generator
+from bnstudy.data.datasets import DataError, balanced_subset, load_prepared, prepare
 
 SYNTH = {"source": "synthetic", "seed": 3, "n_train": 200, "n_test": 100, "image_size": 32,
          "channels": 3, "classes": 10, "noise": 0.6, "distractor": 0.6}

@@ -16,10 +16,11 @@ import pytest
 
 from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables
 
-from bnstudy import figure_data, figures
-from bnstudy.catalog import FIGURE_KINDS, figure_tables
-from bnstudy.tables import STUDY_TABLES
-from bnstudy.stats import mean_ci
+from bnstudy.figures import frames, paper_frames
+from bnstudy.figures import draw as figures
+from bnstudy.config.catalog import FIGURE_KINDS, figure_tables
+from bnstudy.tables.files import STUDY_TABLES
+from bnstudy.tables.stats import mean_ci
 
 MIN_BYTES = 5 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -259,7 +260,7 @@ def test_distributions_plot_single_units_of_one_seed(tables):
     assert set(data["row"]) == {f"layer {layer}" for layer in cfg["layers"]}
     per_panel = data.groupby("column")
     assert (per_panel["seed"].nunique() == 1).all() and set(data["seed"]) == {min(cfg["seeds"])}
-    assert (per_panel["unit"].nunique() == figure_data.MAX_UNITS).all()
+    assert (per_panel["unit"].nunique() == frames.MAX_UNITS).all()
     assert not data.duplicated(["column", "layer", "unit", "step"]).any(), "one row per unit and step"
 
     jitter = _median_jitter(data, ["variant", "layer", "unit"])
@@ -351,7 +352,7 @@ def test_unconverged_eigenvalues_are_flagged(tmp_path, tables):
     flagged = data[data["style"] == "unconverged"]
     # both eigenvalues of each unconverged checkpoint are flagged, on their own rows
     assert len(flagged) == 2 * len(unconverged) > 0 and set(flagged["variant"]) == {"batchnorm"}
-    assert set(flagged["row"]) == set(figure_data.EIGENVALUE_ROWS.values())
+    assert set(flagged["row"]) == set(paper_frames.EIGENVALUE_ROWS.values())
 
     fig = figures.render("curvature", "curvature", cfg, _given(paths, "curvature"))
     markers = sum(len(artist.get_offsets()) for artist in _artists(fig, "unconverged"))
@@ -387,9 +388,9 @@ def test_training_mode_and_eval_mode_panels_are_labelled(tables):
 
 
 def test_table_readers_never_import_torch():
-    code = ("import sys, bnstudy.figures, bnstudy.claims, bnstudy.stats, bnstudy.aggregate, bnstudy.tables, "
-            "bnstudy.catalog; sys.exit('torch' in sys.modules)")
-    src = Path(figures.__file__).parents[1]
+    code = ("import sys, bnstudy.figures.draw, bnstudy.claims.table, bnstudy.tables.stats, bnstudy.tables.aggregate, "
+            "bnstudy.tables.files, bnstudy.config.catalog; sys.exit('torch' in sys.modules)")
+    src = Path(figures.__file__).parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr or "torch was imported"
@@ -401,8 +402,8 @@ def test_ics_shows_the_scale_free_measure_beside_the_raw_one(tables):
     cfg = STUDIES["ics"]
     data = figures.figure_data("ics", "ics", cfg, _given(tables["ics"], "ics"))
     labels = list(dict.fromkeys(data["row"]))
-    assert labels == [m.label for m in figure_data.CURVES["ics"][0]]
-    relative = figure_data.CURVES["ics"][0][1]
+    assert labels == [m.label for m in paper_frames.CURVES["ics"][0]]
+    relative = paper_frames.CURVES["ics"][0][1]
     assert relative.divide_by == "grad_norm" and "scale-free" in relative.label
     ics = pd.read_csv(tables["ics"]["ics"])
     cell = ics[(ics["variant"] == "batchnorm") & (ics["layer"] == cfg["layers"][0]) & (ics["lr"] == 0.1)]
@@ -423,7 +424,7 @@ def test_range_bands_on_log_axes_are_geometric_means_over_seeds(tmp_path):
     paths = make_tables(tmp_path, "landscape", cfg, outcome=outcome)
     data = figures.figure_data("landscape", "landscape", cfg, _given(paths, "landscape"))
     bands = data[(data["style"] == "range") & (data["variant"] == "batchnorm")]
-    loss_band = bands[bands["column"] == figure_data.LANDSCAPE_MEASURES[0][2]].set_index("step")
+    loss_band = bands[bands["column"] == paper_frames.LANDSCAPE_MEASURES[0][2]].set_index("step")
     assert (loss_band["scale"] == "log").all()
     table = pd.read_csv(paths["landscape"])
     along = table[(table["direction"] == "gradient") & (table["variant"] == "batchnorm")]

@@ -12,11 +12,11 @@ import itertools
 import pytest
 import yaml
 
-from bnstudy.architectures import normalised_layers
+from bnstudy.models.architectures import normalised_layers
 from bnstudy.claims import ClaimRules
-from bnstudy.config import load_config
+from bnstudy.config.load import load_config
 from bnstudy.errors import ConfigError
-from bnstudy.plan import plan
+from bnstudy.config.plan import plan
 
 from helpers import REPO, job_counts, run_snakemake, write_yaml
 from test_config import fake_imagefolder

@@ -119,7 +119,7 @@ def test_gradient_descent_on_a_quadratic_diverges_exactly_above_two_over_the_sha
     """The edge of stability's threshold: on L = 0.5 w^T A w, the Lanczos sharpness equals A's
     top eigenvalue, and gradient descent with lr just below 2 / lambda_max converges, just above
     diverges (bnstudy's SGD, the optimiser the runs use)."""
-    from bnstudy.sgd import SGD
+    from bnstudy.train.sgd import SGD
 
     gen = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen))
@@ -172,7 +172,7 @@ def test_basin_radius_found_where_the_centre_is_stored_a_rounding_off_zero():
     """Tables written with the centre at ~1e-17 still give a radius: the loss rises by 1 a quarter out."""
     import pandas as pd
 
-    from bnstudy.derived import basin_radii
+    from bnstudy.tables.derived import basin_radii
 
     coords = [-1.0, -0.5, 5.551115123125783e-17, 0.5, 1.0]
     rows = [{"run": "r", "variant": "batchnorm", "lr": 0.1, "seed": 0, "status": "completed", "step": 0,

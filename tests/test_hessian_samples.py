@@ -186,8 +186,8 @@ def test_the_analysis_job_writes_both_modes_and_the_sample_count(tmp_path_factor
     import pandas as pd
 
     from bnstudy.analysis.run import AnalysisJob, analyze
-    from bnstudy.catalog import ANALYSES
-    from bnstudy.plan import plan
+    from bnstudy.config.catalog import ANALYSES
+    from bnstudy.config.plan import plan
     from test_analysis_run import make_config, settings_for, write_run
 
     root = tmp_path_factory.mktemp("modes")

@@ -13,14 +13,14 @@ import torch
 
 from helpers import assert_default_key_trains_as_absent
 
-from bnstudy.batches import BatchSampler, InputTransform
-from bnstudy.config import load_config
-from bnstudy.datasets import load_prepared, prepare
+from bnstudy.data.batches import BatchSampler, InputTransform
+from bnstudy.config.load import load_config
+from bnstudy.data.datasets import load_prepared, prepare
 from bnstudy.errors import ConfigError
-from bnstudy.models import build_model, loss_fn
-from bnstudy.plan import plan
-from bnstudy.spec import RunSpec
-from bnstudy.train import train
+from bnstudy.models.networks import build_model, loss_fn
+from bnstudy.config.plan import plan
+from bnstudy.config.spec import RunSpec
+from bnstudy.train.loop import train
 
 CLASSES = 3
 

@@ -24,7 +24,7 @@ import pytest
 from mlflow_server import MlflowServer
 from helpers import (
     REPO, finite, metric_points, mlflow_training_runs, only_studies, read_rows, run_snakemake, sqlite_uri,
-    summaries, write_yaml,
+    summaries, toy_spec, write_yaml,
 )
 
 pytestmark = pytest.mark.e2e  # real job processes, the smoke DAG, a tracking server: minutes
@@ -40,7 +40,7 @@ def client(uri: str):
 
 
 def expected_git_commit() -> str:
-    """What bnstudy.tracking.git_commit should record: HEAD's hash, or "unknown" without one."""
+    """What bnstudy.tracking.runs.git_commit should record: HEAD's hash, or "unknown" without one."""
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
@@ -209,7 +209,7 @@ def test_parallel_writers_lose_nothing(tmp_path):
     n_proc, steps = 6, 200
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        from bnstudy.tracking import init_store
+        from bnstudy.tracking.store import init_store
         init_store({uri!r}, "concurrency", None)
         """)], env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
@@ -217,11 +217,13 @@ def test_parallel_writers_lose_nothing(tmp_path):
     worker.write_text(textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        import bnstudy.tracking as tracking
+        import bnstudy.tracking.tracker as tracking
+        from bnstudy.config.spec import RunSpec
         uri, i, steps, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
         tracking.FLUSH_ROWS = 15          # many small batches: maximal write interleaving
-        spec = {"run": f"conc-{i}", "setup": "toy", "seed": i, "dataset": {"name": "none"},
-                "norm": {"variant": "batchnorm"}, "optim": {"lr": 0.1, "steps": steps}}
+        spec = RunSpec.from_json(Path(sys.argv[6]).read_text()).updated(
+            {"run": f"conc-{i}", "setup": "toy", "seed": i, "dataset.name": "none", "norm.variant": "batchnorm",
+             "optim.lr": 0.1, "optim.steps": steps})
         t = tracking.MlflowTracker(uri, "concurrency", spec, Path(sys.argv[5]), studies=["conc"])
         while time.time() < start_at:     # all workers start writing at the same moment, once
             time.sleep(0.005)             # their runs are open
@@ -231,9 +233,11 @@ def test_parallel_writers_lose_nothing(tmp_path):
         t.finish("completed", {"final": {"test_loss": float(i)}, "diverged_step": None})
         print(t.run_id)
         """))
+    base_spec = tmp_path / "spec.json"
+    base_spec.write_text(toy_spec("conc").to_json())
     start_at = time.time() + 8  # after every interpreter has imported mlflow and opened its run
     procs = [subprocess.Popen([sys.executable, str(worker), uri, str(i), str(steps), str(start_at),
-                               str(tmp_path / f"run{i}")],
+                               str(tmp_path / f"run{i}"), str(base_spec)],
                               env={**os.environ, "PYTHONPATH": SRC},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(n_proc)]
@@ -325,7 +329,7 @@ def test_crash_and_sigterm_end_failed_and_resume_continues_the_run(smoke_dag, tm
     # 1. training crashes mid-way (injected where the loop hands metrics to the tracker): FAILED,
     #    with the reason (a tracking outage itself no longer fails a job: test_tracking_outage.py)
     crash = textwrap.dedent("""
-        import sys, bnstudy.tracking as tracking
+        import sys, bnstudy.tracking.tracker as tracking
         original = tracking.MlflowTracker.log_metrics
         def log_metrics(self, metrics, step):
             if step >= 25:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnstudy.models import build_model, loss_fn
-from bnstudy.plan import plan
+from bnstudy.models.networks import build_model, loss_fn
+from bnstudy.config.plan import plan
 
 from helpers import smoke_config
 
@@ -64,7 +64,7 @@ def test_mlp_hidden_layers_repeats_one_width_and_leaves_other_runs_alone(tmp_pat
     sets it where it cannot apply names the key."""
     from helpers import smoke_raw
 
-    from bnstudy.config import load_config
+    from bnstudy.config.load import load_config
     from bnstudy.errors import ConfigError
 
     spec = spec_for(tmp_path, "mlp-batchnorm")
@@ -117,8 +117,8 @@ def test_resnet20_is_he_et_als_cifar_network(tmp_path):
     """ResNet-20 (He et al. 2016, section 4.2): a stem and 3 stages of 3 basic blocks at 16, 32, 64
     channels, 0.27M parameters, identity shortcuts (option A: subsampled, zero-padded), so every
     parameter belongs to a normalised layer or the output layer."""
-    from bnstudy.architectures import layer_widths, normalised_layers, resnet_layer_names
-    from bnstudy.models import ZeroPadShortcut
+    from bnstudy.models.architectures import layer_widths, normalised_layers, resnet_layer_names
+    from bnstudy.models.networks import ZeroPadShortcut
 
     spec = spec_for(tmp_path, "vgg-batchnorm")
     spec = replace(spec, model=replace(spec.model, arch="resnet", depth=20, width=1.0))
@@ -144,13 +144,13 @@ def vgg_spec(tmp_path_factory):
     return spec_for(tmp_path_factory.mktemp("variants"), "vgg-batchnorm")
 
 
-@pytest.mark.parametrize("variant", sorted(__import__("bnstudy.variants", fromlist=["VARIANTS"]).VARIANTS))
+@pytest.mark.parametrize("variant", sorted(__import__("bnstudy.config.variants", fromlist=["VARIANTS"]).VARIANTS))
 def test_every_variant_builds_and_takes_a_training_step(vgg_spec, variant):
     """Every VARIANTS row builds the VGG with its normaliser after each conv and takes one SGD step
     that changes the weights and leaves the loss finite: a row whose normaliser is missing from
     the registry, or builds the wrong module, fails here."""
-    from bnstudy.norms import NORMALISERS
-    from bnstudy.variants import VARIANTS
+    from bnstudy.models.norms import NORMALISERS
+    from bnstudy.config.variants import VARIANTS
 
     spec = replace(vgg_spec, norm=replace(vgg_spec.norm, variant=variant))
     model = build_model(spec)
@@ -169,8 +169,8 @@ def test_every_variant_builds_and_takes_a_training_step(vgg_spec, variant):
 
 
 def test_a_variant_naming_an_unknown_normaliser_is_refused():
-    from bnstudy.norms import NORMALISERS
-    from bnstudy.variants import NORMS, Variant
+    from bnstudy.models.norms import NORMALISERS
+    from bnstudy.config.variants import NORMS, Variant
 
     assert set(NORMALISERS) == set(NORMS)
     with pytest.raises(ValueError, match="no such normaliser; known"):

@@ -7,8 +7,8 @@ import torch
 
 from dataclasses import replace
 
-from bnstudy.norms import DistributionNoise, LpNorm, make_norm, sample_noise
-from bnstudy.spec import NoiseSpec, NormSpec
+from bnstudy.models.norms import DistributionNoise, LpNorm, make_norm, sample_noise
+from bnstudy.config.spec import NoiseSpec, NormSpec
 
 NOISE = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
 NORM = NormSpec(variant="batchnorm", eps=1e-5, lp_scale="uncentred", noise=NoiseSpec(**NOISE))
@@ -205,7 +205,7 @@ def test_instancenorm_refuses_a_linear_layer():
 
 
 def test_weightnorm_filters_have_exactly_their_learned_norm():
-    from bnstudy.models import WNConv2d, WNLinear, filter_norms
+    from bnstudy.models.networks import WNConv2d, WNLinear, filter_norms
 
     torch.manual_seed(0)
     for layer, x in ((WNConv2d(3, 5, 3, padding=1), torch.randn(2, 3, 6, 6)), (WNLinear(7, 4), torch.randn(2, 7))):

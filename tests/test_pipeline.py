@@ -6,8 +6,8 @@ import zipfile
 import pandas as pd
 import pytest
 
-from bnstudy.config import load_config
-from bnstudy.plan import plan
+from bnstudy.config.load import load_config
+from bnstudy.config.plan import plan
 
 from helpers import REPO, job_counts, run_snakemake
 
@@ -94,7 +94,7 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 
 def test_both_configs_plan(tmp_path):
-    """Snakemake plans the shipped configs into the jobs bnstudy.plan says, one per run, analysed
+    """Snakemake plans the shipped configs into the jobs bnstudy.config.plan says, one per run, analysed
     run and study (how fast: benchmarks/dag_overhead.py prints `snakemake -n` on paper.yaml)."""
     for configfile in ("config/config.yaml", "config/paper.yaml"):
         p = plan(load_config(REPO / configfile))

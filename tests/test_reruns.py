@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.config import ConfigError, load_config
-from bnstudy.plan import plan
+from bnstudy.config.load import ConfigError, load_config
+from bnstudy.config.plan import plan
 
 from helpers import (REPO, job_counts, mlflow_training_runs, run_snakemake, scheduled_jobs, smoke_raw,
                      sqlite_uri, summaries, write_yaml)

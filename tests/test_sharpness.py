@@ -14,14 +14,14 @@ import torch
 from bnstudy.analysis import sharpness
 from bnstudy.analysis.functional import Objective, Origin, origin_state
 from bnstudy.analysis.run import AnalysisJob, analyze
-from bnstudy.batches import analysis_batches
-from bnstudy.checkpoint import checkpoint_path, save_checkpoint
-from bnstudy.config import load_config
-from bnstudy.datasets import load_prepared, prepare
+from bnstudy.data.batches import analysis_batches
+from bnstudy.train.checkpoint import checkpoint_path, save_checkpoint
+from bnstudy.config.load import load_config
+from bnstudy.data.datasets import load_prepared, prepare
 from bnstudy.errors import ConfigError
-from bnstudy.models import build_model
-from bnstudy.plan import plan
-from bnstudy.tables import ANALYSIS_TABLES
+from bnstudy.models.networks import build_model
+from bnstudy.config.plan import plan
+from bnstudy.tables.files import ANALYSIS_TABLES
 
 from test_analysis_math import (BNMLP, flat_hessian, half_squared_error,
                                float64)  # noqa: F401  (float64: the autouse fixture, every tensor float64)
@@ -48,7 +48,7 @@ def sharpness_row(obj, params, **settings) -> dict:
 
 
 def test_defaults_are_the_catalogs():
-    from bnstudy.catalog import ANALYSES
+    from bnstudy.config.catalog import ANALYSES
 
     record = ANALYSES["sharpness"]
     assert {k: v["default"] for k, v in record.settings.items()} == {

@@ -27,7 +27,7 @@ import pytest
 from mlflow_server import MlflowServer
 from helpers import REPO, metric_points, mlflow_training_runs, prepared_spec, read_rows
 
-from bnstudy.tables import eval_metric
+from bnstudy.tables.files import eval_metric
 
 e2e = pytest.mark.e2e  # training jobs against a store that fails under them: minutes
 
@@ -200,7 +200,7 @@ def test_sqlite_store_deleted_under_two_jobs(tmp_path):
     the end what it lost, from their tables. Deleted again after the fact, `bnstudy track`
     rebuilds it from the run folders; each time every point is there once, and a second
     `bnstudy track` sends nothing."""
-    from bnstudy.tracking import forget_store
+    from bnstudy.tracking.store import forget_store
 
     specs = [long_spec(tmp_path, "vgg-batchnorm", STEPS), long_spec(tmp_path, "vgg-standard", STEPS)]
     work = tmp_path / "work"
@@ -401,7 +401,7 @@ def test_sigterm_with_frozen_server_ends_within_seconds_and_resumes(tmp_path):
     SIGTERM: it ends within seconds with exit status 143 and its checkpoints intact. With the
     server back, the rerun resumes from the last checkpoint, continues the same MLflow run
     without logging a step twice, and sends at the end the points the killed attempt never did."""
-    from bnstudy.checkpoint import latest_good_checkpoint
+    from bnstudy.train.checkpoint import latest_good_checkpoint
 
     spec = long_spec(tmp_path, "vgg-batchnorm", STEPS)
     work = tmp_path / "work"
@@ -449,7 +449,7 @@ def test_errors_are_described_in_one_line():
     """summary.json's error and the stderr line name an error in one line: its type and first
     informative line, without the SQL statement and parameters SQLAlchemy appends (their numbers
     once read as HTTP statuses) or its "raised as a result of" preamble."""
-    from bnstudy.tracking import describe
+    from bnstudy.tracking.context import describe
 
     readonly = RuntimeError(
         "(raised as a result of Query-invoked autoflush; consider using a session.no_autoflush block)\n"

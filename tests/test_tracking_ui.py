@@ -13,8 +13,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import toy_spec
 
-from bnstudy import track, tracking
+from bnstudy.tracking import sync as track
+from bnstudy.tracking import runs
+from bnstudy.tracking import store as tracking_store
 
 KIND = "custom_model_development"
 
@@ -25,7 +28,7 @@ def store(tmp_path_factory) -> str:
     kind."""
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    _, _, created = tracking.connect(uri, "fresh", folder / "artifacts")
+    _, _, created = tracking_store.connect(uri, "fresh", folder / "artifacts")
     assert created
     return uri
 
@@ -41,14 +44,14 @@ def kind(uri: str, experiment: str) -> str | None:
 
 
 def test_tag_names_are_mlflows():
-    assert tracking.EXPERIMENT_KIND_TAG == "mlflow.experimentKind"
-    assert tracking.EXPERIMENT_KIND == KIND
+    assert tracking_store.EXPERIMENT_KIND_TAG == "mlflow.experimentKind"
+    assert tracking_store.EXPERIMENT_KIND == KIND
 
 
 def test_a_created_experiment_is_of_the_model_training_kind(store, tmp_path):
     assert kind(store, "fresh") == KIND  # created with the store
     # an experiment created in an existing store (no store lock path) too
-    tracking.connect(store, "second", tmp_path / "artifacts")
+    tracking_store.connect(store, "second", tmp_path / "artifacts")
     assert kind(store, "second") == KIND
 
 
@@ -57,28 +60,28 @@ def test_an_existing_experiment_gets_the_kind_once_and_a_chosen_kind_stays(store
     raw.create_experiment("old")  # made before bnstudy set the kind
     chosen = raw.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
     assert kind(store, "old") is None
-    _, exp, _ = tracking.connect(store, "old")
+    _, exp, _ = tracking_store.connect(store, "old")
     assert kind(store, "old") == KIND and exp == raw.get_experiment_by_name("old").experiment_id
-    tracking.connect(store, "chosen")
+    tracking_store.connect(store, "chosen")
     assert raw.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
 
 
 def test_run_tags_name_each_study():
-    spec = {"run": "r1", "setup": "vgg", "norm": {"variant": "batchnorm"}, "optim": {"lr": 0.1},
-            "seed": 0, "dataset": {"name": "cifar10"}}
-    tags = tracking.run_tags(spec, Path("."), ["ics", "landscape"], "x")
+    spec = toy_spec("r1", {"setup": "vgg", "norm.variant": "batchnorm", "optim.lr": 0.1, "seed": 0,
+                           "dataset.name": "cifar10"})
+    tags = runs.run_tags(spec, Path("."), ["ics", "landscape"], "x")
     assert tags["study"] == "ics,landscape"
     assert tags["study.ics"] == tags["study.landscape"] == "true"
-    assert not [k for k in tracking.run_tags(spec, Path("."), [], "x") if k.startswith("study.")]
+    assert not [k for k in runs.run_tags(spec, Path("."), [], "x") if k.startswith("study.")]
 
 
 def finished_run(results: Path, run: str, studies: list[str]) -> None:
     """A run folder as a training job leaves it (tracking off: summary.json names its studies)."""
     folder = results / "runs" / run
     folder.mkdir(parents=True)
-    spec = {"run": run, "setup": "vgg", "norm": {"variant": "batchnorm"}, "optim": {"lr": 0.1},
-            "seed": 0, "dataset": {"name": "cifar10"}}
-    (folder / "spec.json").write_text(json.dumps(spec))
+    spec = toy_spec(run, {"setup": "vgg", "norm.variant": "batchnorm", "optim.lr": 0.1, "seed": 0,
+                          "dataset.name": "cifar10"})
+    (folder / "spec.json").write_text(spec.to_json())
     (folder / "summary.json").write_text(json.dumps({
         "status": "finished", "final": {"test_accuracy": 0.5}, "diverged_step": None,
         "started_ms": 1_700_000_000_000, "ended_ms": 1_700_000_060_000,

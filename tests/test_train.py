@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bnstudy.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from bnstudy.train import train
+from bnstudy.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from bnstudy.train.loop import train
 
 from helpers import REPO, changed, prepared_spec
 
@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
 
     run_dir = tmp_path / "killed"
     script = (f"import sys; sys.path.insert(0, {str(REPO / 'src')!r});"
-              f"from bnstudy.spec import RunSpec; from bnstudy.train import train; "
+              f"from bnstudy.config.spec import RunSpec; from bnstudy.train.loop import train; "
               f"train(RunSpec.from_json(sys.argv[1]), sys.argv[2], log=lambda m: print(m, flush=True))")
     proc = subprocess.Popen([sys.executable, "-c", script, spec.to_json(), str(run_dir)],
                             stdout=subprocess.PIPE, text=True)
@@ -192,8 +192,8 @@ def test_deep_linear_network_trains_at_the_papers_learning_rates(tmp_path, lr):
 
 
 def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
-    from bnstudy.config import load_config
-    from bnstudy.plan import plan
+    from bnstudy.config.load import load_config
+    from bnstudy.config.plan import plan
 
     from helpers import smoke_config
 
@@ -214,9 +214,9 @@ def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
 
 @pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-4), (0.0, 1e-3)])
 def test_plain_sgd_is_torch_sgd_bit_for_bit(momentum, weight_decay):
-    """bnstudy.sgd.SGD avoids torch.optim's start-up cost, not its arithmetic: same parameters,
+    """bnstudy.train.sgd.SGD avoids torch.optim's start-up cost, not its arithmetic: same parameters,
     same momentum buffers, same state dict, and each loads the other's state."""
-    from bnstudy.sgd import SGD
+    from bnstudy.train.sgd import SGD
 
     gen = torch.Generator().manual_seed(0)
     make = lambda: [torch.randn(5, 3, generator=torch.Generator().manual_seed(1)).requires_grad_(),  # noqa: E731
@@ -250,8 +250,8 @@ def test_compiled_step_trains_like_the_eager_one(tmp_path):
     """runtime.compile: on (the GPU path's torch.compile, here with inductor on the CPU) gives the
     eager run's numbers up to kernel rounding, is a different run id, and noisy variants stay eager."""
     from helpers import smoke_config
-    from bnstudy.config import load_config
-    from bnstudy.plan import plan
+    from bnstudy.config.load import load_config
+    from bnstudy.config.plan import plan
 
     cfg = smoke_config(tmp_path)
     cfg["runtime"]["compile"] = "on"

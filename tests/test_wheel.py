@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from bnstudy import schema
+from bnstudy.config import schema
 from bnstudy.errors import ConfigError
 
 WORKFLOW_SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -65,7 +65,7 @@ def test_an_installed_wheel_plans_a_config_outside_the_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "bnstudy/py.typed" in names
-        assert zf.read("bnstudy/schemas/config.schema.yaml") == WORKFLOW_SCHEMA.read_bytes()
+        assert zf.read("bnstudy/config/schemas/config.schema.yaml") == WORKFLOW_SCHEMA.read_bytes()
 
     site = tmp_path / "site"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", site, wheel])
@@ -76,7 +76,7 @@ def test_an_installed_wheel_plans_a_config_outside_the_checkout(tmp_path):
 
     # the installed package, not the checkout's sources (the venv's editable install comes later
     # on sys.path), and its schema a file of its own
-    where = _run([sys.executable, "-c", "import bnstudy.schema as s; print(s.SCHEMA_PATH)"],
+    where = _run([sys.executable, "-c", "import bnstudy.config.schema as s; print(s.SCHEMA_PATH)"],
                  cwd=elsewhere, env=env).stdout.strip()
     installed = Path(where)
     assert installed.is_relative_to(site), where

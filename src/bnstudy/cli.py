@@ -39,7 +39,7 @@ def _json(text: str):
 
 def _tracking(text: str) -> dict:
     """The tracking params of a rule, with the URI resolved (null = <results>/mlflow.db)."""
-    from .tracking import resolve_uri
+    from .tracking.context import resolve_uri
 
     tracking = _json(text)
     if tracking.get("enabled"):
@@ -57,7 +57,7 @@ def _terminate_as_exception() -> None:
 
 
 def cmd_prepare_data(args) -> None:
-    from .datasets import prepare
+    from .data.datasets import prepare
 
     with work():
         meta = prepare(_json(args.config), args.name, Path(args.out), Path(args.record) if args.record else None)
@@ -92,7 +92,8 @@ def _marker(tracking: dict) -> Path:
 def cmd_init_tracking(args) -> None:
     """Create the store and experiment once per execution. A tracking outage here does not stop
     the DAG: the marker records the error and the jobs try (and degrade) on their own."""
-    from .tracking import describe, incomplete_line, init_store
+    from .tracking.context import describe, incomplete_line
+    from .tracking.store import init_store
 
     tracking = _tracking(args.tracking)
     exp, error = None, None
@@ -110,14 +111,14 @@ def cmd_init_tracking(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .spec import RunSpec
-    from .tracking import run_name
-    from .train import train
+    from .config.spec import RunSpec
+    from .tracking.runs import run_name
+    from .train.loop import train
 
     spec = RunSpec.from_json(args.spec, "--spec")
     studies = args.studies.split(",") if args.studies else []
     if args.context:  # the workflow's way: settings and labels from the context, not from params
-        from .tracking import read_context
+        from .tracking.context import read_context
 
         context = read_context(Path(args.context), spec.run)
         if context is None:
@@ -128,21 +129,22 @@ def cmd_train(args) -> None:
             args.tracking, args.name = json.dumps(settings), args.name or context_name
     tracking = _tracking(args.tracking)
     run_dir = Path(args.run_dir)
-    name = args.name or run_name(spec.to_dict())
+    name = args.name or run_name(spec)
     holder = {}
     # live tracking: this job sends its metrics as it trains; else (tracking.live: false) the
     # workflow's `track` job sends every run at the end, and this job never imports mlflow
     live = tracking["enabled"] and tracking.get("live", True)
 
     def open_tracker(previous):
-        from .tracking import MlflowTracker, default_artifact_root, read_marker
+        from .tracking.context import default_artifact_root, read_marker
+        from .tracking.tracker import MlflowTracker
 
         # the artifact root init_tracking chose, if it is for this store (a job that recreates
         # the store or the experiment gives it the same)
         marker = read_marker(_marker(tracking))
         same = marker.get("uri") == tracking["uri"] and marker.get("experiment") == tracking["experiment"]
         holder["t"] = MlflowTracker(
-            tracking["uri"], tracking["experiment"], spec.to_dict(), run_dir, previous,
+            tracking["uri"], tracking["experiment"], spec, run_dir, previous,
             studies=studies, name=name,
             artifact_root=marker.get("artifacts") if same and marker.get("artifacts")
             else default_artifact_root(tracking.get("results", "results")),
@@ -174,8 +176,8 @@ def _pairs(items: list[str], option: str, path: bool = True) -> dict:
 
 def cmd_analyze(args) -> None:
     from .analysis.run import AnalysisJob, analyze
-    from .runtime import resolve_device, set_threads
-    from .spec import RunSpec
+    from .train.runtime import resolve_device, set_threads
+    from .config.spec import RunSpec
 
     run_dir = Path(args.run_dir)
     spec = RunSpec.from_json((run_dir / "spec.json").read_text(), str(run_dir / "spec.json"))
@@ -188,7 +190,7 @@ def cmd_analyze(args) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from .aggregate import aggregate
+    from .tables.aggregate import aggregate
 
     with work():
         aggregate(args.study, _json(args.study_config), [Path(p).parent for p in args.summaries],
@@ -196,7 +198,7 @@ def cmd_aggregate(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from .figures import draw_study
+    from .figures.draw import draw_study
 
     with work():
         draw_study(args.study, _json(args.study_config), Path(args.tables), args.kinds, Path(args.out_dir))
@@ -211,12 +213,12 @@ def cmd_claims(args) -> None:
 
 def cmd_track(args) -> None:
     """Re-send to MLflow what the store is missing, from the run folders (idempotent)."""
-    from .track import sync
-    from .tracking import EXECUTION_ENV, read_marker, resolve_uri
+    from .tracking.sync import sync
+    from .tracking.context import EXECUTION_ENV, read_marker, resolve_uri
 
     tracking, results = {}, "results"
     if args.configfile:
-        from .config import load_config
+        from .config.load import load_config
 
         config = load_config(args.configfile)
         tracking, results = dict(config["tracking"]), config["results"]
@@ -241,7 +243,7 @@ def cmd_track(args) -> None:
           f"{report['points']} metric points sent, {report['artifacts']} artifacts attached "
           f"({uri}, experiment {experiment})")
     if args.out:
-        from .tables import write_json
+        from .tables.files import write_json
 
         write_json(Path(args.out), {**report, "execution": execution, "uri": uri, "experiment": experiment})
     if report["failed"]:
@@ -265,8 +267,8 @@ def cmd_results(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from .config import load_config
-    from .plan import plan
+    from .config.load import load_config
+    from .config.plan import plan
 
     config = load_config(args.configfile)
     p = plan(config)

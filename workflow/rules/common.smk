@@ -1,6 +1,6 @@
 # Helpers shared by the rules: the validated config, the plan, and the functions that turn them
-# into rule inputs and params. What to run is decided in bnstudy.plan; the analysis, figure and
-# claim kinds (and the tables each reads) in bnstudy.catalog. Nothing here imports torch or
+# into rule inputs and params. What to run is decided in bnstudy.config.plan; the analysis, figure and
+# claim kinds (and the tables each reads) in bnstudy.config.catalog. Nothing here imports torch or
 # matplotlib: parsing the DAG stays fast.
 import json
 import os
@@ -10,10 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works without `pip install -e .` too
 
-from bnstudy.config import ConfigError, load_config
-from bnstudy.plan import plan, short_hash
+from bnstudy.config.load import ConfigError, load_config
+from bnstudy.config.plan import plan, short_hash
 from bnstudy.summary import on_error, on_success, unknown_target
-from bnstudy.tracking import CONTEXT_ENV, EXECUTION_ENV, context_path, write_context
+from bnstudy.tracking.context import CONTEXT_ENV, EXECUTION_ENV, context_path, write_context
 
 try:
     _validated = load_config(config)
@@ -37,7 +37,7 @@ if not any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_me
 
 TRACKING = {**config["tracking"], "results": RESULTS}
 # where the training jobs find the tracking settings and their runs' labels (written by the
-# Snakefile's onstart; bnstudy.tracking says why this is not an input)
+# Snakefile's onstart; bnstudy.tracking.context says why this is not an input)
 TRACKING_CONTEXT = context_path(RESULTS)
 os.environ[CONTEXT_ENV] = str(TRACKING_CONTEXT)
 CAPTIONS = Path(workflow.basedir) / "workflow" / "report" / "figures"

@@ -12,7 +12,7 @@
 
 rule prepare_data:
     """Turn one configured dataset into a tensor file (uint8 images, labels, metadata) and a record
-    of the source it was made from, which the config check reads (bnstudy.config.check_dataset):
+    of the source it was made from, which the config check reads (bnstudy.config.load.check_dataset):
     a changed source whose path does not exist stops the workflow at parse time, before this job."""
     output:
         data=temp(f"{RESULTS}/data/incoming/{{dataset}}-{{source}}.pt"),

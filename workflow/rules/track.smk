@@ -1,7 +1,7 @@
 # MLflow: the store, and the sync at the end. Tracking is a view of the results: no rule here is
 # upstream of training or the analyses, so no tracking setting retrains or reanalyses a run. The
 # training jobs learn the settings and their runs' labels from the context file the Snakefile's
-# `onstart` writes (bnstudy.tracking.write_context says why it is not an input).
+# `onstart` writes (bnstudy.tracking.context.write_context says why it is not an input).
 
 
 rule init_tracking:

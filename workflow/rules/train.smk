@@ -9,7 +9,7 @@ rule train:
     param; the run id hashes it) and the prepared data. How MLflow shows the run (the tracking
     settings, its display name, the studies that use it) is not: the job reads those from the
     execution's tracking context, named by $BNSTUDY_TRACKING_CONTEXT (set in common.smk, written
-    by the Snakefile's `onstart`; bnstudy.tracking says why it is no input). Renaming the
+    by the Snakefile's `onstart`; bnstudy.tracking.context says why it is no input). Renaming the
     experiment, or adding a study that reuses this run, retrains nothing.
     """
     input:

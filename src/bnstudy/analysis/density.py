@@ -5,7 +5,7 @@ starts.
 
 The table holds the quadrature itself, one row per (mode, start, node): the node (a Ritz value)
 and its weight (the weights of a start sum to 1). The density is the average over starts of the
-weighted nodes smoothed with a Gaussian (`bnstudy.figure_data.density_curve`), so its width is a
+weighted nodes smoothed with a Gaussian (`bnstudy.tables.derived.density_curve`), so its width is a
 drawing choice, not a property of the table; n_params is recorded for the trace
 n * sum(weight * node), samples for the number of training samples the Hessian's loss averages
 over (batch_size x batches). `bn_mode` may be a list ("batch" and "running"): each mode's rows

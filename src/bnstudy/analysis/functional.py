@@ -94,7 +94,7 @@ class Objective:
     loss_fn   callable(outputs, targets) -> scalar
     batches   the fixed analysis batches [(x, y), ...]
     noise_seed  random modules still active (those with a `generator` attribute, see
-              bnstudy.models.set_generator: Algorithm 1's noise, dropout; active = training mode
+              bnstudy.models.networks.set_generator: Algorithm 1's noise, dropout; active = training mode
               and not `enabled=False`) get a generator seeded from (noise_seed, batch index) for
               every forward, so every probe point sees the same noise draw (common random
               numbers): differences between probe points are then differences of the loss

@@ -33,17 +33,17 @@ from pathlib import Path
 
 import torch
 
-from ..batches import analysis_batches
-from ..catalog import ANALYSES
-from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from ..datasets import load_prepared
-from ..models import build_model, loss_fn, uses_channels_last
-from ..runtime import exact_numerics
-from ..spec import RunSpec
-from ..tables import write_csv
+from ..data.batches import analysis_batches
+from ..config.catalog import ANALYSES
+from ..train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..data.datasets import load_prepared
+from ..models.networks import build_model, loss_fn, uses_channels_last
+from ..train.runtime import exact_numerics
+from ..config.spec import RunSpec
+from ..tables.files import write_csv
 from .functional import Objective, Origin, all_finite, bn_modes, origin_state
 
-# the settings every analysis kind has (its record in bnstudy.catalog adds its own)
+# the settings every analysis kind has (its record in bnstudy.config.catalog adds its own)
 COMMON = ("steps", "batch_size", "batches", "seed", "noise", "dtype")
 
 
@@ -56,7 +56,7 @@ class AnalysisJob:
     """One table of the run's analysis job: an analysis kind with one set of settings."""
 
     analysis: str
-    digest: str       # the hash of `settings` (bnstudy.plan): the table is <analysis>-<digest>.csv
+    digest: str       # the hash of `settings` (bnstudy.config.plan): the table is <analysis>-<digest>.csv
     settings: dict
 
     def __post_init__(self):

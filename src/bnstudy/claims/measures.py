@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..view import StudyView
+from ..tables.view import StudyView
 from .rules import ClaimRules
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..tables import StudyTables, TableError, write_csv, write_text
-from ..view import StudyView
+from ..tables.files import StudyTables, TableError, write_csv, write_text
+from ..tables.view import StudyView
 from .markdown import to_markdown
 from .measures import COMMON_CHECKS
 from .record import REPORTED, Claim, get

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..stats import mean_ci, paired_differences, sign_flip_p, smallest_p
-from ..view import StudyView
+from ..tables.stats import mean_ci, paired_differences, sign_flip_p, smallest_p
+from ..tables.view import StudyView
 from .record import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, Row
 from .rules import ClaimRules
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...view import StudyView
+from ...tables.view import StudyView
 from ..measures import accuracy_or_chance, as_multi, at_best_lr, indexed, keyed
 from ..record import SUPPORTED, Claim, Row
 from ..rules import ClaimRules

@@ -4,7 +4,7 @@ parameters (gamma, beta) reaches an accuracy far above chance, and above trainin
 of randomly chosen parameters elsewhere in the network.
 
 The study trains one variant (batchnorm) on a grid over `optim.train_only` (all, bn_affine,
-random_matched; bnstudy.spec.TRAIN_ONLY): the three kinds of training are grid values, not
+random_matched; bnstudy.config.spec.TRAIN_ONLY): the three kinds of training are grid values, not
 variants, so the measures here compare grid values of the same seed themselves and the claim's
 rows are unpaired in the record's sense. Each kind of training is taken at its own best learning
 rate (chosen by the mean over seeds, `measures.at_best_lr`): BN-only training moves few
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from ...stats import paired_differences
-from ...view import StudyView
+from ...tables.stats import paired_differences
+from ...tables.view import StudyView
 from ..measures import accuracy_or_chance, at_best_lr, indexed
 from ..record import SUPPORTED, Claim, Row
 from ..rules import ClaimRules

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ... import derived
-from ...tables import TableError
-from ...view import StudyView
+from ...tables import derived
+from ...tables.files import TableError
+from ...tables.view import StudyView
 from ..measures import by_condition
 from ..record import SUPPORTED, Claim, Row
 from ..rules import ClaimRules

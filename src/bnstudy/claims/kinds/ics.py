@@ -7,7 +7,7 @@ import dataclasses
 
 import pandas as pd
 
-from ...view import StudyView
+from ...tables.view import StudyView
 from ..measures import by_condition
 from ..record import NOT_SUPPORTED, SUPPORTED, Claim, Row
 from ..rules import ClaimRules

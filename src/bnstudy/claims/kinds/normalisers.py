@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...view import StudyView
+from ...tables.view import StudyView
 from ..measures import keyed
 from ..record import SUPPORTED, Claim, Row
 from ..rules import ClaimRules
