@@ -77,7 +77,7 @@ STUDIES: dict[str, dict] = {
                           "grid": {"model.hidden_layers": [8, 16, 32, 64]}, "activations": {},
                           "figures": ["layer_measures"], "claims": ["gradient_explosion", "rank_collapse"]},
     "matched_lr": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.01, 0.03, 0.1, 0.3, 1.0],
-                   "activations": {}, "figures": ["accuracy_vs_lr"], "claims": ["benefit_is_the_lr"]},
+                   "activations": {}, "figures": ["accuracy_vs_lr", "activation_vs_lr"], "claims": ["benefit_is_the_lr"]},
     "landscape_2d": {**_VGG, "variants": ["standard", "batchnorm"], "surface": {},
                      "figures": ["loss_surface"], "claims": ["wider_basin"]},
     "normalisers": {**_VGG, "variants": ["standard", "batchnorm", "layernorm", "groupnorm", "instancenorm",

@@ -433,3 +433,25 @@ def test_range_bands_on_log_axes_are_geometric_means_over_seeds(tmp_path):
     arithmetic = highs.groupby("step").mean()
     assert np.allclose(loss_band["high"].sort_index(), geometric.sort_index())
     assert (arithmetic > 100 * geometric).all()  # what the old band drew
+
+
+def test_activation_vs_lr_shows_whose_activations_grow_with_the_rate(tmp_path):
+    """Bjorck et al.'s picture: the standard network's last-layer variance growing as lr^2, BN's
+    flat. The figure's means climb two decades per decade of lr for standard and stay level for BN
+    (if the paper were wrong, both lines would lie flat), drawn on log axes against the lr."""
+    def outcome(variant, lr, seed, grid):
+        return Outcome(activation_var=lr ** 2 if variant == "standard" else 1.0)
+
+    cfg = STUDIES["matched_lr"]
+    paths = make_tables(tmp_path, "matched_lr", cfg, outcome=outcome)
+    data = figures.figure_data("activation_vs_lr", "matched_lr", cfg, _given(paths, "activation_vs_lr"))
+    means = data[data["style"] == "mean"]
+    assert means["column"].nunique() > 1                  # one column per analysed step
+    for (column, variant), line in means.groupby(["column", "variant"]):
+        line = line.sort_values("lr")
+        assert sorted(line["lr"]) == cfg["lrs"]
+        slope = np.polyfit(np.log10(line["lr"].astype(float)), np.log10(line["y"].astype(float)), 1)[0]
+        assert slope == pytest.approx(2.0 if variant == "standard" else 0.0, abs=0.15), (column, variant)
+    fig = figures.render("activation_vs_lr", "matched_lr", cfg, _given(paths, "activation_vs_lr"))
+    axes = _drawn_axes(fig)
+    assert axes and all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in axes)

@@ -115,7 +115,7 @@ ANALYSES: dict[str, AnalysisKind] = {
     "activations": AnalysisKind(
         module="activations",
         columns=("step", "bn_mode", "layer", "cosine_similarity", "stable_rank", "grad_norm", "activation_var"),
-        figures=("layer_measures", "gradient_vs_group_size"),
+        figures=("layer_measures", "gradient_vs_group_size", "activation_vs_lr"),
         settings={"bn_mode": BN_MODE}),
     # Li et al. 2018: the loss on a plane of two filter-normalised random directions
     "surface": AnalysisKind(
@@ -186,6 +186,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
     "loss_surface": FigureKind(),                 # 2-D surfaces and the basin radius (surface)
     "layer_measures": FigureKind(),               # Lubana et al.'s per-layer measures against depth (activations)
     "gradient_vs_group_size": FigureKind(axis="norm.group_size"),  # first-layer gradient norm (activations)
+    "activation_vs_lr": FigureKind(),             # last-layer activation variance against lr (activations; Bjorck et al.)
     "weight_norm": FigureKind(("layers",)),       # ||w||^2 beside lr^2 sum ||g||^2, effective lr (Arora et al.)
 }
 

@@ -173,23 +173,37 @@ def layer_measures_data(ctx: Context) -> pd.DataFrame:
     return pd.concat(pieces, ignore_index=True)
 
 
-def group_size_data(ctx: Context) -> pd.DataFrame:
-    """The first normalised layer's gradient norm against the group size (x), per analysed step
-    (columns): Lubana et al. find small groups inflate early layers' gradient norms."""
+def layer_against(ctx: Context, x: str, last: bool, y: str, label: str) -> pd.DataFrame:
+    """The first (or last) normalised layer's activations-table column `y` against a run setting
+    `x`, per analysed step and other condition (columns), one line per variant, log scale."""
     table = ctx.tables["activations"]
-    table = table[table["layer"] == 1]
-    others = [c for c in ["lr", *ctx.grid] if c != "group_size"]
+    layer = table.groupby("run")["layer"].transform("max") if last else 1
+    table = table[table["layer"] == layer]
+    others = [c for c in ["lr", *ctx.grid] if c != x]
     table, conditions = with_conditions(table, others)
     pieces = []
     for step in sorted(table["step"].unique()):
         for condition in conditions:
             cell = table[(table["step"] == step) & (table["condition"] == condition)]
             column = " · ".join(p for p in (f"step {int(step)}", condition) if p)
-            pieces.append(_panel("first layer ‖dL/dW₁‖", column, "log"))
+            pieces.append(_panel(label, column, "log"))
             for variant in ctx.ordered(cell["variant"]):
-                series = curve_series(cell[cell["variant"] == variant], x="group_size", y="grad_norm", log=True)
-                pieces.append(series.assign(row="first layer ‖dL/dW₁‖", column=column, variant=variant, scale="log"))
+                series = curve_series(cell[cell["variant"] == variant], x=x, y=y, log=True)
+                pieces.append(series.assign(row=label, column=column, variant=variant, scale="log"))
     return pd.concat(pieces, ignore_index=True)
+
+
+def group_size_data(ctx: Context) -> pd.DataFrame:
+    """The first normalised layer's gradient norm against the group size (x), per analysed step
+    (columns): Lubana et al. find small groups inflate early layers' gradient norms."""
+    return layer_against(ctx, "group_size", False, "grad_norm", "first layer ‖dL/dW₁‖")
+
+
+def activation_vs_lr_data(ctx: Context) -> pd.DataFrame:
+    """The last normalised layer's activation variance against the learning rate (x), per analysed
+    step (columns): Bjorck et al. find that without BN large rates make deep layers' activations
+    explode within the first steps."""
+    return layer_against(ctx, "lr", True, "activation_var", "last layer's activation variance")
 
 
 WEIGHT_ROWS = [Measure("‖wᵢ‖² (dotted: ‖w₀‖² + lr² Σ‖g‖²)", "weights", "w_sq", scale="auto"),

@@ -44,8 +44,8 @@ from ..atomic import atomic_write  # noqa: E402
 from ..config.catalog import figure_tables  # noqa: E402
 from ..tables.files import StudyTables, TableError  # noqa: E402
 from .beyond_frames import (  # noqa: E402
-    density_data, eos_data, group_size_data, layer_measures_data, spectrum_data, surface_data,
-    weight_norm_data,
+    activation_vs_lr_data, density_data, eos_data, group_size_data, layer_measures_data, spectrum_data,
+    surface_data, weight_norm_data,
 )
 from .curves import curves_figure, landscape_figure, units_figure  # noqa: E402
 from .drawing import DPI, Styled  # noqa: E402
@@ -104,7 +104,10 @@ DRAWERS: dict[str, Drawer] = {
                              layer_measures_data, lambda ctx, data: axis_figure(ctx, data, "layer (depth)")),
     "gradient_vs_group_size": Drawer("first-layer gradient norm against GroupNorm's group size",
                                      group_size_data, lambda ctx, data: axis_figure(ctx, data, "group size",
-                                                                                    x="group_size", log_x=True)),
+                                                                                    x="group_size", log_x=2)),
+    "activation_vs_lr": Drawer("last-layer activation variance in the first steps against the learning rate",
+                               activation_vs_lr_data, lambda ctx, data: axis_figure(ctx, data, "learning rate",
+                                                                                    x="lr", log_x=10)),
     "weight_norm": Drawer("weight norms beside the scale-invariance prediction, effective learning rate",
                           weight_norm_data, curves_figure),
 }

@@ -144,9 +144,9 @@ def surface_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def axis_figure(ctx: Context, data: pd.DataFrame, xlabel: str, x: str = "layer", log_x: bool = False) -> plt.Figure:
+def axis_figure(ctx: Context, data: pd.DataFrame, xlabel: str, x: str = "layer", log_x: int | None = None) -> plt.Figure:
     """Curves against something other than the step (a layer's depth, a group size): rows =
-    measures, columns = steps and conditions, hue = variant."""
+    measures, columns = steps and conditions, hue = variant; `log_x`: the base of a log x axis."""
     rows, columns = _order(data["row"]), _order(data["column"])
     fig, axes = _grid(len(rows), len(columns), sharey="row")
     for i, row in enumerate(rows):
@@ -156,7 +156,7 @@ def axis_figure(ctx: Context, data: pd.DataFrame, xlabel: str, x: str = "layer",
             scales = cell["scale"].dropna()
             ax.set_yscale(scales.iloc[0] if len(scales) else "linear")
             if log_x:
-                ax.set_xscale("log", base=2)
+                ax.set_xscale("log", base=log_x)
             drawable = cell.dropna(subset=["style"])
             for variant in ctx.ordered(drawable["variant"]):
                 draw_series(ax, drawable[drawable["variant"] == variant], ctx.palette[variant], x=x)
