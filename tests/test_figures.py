@@ -455,3 +455,64 @@ def test_activation_vs_lr_shows_whose_activations_grow_with_the_rate(tmp_path):
     fig = figures.render("activation_vs_lr", "matched_lr", cfg, _given(paths, "activation_vs_lr"))
     axes = _drawn_axes(fig)
     assert axes and all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in axes)
+
+
+def test_a_figure_kind_is_one_record_added_from_a_module_outside_the_package(tmp_path):
+    """A figure kind written in a module of its own: `register` puts its record and drawer in
+    place; the next schema lists it, a study that lists it without the analysis it reads is
+    refused naming the block to add, and with it the study plans and the figure draws the series
+    its data function returns. A duplicate name is refused."""
+    import importlib.util
+
+    from helpers import smoke_raw
+
+    from bnstudy.config.catalog import FIGURE_KINDS as KINDS
+    from bnstudy.config.load import load_config
+    from bnstudy.config.schema import load_schema
+    from bnstudy.errors import ConfigError
+
+    module = tmp_path / "gradient_by_layer.py"
+    module.write_text(
+        "import matplotlib.pyplot as plt\n"
+        "from bnstudy.config.catalog import FigureKind\n"
+        "from bnstudy.figures.draw import Drawer, register\n\n"
+        "def data(ctx):\n"
+        "    table = ctx.tables['activations']\n"
+        "    return table.groupby(['variant', 'layer'], as_index=False)['grad_norm'].mean()\n\n"
+        "def plot(ctx, frame):\n"
+        "    fig, ax = plt.subplots()\n"
+        "    for variant, rows in frame.groupby('variant'):\n"
+        "        ax.plot(rows['layer'], rows['grad_norm'], label=variant, gid='series')\n"
+        "    return fig\n\n"
+        "register('gradient_by_layer', FigureKind(analyses=('activations',)),\n"
+        "         Drawer('gradient norm by layer', data, plot))\n")
+    spec = importlib.util.spec_from_file_location("gradient_by_layer", module)
+    try:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        assert "gradient_by_layer" in load_schema()["definitions"]["figure_kind"]["enum"]
+        with pytest.raises(ValueError, match="registered twice"):
+            figures.register("gradient_by_layer", KINDS["gradient_by_layer"], figures.DRAWERS["gradient_by_layer"])
+
+        raw = smoke_raw()
+        raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+        study = next(s for s in raw["studies"].values() if "activations" not in s)
+        study["figures"] = ["gradient_by_layer"]
+        with pytest.raises(ConfigError, match="gradient_by_layer.*add a `activations:` block"):
+            load_config(raw)
+        study["activations"] = {}
+        load_config(raw)
+
+        cfg = STUDIES["depth_at_init"]
+        paths = make_tables(tmp_path / "tables", "depth_at_init", cfg)
+        frame = figures.figure_data("gradient_by_layer", "depth_at_init", cfg, _given(paths, "gradient_by_layer"))
+        fig = figures.render("gradient_by_layer", "depth_at_init", cfg, _given(paths, "gradient_by_layer"))
+        lines = _artists(fig, "series")
+        figures.plt.close(fig)
+        assert sorted(line.get_label() for line in lines) == sorted(frame["variant"].unique())
+        for line in lines:
+            rows = frame[frame["variant"] == line.get_label()]
+            assert list(line.get_ydata()) == list(rows["grad_norm"])
+    finally:
+        KINDS.pop("gradient_by_layer", None)
+        figures.DRAWERS.pop("gradient_by_layer", None)
+    assert "gradient_by_layer" not in load_schema()["definitions"]["figure_kind"]["enum"]

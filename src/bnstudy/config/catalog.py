@@ -7,11 +7,12 @@ Everything the workflow must know about a kind before any job runs is its record
 Snakefile and the config checks plan with this module alone (no torch, no matplotlib):
 
 - an analysis kind: its module (`bnstudy.analysis.<module>.compute`), its config block (the JSON
-  schema of its settings, with defaults), its table's columns and the figure kinds that read the
-  table. A new analysis is its module, its record here and the caption of the figure that shows it;
-- a figure kind: the run tables it reads (the analysis tables come from the analysis records) and
-  the setup key a study must vary for it; its code is a drawer in `bnstudy.figures.draw.DRAWERS` and its
-  caption `workflow/report/figures/<kind>.rst`.
+  schema of its settings, with defaults) and its table's columns. A new analysis is its module,
+  its record here and a figure kind that shows it;
+- a figure kind: the run tables and analysis tables it reads and the setup key a study must vary
+  for it; its code is a `Drawer` (data function and plot) in `bnstudy.figures.draw.DRAWERS` and its
+  caption `workflow/report/figures/<kind>.rst`. Code outside the package adds one with
+  `bnstudy.figures.draw.register` (both records at once).
 The tests check that every record has its code and caption.
 """
 
@@ -33,7 +34,6 @@ class AnalysisKind:
 
     module: str
     columns: tuple[str, ...]
-    figures: tuple[str, ...]
     settings: Mapping[str, dict] = field(default_factory=dict)
 
 
@@ -53,13 +53,11 @@ ANALYSES: dict[str, AnalysisKind] = {
     # Definition 2.1 (Santurkar et al. 2018, Fig. 3)
     "ics": AnalysisKind(
         module="ics",
-        columns=("step", "layer", "l2_diff", "cosine", "grad_norm"),
-        figures=("ics",)),
+        columns=("step", "layer", "l2_diff", "cosine", "grad_norm"),),
     # section 3.2 (Figs. 4, 10): loss, gradient change and beta along the gradient
     "landscape": AnalysisKind(
         module="landscape",
         columns=("step", "direction", "eta", "eta_rel", "loss", "grad_diff", "beta"),
-        figures=("landscape",),
         settings={
             "eta_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.5},
             "eta_max": {"type": "number", "exclusiveMinimum": 0, "default": 4.0},
@@ -73,7 +71,6 @@ ANALYSES: dict[str, AnalysisKind] = {
         module="curvature",
         columns=("step", "grad_quadratic", "top_eigenvalue", "top_residual", "bottom_eigenvalue",
                  "bottom_residual", "products", "converged"),
-        figures=("curvature",),
         settings={
             "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3,
                     "description": "Lanczos (ARPACK) relative tolerance of each extreme eigenvalue"},
@@ -85,7 +82,6 @@ ANALYSES: dict[str, AnalysisKind] = {
         module="spectrum",
         columns=("step", "bn_mode", "rank", "eigenvalue", "residual", "converged", "gradient_share",
                  "trace", "trace_se", "products", "samples"),
-        figures=("hessian_spectrum",),
         settings={
             "top_k": {"type": "integer", "minimum": 1, "default": 20,
                       "description": "largest eigenvalues (and the gradient share in their span); Ghorbani "
@@ -103,7 +99,6 @@ ANALYSES: dict[str, AnalysisKind] = {
     "density": AnalysisKind(
         module="density",
         columns=("step", "bn_mode", "start", "node", "weight", "n_params", "samples"),
-        figures=("spectral_density",),
         settings={
             "lanczos_steps": {"type": "integer", "minimum": 2, "default": 80,
                               "description": "Lanczos steps per start (the reference: 80)"},
@@ -115,13 +110,11 @@ ANALYSES: dict[str, AnalysisKind] = {
     "activations": AnalysisKind(
         module="activations",
         columns=("step", "bn_mode", "layer", "cosine_similarity", "stable_rank", "grad_norm", "activation_var"),
-        figures=("layer_measures", "gradient_vs_group_size", "activation_vs_lr"),
         settings={"bn_mode": BN_MODE}),
     # Li et al. 2018: the loss on a plane of two filter-normalised random directions
     "surface": AnalysisKind(
         module="surface",
         columns=("step", "bn_mode", "x", "y", "loss", "accuracy"),
-        figures=("loss_surface",),
         settings={
             "points": {"type": "integer", "minimum": 3, "default": 21,
                        "description": "grid points per axis (odd: the checkpoint itself is on the grid; the reference: 51)"},
@@ -134,7 +127,6 @@ ANALYSES: dict[str, AnalysisKind] = {
     "sharpness": AnalysisKind(
         module="sharpness",
         columns=("step", "bn_mode", "sharpness", "residual", "converged", "products", "samples"),
-        figures=("edge_of_stability",),
         settings={
             "tol": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-3,
                     "description": "Lanczos (ARPACK) relative residual tolerance of the largest eigenvalue "
@@ -154,10 +146,11 @@ ANALYSES: dict[str, AnalysisKind] = {
 
 @dataclass(frozen=True)
 class FigureKind:
-    """What a figure kind reads besides runs.csv (run tables; analysis tables are named by the
-    analysis records) and the setup key, if any, that its study must vary (its x axis)."""
+    """What a figure kind reads besides runs.csv (run tables, analysis tables) and the setup key, if
+    any, that its study must vary (its x axis)."""
 
     tables: tuple[str, ...] = ()
+    analyses: tuple[str, ...] = ()   # keys of ANALYSES: the study must configure each
     axis: str | None = None
     # the claims split this figure's measure into an early and a late window: mark the boundary
     windows: bool = False
@@ -166,6 +159,7 @@ class FigureKind:
 
 
 FIGURE_KINDS: dict[str, FigureKind] = {
+    # the paper's: accuracies and losses over steps, activation distributions, ICS, the landscape
     "accuracy": FigureKind(("eval",)),            # train (training mode) and test (eval mode) accuracy
     "train_accuracy": FigureKind(("eval",)),      # train accuracy, training mode vs eval mode
     "test_accuracy": FigureKind(("eval",)),       # test accuracy over steps
@@ -173,25 +167,30 @@ FIGURE_KINDS: dict[str, FigureKind] = {
     "distributions": FigureKind(("units",)),      # single units' activation percentiles over steps
     "unit_input": FigureKind(("units",)),         # one last-layer unit (Ioffe & Szegedy Fig. 1b-c)
     "moment_changes": FigureKind(("layers",)),    # per-unit |mu_t+1 - mu_t|, |var_t+1 - var_t|
-    "ics": FigureKind(windows=True),              # Definition 2.1
-    "landscape": FigureKind(windows=True),        # loss range, gradient predictiveness, beta
-    "curvature": FigureKind(eigen_table="curvature"),  # g^T H g / |g|^2 and the top Hessian eigenvalue
+    "ics": FigureKind(analyses=("ics",), windows=True),              # Definition 2.1
+    "landscape": FigureKind(analyses=("landscape",), windows=True),  # loss range, predictiveness, beta
+    # g^T H g / |g|^2 and the top Hessian eigenvalue
+    "curvature": FigureKind(analyses=("curvature",), eigen_table="curvature"),
+    # final values against a run setting
     "accuracy_vs_lr": FigureKind(),               # final test accuracy against the learning rate
     "accuracy_vs_init_scale": FigureKind(axis="model.init_scale"),
     "accuracy_vs_dropout": FigureKind(axis="model.dropout"),
     "generalisation_gap": FigureKind(),           # final train - test accuracy against dropout / lr
-    "hessian_spectrum": FigureKind(windows=True, eigen_table="spectrum"),  # lambda_max, outliers, trace, lambda_min
-    "spectral_density": FigureKind(),             # SLQ density per checkpoint (density)
-    "edge_of_stability": FigureKind(("train",)),  # loss, sharpness and lr x sharpness against 2 (sharpness)
-    "loss_surface": FigureKind(),                 # 2-D surfaces and the basin radius (surface)
-    "layer_measures": FigureKind(),               # Lubana et al.'s per-layer measures against depth (activations)
-    "gradient_vs_group_size": FigureKind(axis="norm.group_size"),  # first-layer gradient norm (activations)
-    "activation_vs_lr": FigureKind(),             # last-layer activation variance against lr (activations; Bjorck et al.)
+    # beyond the paper
+    # lambda_max, outliers, trace, lambda_min
+    "hessian_spectrum": FigureKind(analyses=("spectrum",), windows=True, eigen_table="spectrum"),
+    "spectral_density": FigureKind(analyses=("density",)),        # SLQ density per checkpoint
+    "edge_of_stability": FigureKind(("train",), ("sharpness",)),  # loss, sharpness, lr x sharpness vs 2
+    "loss_surface": FigureKind(analyses=("surface",)),            # 2-D surfaces and the basin radius
+    "layer_measures": FigureKind(analyses=("activations",)),      # Lubana et al.'s measures against depth
+    # the first layer's gradient norm against GroupNorm's group size (Lubana et al.)
+    "gradient_vs_group_size": FigureKind(analyses=("activations",), axis="norm.group_size"),
+    "activation_vs_lr": FigureKind(analyses=("activations",)),    # last layer's variance vs lr (Bjorck et al.)
     "weight_norm": FigureKind(("layers",)),       # ||w||^2 beside lr^2 sum ||g||^2, effective lr (Arora et al.)
 }
 
 
 def figure_tables(kind: str) -> tuple[str, ...]:
     """Every study table figure `kind` reads: runs.csv, its run tables, the analyses it shows."""
-    analyses = tuple(name for name, record in ANALYSES.items() if kind in record.figures)
-    return ("runs",) + FIGURE_KINDS[kind].tables + analyses
+    record = FIGURE_KINDS[kind]
+    return ("runs",) + record.tables + record.analyses

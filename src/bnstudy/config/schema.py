@@ -33,10 +33,11 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_schema() -> dict:
-    """The config schema (a fresh copy: callers may extend it). The claim kinds are filled in on
-    every call, not cached: a kind `register`ed after the first load is in the next one."""
+    """The config schema (a fresh copy: callers may extend it). The claim and figure kinds are
+    filled in on every call, not cached: a kind `register`ed after the first load is in the next one."""
     schema = copy.deepcopy(_parsed_schema())
     schema["definitions"]["claim_kind"]["enum"] = sorted(claims_by_kind())
+    schema["definitions"]["figure_kind"]["enum"] = list(FIGURE_KINDS)
     return schema
 
 
@@ -53,7 +54,6 @@ def _parsed_schema() -> dict:
     schema = yaml.load(text, Loader=YAML_LOADER)
     definitions = schema["definitions"]
     definitions["variant"]["enum"] = list(VARIANTS)
-    definitions["figure_kind"]["enum"] = list(FIGURE_KINDS)
     definitions["study"]["properties"]["claim_rules"] = ClaimRules.schema()
     schema["properties"]["claim_rules"] = {
         **ClaimRules.schema(), "default": {},

@@ -41,7 +41,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..atomic import atomic_write  # noqa: E402
-from ..config.catalog import figure_tables  # noqa: E402
+from ..config.catalog import ANALYSES, FIGURE_KINDS, FigureKind, figure_tables  # noqa: E402
 from ..tables.files import StudyTables, TableError  # noqa: E402
 from .beyond_frames import (  # noqa: E402
     activation_vs_lr_data, density_data, eos_data, group_size_data, layer_measures_data, spectrum_data,
@@ -111,6 +111,19 @@ DRAWERS: dict[str, Drawer] = {
     "weight_norm": Drawer("weight norms beside the scale-invariance prediction, effective learning rate",
                           weight_norm_data, curves_figure),
 }
+
+
+def register(name: str, kind: FigureKind, drawer: Drawer) -> None:
+    """Add a figure kind: its record (what it reads, for planning) and its drawer (a module
+    outside the package extends the project this way; its caption goes in
+    workflow/report/figures/<name>.rst for the report)."""
+    if name in FIGURE_KINDS or name in DRAWERS:
+        raise ValueError(f"figure kind {name!r} is registered twice")
+    unknown = [a for a in kind.analyses if a not in ANALYSES]
+    if unknown:
+        raise ValueError(f"figure kind {name!r} reads analyses {unknown} that no record defines; "
+                         f"known: {sorted(ANALYSES)}")
+    FIGURE_KINDS[name], DRAWERS[name] = kind, drawer
 
 
 # ---------------------------------------------------------------------------------------------
