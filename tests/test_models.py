@@ -177,3 +177,69 @@ def test_a_variant_naming_an_unknown_normaliser_is_refused():
         Variant("batc")
     with pytest.raises(ValueError, match="needs one"):
         Variant("lp")
+
+
+def test_a_normaliser_is_one_record_added_from_a_module_outside_the_package(tmp_path):
+    """A normaliser written in a module of its own (RMSNorm over each sample's channels): `register`
+    adds its record, builder and variant; the next schema offers the variant, a config using it
+    plans, the network carries the new module after each layer, and the other runs keep their ids.
+    A GroupNorm-style setting lives on its record: the schema's norm.group_size and the run-id rule
+    come from there."""
+    import importlib.util
+
+    from helpers import smoke_raw
+
+    from bnstudy.config.load import load_config
+    from bnstudy.config.schema import load_schema
+    from bnstudy.config.spec import ADDED, APPLIES
+    from bnstudy.config.variants import NORMALISER_RECORDS, VARIANTS
+    from bnstudy.models import norms
+
+    raw = smoke_raw()
+    raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+    before = set(plan(load_config(raw)).runs)
+
+    module = tmp_path / "rms_norm.py"
+    module.write_text(
+        "import torch\n"
+        "from bnstudy.config.variants import Normaliser\n"
+        "from bnstudy.models.norms import register\n\n"
+        "class RMSNorm(torch.nn.Module):\n"
+        "    def __init__(self, features, eps):\n"
+        "        super().__init__()\n"
+        "        self.weight, self.eps = torch.nn.Parameter(torch.ones(features)), eps\n"
+        "    def forward(self, x):\n"
+        "        scale = x.pow(2).mean(dim=tuple(range(1, x.ndim)), keepdim=True).add(self.eps).rsqrt()\n"
+        "        shape = (1, -1) + (1,) * (x.ndim - 2)\n"
+        "        return x * scale * self.weight.view(shape)\n\n"
+        "register('rms', Normaliser(per_sample=True),\n"
+        "         lambda features, spatial, variant, norm: RMSNorm(features, norm.eps),\n"
+        "         {'rmsnorm': {}})\n")
+    spec = importlib.util.spec_from_file_location("rms_norm", module)
+    try:
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        assert "rmsnorm" in load_schema()["definitions"]["variant"]["enum"]
+        with pytest.raises(ValueError, match="registered twice"):
+            norms.register("rms", NORMALISER_RECORDS["rms"], norms.NORMALISERS["rms"], {})
+        study = next(s for s in raw["studies"].values() if s.get("setup") == "vgg")
+        study["variants"] = [*study["variants"], "rmsnorm"]
+        runs = plan(load_config(raw)).runs
+        assert before <= set(runs)                                  # the other runs keep their ids
+        new = [s for r, s in runs.items() if r not in before]
+        assert new and all(s.norm.variant == "rmsnorm" for s in new)
+        model = build_model(new[0])
+        assert all(isinstance(b.norm, loaded.RMSNorm) for b in model.blocks)
+        assert torch.isfinite(model(torch.randn(2, *new[0].dataset.shape))).all()
+    finally:
+        NORMALISER_RECORDS.pop("rms", None)
+        norms.NORMALISERS.pop("rms", None)
+        VARIANTS.pop("rmsnorm", None)
+    assert "rmsnorm" not in load_schema()["definitions"]["variant"]["enum"]
+    # the one normaliser with a setting declares it on its record: schema and run-id rule follow
+    group = NORMALISER_RECORDS["group"]
+    norm_schema = load_schema()["definitions"]["setup"]["properties"]["norm"]["properties"]
+    assert norm_schema["group_size"] == group.settings["group_size"]
+    assert ADDED["norm.group_size"] == group.settings["group_size"]["default"]
+    assert APPLIES["norm.group_size"]({"norm": {"variant": "groupnorm"}})
+    assert not APPLIES["norm.group_size"]({"norm": {"variant": "batchnorm"}})

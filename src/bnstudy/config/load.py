@@ -267,12 +267,13 @@ def check_variants(config: dict, name: str, cfg: dict, setup: dict, where: str) 
             raise _bad(f"studies.{name}.variants.{i}", variant, "it normalises each channel over its spatial "
                        "positions: it needs a network whose normalised layers are all convolutions (vgg without "
                        "a head, or resnet)")
-        if v.norm == "group":
-            group = setup["norm"]["group_size"]
-            bad = sorted({w for w in widths if w > group and w % group})
-            if bad:
-                raise _bad(f"{where}.norm.group_size", group, f"the {model['arch']}'s layers of {bad} units do not "
-                           f"split into groups of {group}: use a group size that divides them")
+        check = v.normaliser.check
+        problem = check(widths, setup["norm"]) if check else None
+        if problem:
+            keys = sorted(v.normaliser.settings)
+            key = f"{where}.norm.{keys[0]}" if keys else f"studies.{name}.variants.{i}"
+            value = setup["norm"][keys[0]] if keys else variant
+            raise _bad(key, value, f"the {model['arch']}'s {problem}")
 
 
 def check_decidable(name: str, cfg: dict) -> None:

@@ -24,7 +24,7 @@ import yaml
 from .catalog import ANALYSES, FIGURE_KINDS
 from ..claims import ClaimRules, claims_by_kind
 from ..errors import ConfigError
-from .variants import VARIANTS
+from .variants import VARIANTS, normaliser_settings
 
 # package data (in the checkout, a symlink to workflow/schemas/config.schema.yaml)
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -33,11 +33,12 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_schema() -> dict:
-    """The config schema (a fresh copy: callers may extend it). The claim and figure kinds are
-    filled in on every call, not cached: a kind `register`ed after the first load is in the next one."""
+    """The config schema (a fresh copy: callers may extend it). The claim kinds, figure kinds and
+    variants are filled in on every call, not cached: a kind `register`ed after the first load is in the next one."""
     schema = copy.deepcopy(_parsed_schema())
     schema["definitions"]["claim_kind"]["enum"] = sorted(claims_by_kind())
     schema["definitions"]["figure_kind"]["enum"] = list(FIGURE_KINDS)
+    schema["definitions"]["variant"]["enum"] = list(VARIANTS)
     return schema
 
 
@@ -53,12 +54,14 @@ def _parsed_schema() -> dict:
             f"reinstall bnstudy, or restore the file") from None
     schema = yaml.load(text, Loader=YAML_LOADER)
     definitions = schema["definitions"]
-    definitions["variant"]["enum"] = list(VARIANTS)
     definitions["study"]["properties"]["claim_rules"] = ClaimRules.schema()
     schema["properties"]["claim_rules"] = {
         **ClaimRules.schema(), "default": {},
         "description": "overrides of the claims verdict rule's gates for every study (a study's own "
                        "claim_rules win over these; bnstudy.claims.rules.ClaimRules)"}
+    norm = definitions["setup"]["properties"]["norm"]["properties"]
+    for key, (_, setting) in normaliser_settings().items():   # a normaliser's own keys, from its record
+        norm[key] = copy.deepcopy(setting)
     common = definitions["analysis_common"]
     for name, record in ANALYSES.items():
         definitions["study"]["properties"][name] = {

@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .variants import VARIANTS
+from .variants import VARIANTS, normaliser_settings
 
 # Keys added after runs were first planned enter a spec (and its run id) only when they differ
 # from these defaults, so that runs planned before the key existed keep their ids and results.
-ADDED = {"norm.group_size": 8, "optim.loss": "cross_entropy", "optim.train_only": "all",
-         "model.hidden_layers": None}
+# A normaliser's own settings (norm.group_size) are such keys by construction (its record in
+# `bnstudy.config.variants`).
+ADDED = {**{f"norm.{key}": schema["default"] for key, (_, schema) in normaliser_settings().items()},
+         "optim.loss": "cross_entropy", "optim.train_only": "all", "model.hidden_layers": None}
 
 
 def _added(key: str):
@@ -34,7 +36,8 @@ def _added(key: str):
 # Settings that mean something for some runs only: a run's spec holds them only where they apply,
 # so that runs they cannot change (a BatchNorm run on a grid over GroupNorm's group size) are one
 # run, not one per value.
-APPLIES = {"norm.group_size": lambda spec: VARIANTS[spec["norm"]["variant"]].norm == "group",
+APPLIES = {**{f"norm.{key}": (lambda spec, norm=norm: VARIANTS[spec["norm"]["variant"]].norm == norm)
+              for key, (norm, _) in normaliser_settings().items()},
            # a regression dataset (the DLN) keeps its own squared error whatever optim.loss says
            "optim.loss": lambda spec: spec["dataset"]["task"] == "classification",
            "model.hidden_layers": lambda spec: spec["model"]["arch"] == "mlp"}

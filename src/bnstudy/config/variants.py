@@ -3,7 +3,8 @@ Snakemake process read it without importing the training stack).
 
 A variant is a row: which normaliser follows each conv/linear layer, and whether Algorithm 1's
 distributional noise (Santurkar et al. 2018, section 2) follows the normaliser. Adding a variant
-is one row here, plus a normaliser class in `bnstudy.models.norms` if it needs a new one.
+is one row here; a new normaliser is one `Normaliser` record here (what the config stage must know:
+its settings, where it fits) plus its module builder in `bnstudy.models.norms.NORMALISERS`.
 
     standard         no normalisation
     batchnorm        BatchNorm (Ioffe & Szegedy 2015)
@@ -23,12 +24,50 @@ is one row here, plus a normaliser class in `bnstudy.models.norms` if it needs a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 
-# the normalisers a variant can name: each has its builder in `bnstudy.models.norms.NORMALISERS` (a test
-# checks the two agree); None is no normaliser
-NORMS = (None, "batch", "lp", "layer", "group", "instance", "weight")
+@dataclass(frozen=True)
+class Normaliser:
+    """What planning and the config checks know of a normaliser; its module is built by
+    `bnstudy.models.norms.NORMALISERS` under the same key (a test checks the two agree).
+
+    `settings`: the `norm.<key>` config keys only this normaliser reads (JSON-schema properties
+    with defaults): the schema offers them, and a run's spec (so its id) holds them only when its
+    variant uses this normaliser and the value is not the default (`bnstudy.config.spec.ADDED`).
+    `check(widths, norm)`: why the network's normalised layers of `widths` units cannot take this
+    normaliser with the setup's `norm` block (None if they can)."""
+
+    per_sample: bool = False  # normalises each sample on its own: no batch or running statistics
+    conv_only: bool = False   # needs spatial positions (over one unit of a linear layer: nothing)
+    settings: Mapping[str, dict] = field(default_factory=dict)
+    check: Callable[[Sequence[int], Mapping], str | None] | None = None
+
+
+def _group_size_problem(widths: Sequence[int], norm: Mapping) -> str | None:
+    group = norm["group_size"]
+    bad = sorted({w for w in widths if w > group and w % group})
+    return (f"layers of {bad} units do not split into groups of {group}: use a group size that divides them"
+            if bad else None)
+
+
+GROUP_SIZE = {"type": "integer", "minimum": 1, "default": 8,
+              "description": "groupnorm: channels per group (1 group when a layer is narrower; it must divide "
+                             "every wider layer's width). LayerNorm is one group, InstanceNorm one channel per group"}
+
+# the normalisers a variant can name; None is no normaliser
+NORMALISER_RECORDS: dict[str | None, Normaliser] = {
+    None: Normaliser(),
+    "batch": Normaliser(),                                 # Ioffe & Szegedy 2015
+    "lp": Normaliser(),                                    # Santurkar et al. 2018, section 3.3
+    "layer": Normaliser(per_sample=True),                  # Ba et al. 2016
+    "group": Normaliser(per_sample=True, settings={"group_size": GROUP_SIZE},  # Wu & He 2018
+                        check=_group_size_problem),
+    "instance": Normaliser(per_sample=True, conv_only=True),
+    "weight": Normaliser(),                                # Salimans & Kingma 2016: reparametrises the layer
+}
+NORMS = tuple(NORMALISER_RECORDS)
 NOISES = (None, "absolute", "unit")
 
 
@@ -40,22 +79,33 @@ class Variant:
 
     def __post_init__(self):
         # a typo here would otherwise build a network with no normaliser, silently
-        if self.norm not in NORMS:
-            raise ValueError(f"Variant(norm={self.norm!r}): no such normaliser; known: {', '.join(map(str, NORMS))}")
+        if self.norm not in NORMALISER_RECORDS:
+            raise ValueError(f"Variant(norm={self.norm!r}): no such normaliser; known: "
+                             f"{', '.join(map(str, NORMALISER_RECORDS))}")
         if (self.norm == "lp") != (self.p is not None):
             raise ValueError(f"Variant(norm={self.norm!r}, p={self.p!r}): p is lp normalisation's, and it needs one")
         if self.noise not in NOISES:
             raise ValueError(f"Variant(noise={self.noise!r}): known: {', '.join(map(str, NOISES))}")
 
     @property
+    def normaliser(self) -> Normaliser:
+        return NORMALISER_RECORDS[self.norm]
+
+    @property
     def per_sample(self) -> bool:
         """Normalises each sample on its own (no batch statistics, so no running statistics)."""
-        return self.norm in ("layer", "group", "instance")
+        return self.normaliser.per_sample
 
     @property
     def conv_only(self) -> bool:
         """Needs spatial positions: over one unit of a linear layer there is nothing to normalise."""
-        return self.norm == "instance"
+        return self.normaliser.conv_only
+
+
+def normaliser_settings() -> dict[str, tuple[str | None, dict]]:
+    """Every normaliser-specific `norm.<key>`: key -> (the normaliser that reads it, its schema)."""
+    return {key: (name, schema) for name, record in NORMALISER_RECORDS.items()
+            for key, schema in record.settings.items()}
 
 
 VARIANTS: dict[str, Variant] = {

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..config.spec import NormSpec
-from ..config.variants import VARIANTS, Variant
+from ..config.variants import NORMALISER_RECORDS, VARIANTS, Normaliser, Variant
 
 
 def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -245,7 +245,7 @@ def _per_sample(groups: Callable[[int, NormSpec], int]):
 
 
 # Variant.norm -> (features, spatial, variant, norm spec) -> the module after the layer; the keys
-# are `variants.NORMS` (a test checks it). WeightNorm reparametrises the layer itself
+# are those of `variants.NORMALISER_RECORDS` (a test checks it). WeightNorm reparametrises the layer itself
 # (`models.weight_normed`): its slot here is empty, as is the standard network's.
 NORMALISERS: dict[str | None, Callable[[int, bool, Variant, NormSpec], nn.Module]] = {
     None: lambda features, spatial, v, norm: nn.Identity(),
@@ -256,6 +256,25 @@ NORMALISERS: dict[str | None, Callable[[int, bool, Variant, NormSpec], nn.Module
     "group": _per_sample(lambda features, norm: groups_of(features, norm.group_size)),
     "instance": _per_sample(lambda features, norm: features),
 }
+
+
+def register(name: str, record: Normaliser, builder: Callable[[int, bool, Variant, NormSpec], nn.Module],
+             variants: Mapping[str, Mapping]) -> None:
+    """Add a normaliser from outside the package: its config-stage record, its module builder
+    (`builder(features, spatial, variant, norm spec)`) and the variants that use it (name ->
+    the other `Variant` fields, e.g. {"noisy_x": {"noise": "absolute"}}). A normaliser
+    with `norm.<key>` settings of its own also needs a typed field in `NormSpec` (GroupNorm's
+    group_size): registration takes records without settings."""
+    if name in NORMALISER_RECORDS or name in NORMALISERS:
+        raise ValueError(f"normaliser {name!r} is registered twice")
+    if record.settings:
+        raise ValueError(f"normaliser {name!r}: settings {sorted(record.settings)} each need a NormSpec field; "
+                         f"add the normaliser to bnstudy.config.variants instead")
+    taken = [v for v in variants if v in VARIANTS]
+    if taken:
+        raise ValueError(f"variants {taken} exist already")
+    NORMALISER_RECORDS[name], NORMALISERS[name] = record, builder
+    VARIANTS.update({variant: Variant(name, **fields) for variant, fields in variants.items()})
 
 
 def make_norm(variant: str, features: int, spatial: bool, norm: NormSpec,
