@@ -1,4 +1,4 @@
-"""Synthetic per-run tables in the layout of `bnstudy.tables.files`, for the aggregate/figure/claim tests.
+"""Synthetic per-run tables in the layout of `bnstudy.files`, for the aggregate/figure/claim tests.
 
 Not a conftest: imported explicitly by the tests. Everything is drawn from a seeded numpy
 Generator, so the fixtures are identical on every run. An ``outcome`` callable decides, per run,
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bnstudy.tables.aggregate import aggregate
-from bnstudy.tables.files import ANALYSIS_TABLES, RUN_TABLES, study_tables
+from bnstudy.files import ANALYSIS_TABLES, RUN_TABLES, study_tables
 
 TRAIN_EVERY, EVAL_EVERY, LAYERS_EVERY, ANALYSIS_EVERY = 10, 50, 20, 50  # analyses also at 10-40 (dense early)
 N_LAYERS = 13

@@ -13,7 +13,7 @@ import pytest
 from synthetic_tables import FIXTURE_DIGEST, STUDIES, Outcome, default_outcome, make_study
 
 from bnstudy.tables.aggregate import aggregate
-from bnstudy.tables.files import LABEL_COLUMNS, RUN_TABLES, TableError
+from bnstudy.files import LABEL_COLUMNS, RUN_TABLES, TableError
 
 STUDY = "claim_initialisation"  # has a grid column (init_scale)
 CFG = {**STUDIES[STUDY], "ics": {}, "lrs": [0.1]}  # and an analysis

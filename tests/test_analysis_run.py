@@ -23,7 +23,7 @@ from bnstudy.data.datasets import prepare
 from bnstudy.models.networks import build_model
 from bnstudy.config.plan import plan
 from bnstudy.config.spec import RunSpec
-from bnstudy.tables.files import ANALYSIS_TABLES as COLUMNS
+from bnstudy.files import ANALYSIS_TABLES as COLUMNS
 
 ANALYSES = ("ics", "landscape", "curvature")
 

@@ -412,7 +412,7 @@ def test_usable_bar_is_set_by_a_mean_over_seeds_not_one_lucky_run(tmp_path):
     0.48, so BN's lr 1.0 counts. claims.md shows the verdict at usable fractions 0.4-0.6."""
     from bnstudy.claims.kinds.accuracy import usable_bar
     from bnstudy.tables.view import StudyView
-    from bnstudy.tables.files import StudyTables
+    from bnstudy.files import StudyTables
 
     def outcome(variant, lr, seed, grid):
         if variant == "batchnorm":

@@ -19,7 +19,7 @@ from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables
 from bnstudy.figures import frames, paper_frames
 from bnstudy.figures import draw as figures
 from bnstudy.config.catalog import FIGURE_KINDS, figure_tables
-from bnstudy.tables.files import STUDY_TABLES
+from bnstudy.files import STUDY_TABLES
 from bnstudy.tables.stats import mean_ci
 
 MIN_BYTES = 5 * 1024
@@ -389,7 +389,7 @@ def test_training_mode_and_eval_mode_panels_are_labelled(tables):
 
 def test_table_readers_never_import_torch():
     code = ("import sys, bnstudy.figures.draw, bnstudy.claims.table, bnstudy.tables.stats, bnstudy.tables.aggregate, "
-            "bnstudy.tables.files, bnstudy.config.catalog; sys.exit('torch' in sys.modules)")
+            "bnstudy.files, bnstudy.config.catalog; sys.exit('torch' in sys.modules)")
     src = Path(figures.__file__).parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -12,7 +12,7 @@ import itertools
 import pytest
 import yaml
 
-from bnstudy.models.architectures import normalised_layers
+from bnstudy.config.architectures import normalised_layers
 from bnstudy.claims import ClaimRules
 from bnstudy.config.load import load_config
 from bnstudy.errors import ConfigError

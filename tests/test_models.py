@@ -117,7 +117,7 @@ def test_resnet20_is_he_et_als_cifar_network(tmp_path):
     """ResNet-20 (He et al. 2016, section 4.2): a stem and 3 stages of 3 basic blocks at 16, 32, 64
     channels, 0.27M parameters, identity shortcuts (option A: subsampled, zero-padded), so every
     parameter belongs to a normalised layer or the output layer."""
-    from bnstudy.models.architectures import layer_widths, normalised_layers, resnet_layer_names
+    from bnstudy.config.architectures import layer_widths, normalised_layers, resnet_layer_names
     from bnstudy.models.networks import ZeroPadShortcut
 
     spec = spec_for(tmp_path, "vgg-batchnorm")

@@ -21,7 +21,7 @@ from bnstudy.data.datasets import load_prepared, prepare
 from bnstudy.errors import ConfigError
 from bnstudy.models.networks import build_model
 from bnstudy.config.plan import plan
-from bnstudy.tables.files import ANALYSIS_TABLES
+from bnstudy.files import ANALYSIS_TABLES
 
 from test_analysis_math import (BNMLP, flat_hessian, half_squared_error,
                                float64)  # noqa: F401  (float64: the autouse fixture, every tensor float64)

@@ -27,7 +27,7 @@ import pytest
 from mlflow_server import MlflowServer
 from helpers import REPO, metric_points, mlflow_training_runs, prepared_spec, read_rows
 
-from bnstudy.tables.files import eval_metric
+from bnstudy.files import eval_metric
 
 e2e = pytest.mark.e2e  # training jobs against a store that fails under them: minutes
 

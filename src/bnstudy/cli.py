@@ -243,7 +243,7 @@ def cmd_track(args) -> None:
           f"{report['points']} metric points sent, {report['artifacts']} artifacts attached "
           f"({uri}, experiment {experiment})")
     if args.out:
-        from .tables.files import write_json
+        from .files import write_json
 
         write_json(Path(args.out), {**report, "execution": execution, "uri": uri, "experiment": experiment})
     if report["failed"]:

@@ -26,7 +26,7 @@ import pandas as pd
 from .claims import REPORTED, Claim, Row
 from .claims import get as claim_record
 from .claims.markdown import short_measure
-from .tables.files import read_table, write_text
+from .files import read_table, write_text
 
 SECTION = re.compile(r"<!-- results:begin (\S+) -->")
 

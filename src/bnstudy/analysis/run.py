@@ -40,7 +40,7 @@ from ..data.datasets import load_prepared
 from ..models.networks import build_model, loss_fn, uses_channels_last
 from ..train.runtime import exact_numerics
 from ..config.spec import RunSpec
-from ..tables.files import write_csv
+from ..files import write_csv
 from .functional import Objective, Origin, all_finite, bn_modes, origin_state
 
 # the settings every analysis kind has (its record in bnstudy.config.catalog adds its own)

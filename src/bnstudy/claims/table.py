@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..tables.files import StudyTables, TableError, write_csv, write_text
+from ..files import StudyTables, TableError, write_csv, write_text
 from ..tables.view import StudyView
 from .markdown import to_markdown
 from .measures import COMMON_CHECKS

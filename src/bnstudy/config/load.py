@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-from ..models.architectures import VGG_CONFIGS, VGG_POOLS, layer_widths, normalised_layers, resnet_depth_ok
+from .architectures import VGG_CONFIGS, VGG_POOLS, layer_widths, normalised_layers, resnet_depth_ok
 from .variants import VARIANTS
 from .catalog import ANALYSES, FIGURE_KINDS, figure_tables
 from ..claims import ClaimRules

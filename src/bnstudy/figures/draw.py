@@ -42,7 +42,7 @@ import seaborn as sns  # noqa: E402
 
 from ..atomic import atomic_write  # noqa: E402
 from ..config.catalog import ANALYSES, FIGURE_KINDS, FigureKind, figure_tables  # noqa: E402
-from ..tables.files import StudyTables, TableError  # noqa: E402
+from ..files import StudyTables, TableError  # noqa: E402
 from .beyond_frames import (  # noqa: E402
     activation_vs_lr_data, density_data, eos_data, group_size_data, layer_measures_data, spectrum_data,
     surface_data, weight_norm_data,

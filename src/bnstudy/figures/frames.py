@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..tables.stats import mean_ci
-from ..tables.files import StudyTables
+from ..files import StudyTables
 from ..claims.rules import ClaimRules
 from ..tables.view import StudyView
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..tables import derived
-from ..tables.files import TableError
+from ..files import TableError
 from .frames import (
     ACCURACY, Context, EVAL_MODE, MAX_UNITS, MIN_BAND_SEEDS, Measure, SIGNED_UNIT, TRAIN_MODE,
     _panel, curve_series, curves_data, finite_rows, resolve_scale, seed_summary, split_runs,

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .architectures import mlp_widths, resnet_widths, vgg_channels
+from ..config.architectures import mlp_widths, resnet_widths, vgg_channels
 from ..data.batches import step_generator
 from .norms import make_norm
 from ..config.variants import VARIANTS

@@ -1,8 +1,8 @@
 """Stage 5, the tables (`aggregate`, one job per study): run folders -> a study's tables.
 
 Takes the run folders and analysis tables of a study's runs; gives results/tables/<study>/
-(`aggregate`). `files` is the table layer every stage writes and reads through (the file
-contracts, atomic writes, checked reads); `derived` computes what the figures and claims share
+(`aggregate`), reading through `bnstudy.files` (the file contracts every stage writes and reads
+through: atomic writes, checked reads); `derived` computes what the figures and claims share
 from the tables, `stats` the statistics over seeds, `view` one study's tables as the figures and
 the claims read them.
 

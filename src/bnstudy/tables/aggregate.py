@@ -4,7 +4,7 @@ Every downstream consumer (figures, claims) wants one long table per kind with e
 by the things it is grouped by: run, variant, lr, seed, status and the study's grid columns. This
 module does that labelling once, so figures and claims never open run folders or spec files.
 
-Reads CSV and JSON only (no torch). Inputs are checked against the contracts in `bnstudy.tables.files`;
+Reads CSV and JSON only (no torch). Inputs are checked against the contracts in `bnstudy.files`;
 a missing or malformed input raises `TableError` naming the file. Diverged runs are kept: their
 status says so and their tables stop where training stopped.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config.spec import lookup, setting
-from .files import (
+from ..files import (
     ANALYSIS_TABLES, LABEL_COLUMNS, RUN_TABLES, RUNS_COLUMNS, FINAL_METRICS, TableError, grid_columns,
     read_json, read_table, required_columns, write_csv,
 )

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from .files import StudyTables
+from ..files import StudyTables
 
 
 class StudyView:
@@ -69,7 +69,7 @@ class StudyView:
         """"layer 5", or for a ResNet "layer 5 (s1 b2 c2)": the layer by stage, block and conv."""
         runs = self.runs
         if "arch" in runs and runs["arch"].eq("resnet").all() and runs["depth"].nunique() == 1:
-            from ..models.architectures import resnet_layer_names
+            from ..config.architectures import resnet_layer_names
 
             names = resnet_layer_names(int(runs["depth"].iloc[0]))
             if 1 <= layer <= len(names):

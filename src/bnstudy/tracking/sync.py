@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import context, runs, store
 from ..config.spec import RunSpec
-from ..tables.files import expected_points
+from ..files import expected_points
 
 
 def analysis_tables(results: Path) -> dict[str, list[Path]]:

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 from ..config.spec import RunSpec
-from ..tables.files import expected_points
+from ..files import expected_points
 from .context import EXECUTION_ENV, configure, describe, incomplete_line, is_not_found, now_ms
 from .runs import (
     final_metrics, find_runs, outcome_tags, points_in_store, run_name, run_params, run_tags, top_up,

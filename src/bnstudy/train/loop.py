@@ -36,7 +36,7 @@ from ..models.networks import build_model, loss_fn, set_generator, training_mask
 from .runtime import autocast_context, conv_precision, resolve_device, set_threads
 from .sgd import SGD
 from ..config.spec import RunSpec
-from ..tables.files import RUN_TABLES, eval_metric, write_csv, write_json
+from ..files import RUN_TABLES, eval_metric, write_csv, write_json
 from .evaluation import Readback, evaluate
 from .layers import LayerRecorder
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ...tables import derived
-from ...tables.files import TableError
+from ...files import TableError
 from ...tables.view import StudyView
 from ..measures import by_condition
 from ..record import SUPPORTED, Claim, Row

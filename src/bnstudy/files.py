@@ -17,10 +17,10 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ..atomic import atomic_write
-from ..config.catalog import ANALYSES
-from ..config.spec import RunSpec
-from ..errors import TableError  # noqa: F401  (raised here; defined without torch)
+from .atomic import atomic_write
+from .config.catalog import ANALYSES
+from .config.spec import RunSpec
+from .errors import TableError  # noqa: F401  (raised here; defined without torch)
 
 # ---------------------------------------------------------------------------------------------
 # contracts
