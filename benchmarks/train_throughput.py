@@ -16,8 +16,9 @@ and the step time of noisy BatchNorm over BatchNorm (compute-only loops of both)
                                           [--device cpu|cuda] [--images cifar10-jpeg.tar.gz]
 
 Evidence (raw output in docs/benchmarks/): on the 2-core Xeon build machine, fp32:
-project 2,105 img/s, typical 1,080, compute 2,204 -> project_vs_typical=1.95
-project_vs_compute=0.96 noisy_vs_bn=1.40; bf16 (AMX): 2.66 / 0.88 / 1.64. On an H200, fp32:
+project 2,248 img/s, typical 1,197, compute 2,359 -> project_vs_typical=1.88
+project_vs_compute=0.95 noisy_vs_bn=1.43 (2026-12-07, quiet VM; the final whole-test-set evaluation
+1.7 s a run, apart); bf16 (AMX): 2.66 / 0.88 / 1.64. On an H200, fp32:
 24,110 / 16,626 (8 workers) / 26,798 img/s -> 1.45 / 0.90 / 1.58.
 
 Last line: project_vs_typical=<ratio> project_vs_compute=<ratio> noisy_vs_bn=<ratio>
