@@ -61,7 +61,7 @@ FLUSH_SECONDS = 5.0   # a batch goes to MLflow this often (BNSTUDY_TRACKING_FLUS
 FLUSH_ROWS = 500      # once this many points are pending
 MAX_PENDING = 100_000  # points kept while the run opens (beyond, the end sends from the tables)
 FINISH_MAX = 15.0     # finish() waits this long for the end of the run (after mlflow's import)
-FAIL_MAX = 4.0        # fail() (a crash, SIGTERM): shorter, so a killed job ends within seconds
+FAIL_MAX = 8.0        # fail() (a crash, SIGTERM): shorter, inside Slurm's KillWait (default 30 s; 4 s lost the tag once on a loaded VM)
 END_ATTEMPTS = 2      # the end of a run is tried this often (each step of it is safe to repeat)
 
 
