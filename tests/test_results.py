@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from synthetic_tables import STUDIES, make_tables
+from synthetic_tables import STUDIES, Outcome, make_tables
 
 from bnstudy.claims import ClaimRules
 from bnstudy.claims.table import claims
@@ -144,3 +144,69 @@ def test_accuracy_table_keeps_setups_and_lengths_apart():
     lines = accuracy_table(pd.DataFrame(rows)).splitlines()[2:]
     assert [line.split(" | ")[2] for line in lines] == ["vgg, 1,000", "vgg, 300", "resnet, 300"]
     assert "| 65.0%, 65.0% | 65.0%, 65.0% |" in lines[0] and "40.0%, 40.0%" in lines[2]
+
+
+def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
+    """A claim written in a module of its own (BN ends at a higher training accuracy), registered:
+    the schema offers it, a study listing it with too few seeds stops at parse time naming the
+    claim, the claims table holds its row with a verdict from its own measure, and the README's
+    results prose quotes that row."""
+    import importlib.util
+
+    from helpers import smoke_raw
+
+    from bnstudy.claims import record
+    from bnstudy.config.load import load_config
+    from bnstudy.config.schema import load_schema
+    from bnstudy.errors import ConfigError
+    from bnstudy.results import rows_behind
+
+    module = tmp_path / "lower_loss.py"
+    module.write_text(
+        "import numpy as np\n"
+        "from bnstudy.claims.measures import indexed\n"
+        "from bnstudy.claims.record import SUPPORTED, Claim, Row, register\n\n"
+        "def final_train_accuracy(data, variant, rules):\n"
+        "    runs = data.runs[data.runs['variant'] == variant]\n"
+        "    return indexed(runs, runs['final_train_accuracy'].to_numpy(float), data.condition_keys())\n\n"
+        "register(Claim('test_lower_loss', 'BN ends at a higher training accuracy', '2018',\n"
+        "               '2018 (Fig. 1): BN trains further',\n"
+        "               (Row('accuracy', 'final train accuracy, batchnorm against standard', final_train_accuracy,\n"
+        "                    'above', unit='accuracy'),), findings=(('2018', SUPPORTED),), must_train=None))\n")
+    spec = importlib.util.spec_from_file_location("lower_loss", module)
+    try:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        assert "test_lower_loss" in load_schema()["definitions"]["claim_kind"]["enum"]
+
+        raw = smoke_raw()
+        raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+        raw.pop("claim_rules", None)
+        name, study = next((n, s) for n, s in raw["studies"].items() if s.get("setup") == "vgg")
+        study.update(seeds=[0, 1], claims=["test_lower_loss"], claim_rules={})
+        with pytest.raises(ConfigError, match=f"studies.{name}.seeds.*test_lower_loss"):
+            load_config(raw)
+
+        root = tmp_path / "run"
+        cfg = {**STUDIES["performance"], "claims": ["test_lower_loss"]}
+        def outcome(variant, lr, seed, grid):  # BN 8-12 points ahead, differently for each seed
+            return Outcome(train_accuracy=(0.9 if variant == "batchnorm" else 0.8) + 0.01 * seed * (variant == "batchnorm"))
+
+        folder = make_tables(root, "performance", cfg, outcome=outcome)["runs"].parent
+        claims({"performance": cfg}, {"performance": folder}, root / "claims.csv", root / "claims.md",
+               ClaimRules(min_steps=100))
+        table = pd.read_csv(root / "claims.csv")
+        row = table[table["key"] == "test_lower_loss.accuracy.final"]
+        runs = pd.read_csv(folder / "runs.csv")
+        pairs = runs[runs["variant"] == "batchnorm"].merge(runs[runs["variant"] == "standard"], on=["lr", "seed"])
+        effect = (pairs["final_train_accuracy_x"] - pairs["final_train_accuracy_y"]).dropna().mean()
+        assert len(row) == 1 and row["effect"].iloc[0] == pytest.approx(effect) and effect > 0
+        assert row["verdict"].iloc[0] == "supported" and row["agreement"].iloc[0] == "agrees with 2018"
+
+        save_digest(root, tmp_path / "digest")
+        text = section(tmp_path / "digest", [])
+        line = next(b for b in text.splitlines() if "test_lower_loss" in b)
+        assert line.startswith("- **BN ends at a higher training accuracy** (2018; study performance")
+        assert rows_behind(line) == [("test_lower_loss.accuracy.final", "performance")]
+    finally:
+        record._REGISTRY.pop("test_lower_loss", None)
+    assert "test_lower_loss" not in load_schema()["definitions"]["claim_kind"]["enum"]
