@@ -81,9 +81,24 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def smoke_raw() -> dict:
-    """config/smoke.yaml as written (no defaults filled in)."""
-    return yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+def smoke_raw(results: Path | None = None) -> dict:
+    """config/smoke.yaml as written (no defaults filled in); with `results`, writing there with
+    tracking off."""
+    raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    if results is not None:
+        raw["results"], raw["tracking"]["enabled"] = str(results), False
+    return raw
+
+
+def import_file(path: Path, name: str | None = None):
+    """Import the Python file at `path` as a module (code outside the package, e.g. an extension
+    a test writes, or a benchmark script)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def only_studies(*keep: str) -> dict:

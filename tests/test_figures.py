@@ -462,9 +462,7 @@ def test_a_figure_kind_is_one_record_added_from_a_module_outside_the_package(tmp
     place; the next schema lists it, a study that lists it without the analysis it reads is
     refused naming the block to add, and with it the study plans and the figure draws the series
     its data function returns. A duplicate name is refused."""
-    import importlib.util
-
-    from helpers import smoke_raw
+    from helpers import import_file, smoke_raw
 
     from bnstudy.config.catalog import FIGURE_KINDS as KINDS
     from bnstudy.config.load import load_config
@@ -486,15 +484,13 @@ def test_a_figure_kind_is_one_record_added_from_a_module_outside_the_package(tmp
         "    return fig\n\n"
         "register('gradient_by_layer', FigureKind(analyses=('activations',)),\n"
         "         Drawer('gradient norm by layer', data, plot))\n")
-    spec = importlib.util.spec_from_file_location("gradient_by_layer", module)
     try:
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        import_file(module)
         assert "gradient_by_layer" in load_schema()["definitions"]["figure_kind"]["enum"]
         with pytest.raises(ValueError, match="registered twice"):
             figures.register("gradient_by_layer", KINDS["gradient_by_layer"], figures.DRAWERS["gradient_by_layer"])
 
-        raw = smoke_raw()
-        raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+        raw = smoke_raw(tmp_path / "r")
         study = next(s for s in raw["studies"].values() if "activations" not in s)
         study["figures"] = ["gradient_by_layer"]
         with pytest.raises(ConfigError, match="gradient_by_layer.*add a `activations:` block"):

@@ -6,7 +6,6 @@ benchmarks/gpu_packing.py's decision of how many jobs share a GPU is tested on g
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 
 import pytest
@@ -18,7 +17,7 @@ from bnstudy.config.load import load_config
 from bnstudy.errors import ConfigError
 from bnstudy.config.plan import plan
 
-from helpers import REPO, job_counts, run_snakemake, write_yaml
+from helpers import REPO, import_file, job_counts, run_snakemake, write_yaml
 from test_config import fake_imagefolder
 
 CONFIG = REPO / "config" / "gpu-headline.yaml"
@@ -108,9 +107,7 @@ def test_same_runs_analyses_figures_and_claims_as_paper_yaml(headline):
 
 
 def test_gpu_packing_decides_jobs_per_gpu(headline):
-    spec = importlib.util.spec_from_file_location("gpu_packing", REPO / "benchmarks" / "gpu_packing.py")
-    packing = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(packing)
+    packing = import_file(REPO / "benchmarks" / "gpu_packing.py")
     # the fewest jobs within 5% of the best aggregate rate; no more jobs than host cores
     assert packing.choose_jobs_per_gpu({1: 100.0, 2: 180.0, 4: 300.0, 8: 310.0}, cores=16) == 4
     assert packing.choose_jobs_per_gpu({1: 100.0, 2: 180.0, 4: 300.0, 8: 400.0}, cores=16) == 8

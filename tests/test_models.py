@@ -74,8 +74,7 @@ def test_mlp_hidden_layers_repeats_one_width_and_leaves_other_runs_alone(tmp_pat
     assert [b.layer.out_features for b in model.blocks] == [16] * 12
     assert model(torch.zeros(2, *spec.dataset.shape)).shape == (2, 10)
 
-    raw = smoke_raw()
-    raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+    raw = smoke_raw(tmp_path / "r")
     raw["setups"]["mlp"]["model"]["hidden_layers"] = 4   # hidden lists three widths of 16: one width
     raw["setups"]["mlp"]["model"]["hidden"] = [16]
     grid = plan(load_config(raw))
@@ -185,9 +184,7 @@ def test_a_normaliser_is_one_record_added_from_a_module_outside_the_package(tmp_
     plans, the network carries the new module after each layer, and the other runs keep their ids.
     A GroupNorm-style setting lives on its record: the schema's norm.group_size and the run-id rule
     come from there."""
-    import importlib.util
-
-    from helpers import smoke_raw
+    from helpers import import_file, smoke_raw
 
     from bnstudy.config.load import load_config
     from bnstudy.config.schema import load_schema
@@ -195,8 +192,7 @@ def test_a_normaliser_is_one_record_added_from_a_module_outside_the_package(tmp_
     from bnstudy.config.variants import NORMALISER_RECORDS, VARIANTS
     from bnstudy.models import norms
 
-    raw = smoke_raw()
-    raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+    raw = smoke_raw(tmp_path / "r")
     before = set(plan(load_config(raw)).runs)
 
     module = tmp_path / "rms_norm.py"
@@ -215,10 +211,8 @@ def test_a_normaliser_is_one_record_added_from_a_module_outside_the_package(tmp_
         "register('rms', Normaliser(per_sample=True),\n"
         "         lambda features, spatial, variant, norm: RMSNorm(features, norm.eps),\n"
         "         {'rmsnorm': {}})\n")
-    spec = importlib.util.spec_from_file_location("rms_norm", module)
     try:
-        loaded = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(loaded)
+        loaded = import_file(module)
         assert "rmsnorm" in load_schema()["definitions"]["variant"]["enum"]
         with pytest.raises(ValueError, match="registered twice"):
             norms.register("rms", NORMALISER_RECORDS["rms"], norms.NORMALISERS["rms"], {})

@@ -151,9 +151,7 @@ def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
     the schema offers it, a study listing it with too few seeds stops at parse time naming the
     claim, the claims table holds its row with a verdict from its own measure, and the README's
     results prose quotes that row."""
-    import importlib.util
-
-    from helpers import smoke_raw
+    from helpers import import_file, smoke_raw
 
     from bnstudy.claims import record
     from bnstudy.config.load import load_config
@@ -161,7 +159,7 @@ def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
     from bnstudy.errors import ConfigError
     from bnstudy.results import rows_behind
 
-    module = tmp_path / "lower_loss.py"
+    module = tmp_path / "higher_train_accuracy.py"
     module.write_text(
         "import numpy as np\n"
         "from bnstudy.claims.measures import indexed\n"
@@ -169,25 +167,23 @@ def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
         "def final_train_accuracy(data, variant, rules):\n"
         "    runs = data.runs[data.runs['variant'] == variant]\n"
         "    return indexed(runs, runs['final_train_accuracy'].to_numpy(float), data.condition_keys())\n\n"
-        "register(Claim('test_lower_loss', 'BN ends at a higher training accuracy', '2018',\n"
+        "register(Claim('test_higher_train_accuracy', 'BN ends at a higher training accuracy', '2018',\n"
         "               '2018 (Fig. 1): BN trains further',\n"
         "               (Row('accuracy', 'final train accuracy, batchnorm against standard', final_train_accuracy,\n"
         "                    'above', unit='accuracy'),), findings=(('2018', SUPPORTED),), must_train=None))\n")
-    spec = importlib.util.spec_from_file_location("lower_loss", module)
     try:
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-        assert "test_lower_loss" in load_schema()["definitions"]["claim_kind"]["enum"]
+        import_file(module)
+        assert "test_higher_train_accuracy" in load_schema()["definitions"]["claim_kind"]["enum"]
 
-        raw = smoke_raw()
-        raw["results"], raw["tracking"]["enabled"] = str(tmp_path / "r"), False
+        raw = smoke_raw(tmp_path / "r")
         raw.pop("claim_rules", None)
         name, study = next((n, s) for n, s in raw["studies"].items() if s.get("setup") == "vgg")
-        study.update(seeds=[0, 1], claims=["test_lower_loss"], claim_rules={})
-        with pytest.raises(ConfigError, match=f"studies.{name}.seeds.*test_lower_loss"):
+        study.update(seeds=[0, 1], claims=["test_higher_train_accuracy"], claim_rules={})
+        with pytest.raises(ConfigError, match=f"studies.{name}.seeds.*test_higher_train_accuracy"):
             load_config(raw)
 
         root = tmp_path / "run"
-        cfg = {**STUDIES["performance"], "claims": ["test_lower_loss"]}
+        cfg = {**STUDIES["performance"], "claims": ["test_higher_train_accuracy"]}
         def outcome(variant, lr, seed, grid):  # BN 8-12 points ahead, differently for each seed
             return Outcome(train_accuracy=(0.9 if variant == "batchnorm" else 0.8) + 0.01 * seed * (variant == "batchnorm"))
 
@@ -195,7 +191,7 @@ def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
         claims({"performance": cfg}, {"performance": folder}, root / "claims.csv", root / "claims.md",
                ClaimRules(min_steps=100))
         table = pd.read_csv(root / "claims.csv")
-        row = table[table["key"] == "test_lower_loss.accuracy.final"]
+        row = table[table["key"] == "test_higher_train_accuracy.accuracy.final"]
         runs = pd.read_csv(folder / "runs.csv")
         pairs = runs[runs["variant"] == "batchnorm"].merge(runs[runs["variant"] == "standard"], on=["lr", "seed"])
         effect = (pairs["final_train_accuracy_x"] - pairs["final_train_accuracy_y"]).dropna().mean()
@@ -204,9 +200,9 @@ def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
 
         save_digest(root, tmp_path / "digest")
         text = section(tmp_path / "digest", [])
-        line = next(b for b in text.splitlines() if "test_lower_loss" in b)
+        line = next(b for b in text.splitlines() if "test_higher_train_accuracy" in b)
         assert line.startswith("- **BN ends at a higher training accuracy** (2018; study performance")
-        assert rows_behind(line) == [("test_lower_loss.accuracy.final", "performance")]
+        assert rows_behind(line) == [("test_higher_train_accuracy.accuracy.final", "performance")]
     finally:
-        record._REGISTRY.pop("test_lower_loss", None)
-    assert "test_lower_loss" not in load_schema()["definitions"]["claim_kind"]["enum"]
+        record._REGISTRY.pop("test_higher_train_accuracy", None)
+    assert "test_higher_train_accuracy" not in load_schema()["definitions"]["claim_kind"]["enum"]
