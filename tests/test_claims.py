@@ -12,7 +12,7 @@ import pytest
 from synthetic_tables import STUDIES, Outcome, default_outcome, make_tables
 
 from bnstudy.config.catalog import ANALYSES
-from bnstudy.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ClaimRules, claims_by_kind
+from bnstudy.claims import INCONCLUSIVE, NOT_SUPPORTED, REPORTED, SUPPORTED, ClaimRules, claims_by_kind
 from bnstudy.claims.table import COLUMNS, claims
 from bnstudy.claims.verdict import decide
 from bnstudy.config.variants import VARIANTS
@@ -661,3 +661,20 @@ def test_benefit_is_the_lr_compares_bn_at_the_standard_networks_best_lr(tmp_path
     assert advantage["verdict"] == SUPPORTED and advantage["effect"] == pytest.approx(-0.08, abs=0.01)
     activations = rows.loc["benefit_is_the_lr.standard_activations.final"]
     assert activations["verdict"] == SUPPORTED and activations["effect"] == pytest.approx(2.0, abs=0.1)
+
+
+def test_benefit_is_the_lr_is_a_measurement_when_both_best_lrs_coincide(tmp_path):
+    """The real CPU run's case: both variants peak at lr 0.1, BN 14 points ahead there. The
+    advantage at the matched lr is then BN's advantage at its own best by construction (zero in
+    every seed): the row says so and gives BN's lead, as a measurement, not a verdict."""
+    bn = {0.01: 0.5, 0.03: 0.6, 0.1: 0.8, 0.3: 0.7, 1.0: 0.1}
+    standard = {0.01: 0.45, 0.03: 0.55, 0.1: 0.66, 0.3: 0.5, 1.0: 0.1}
+
+    def outcome(variant, lr, seed, grid):
+        return Outcome(test_accuracy=(bn if variant == "batchnorm" else standard)[lr])
+
+    advantage = verdict_rows(tmp_path, "matched_lr", outcome, seeds=[0, 1, 2, 3, 4]).loc[
+        "benefit_is_the_lr.advantage.final"]
+    assert advantage["verdict"] == REPORTED and advantage["effect"] == pytest.approx(0.0, abs=0.005)
+    assert "best learning rate on the grid is standard's (0.1" in advantage["reason"]
+    assert "+0.14" in advantage["reason"]

@@ -402,8 +402,8 @@ def test_ics_shows_the_scale_free_measure_beside_the_raw_one(tables):
     cfg = STUDIES["ics"]
     data = figures.figure_data("ics", "ics", cfg, _given(tables["ics"], "ics"))
     labels = list(dict.fromkeys(data["row"]))
-    assert labels == [m.label for m in paper_frames.CURVES["ics"][0]]
-    relative = paper_frames.CURVES["ics"][0][1]
+    assert labels == [m.label for m in paper_frames.ICS_ROWS]
+    relative = paper_frames.ICS_ROWS[1]
     assert relative.divide_by == "grad_norm" and "scale-free" in relative.label
     ics = pd.read_csv(tables["ics"]["ics"])
     cell = ics[(ics["variant"] == "batchnorm") & (ics["layer"] == cfg["layers"][0]) & (ics["lr"] == 0.1)]

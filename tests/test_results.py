@@ -206,3 +206,31 @@ def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
     finally:
         record._REGISTRY.pop("test_higher_train_accuracy", None)
     assert "test_higher_train_accuracy" not in load_schema()["definitions"]["claim_kind"]["enum"]
+
+
+def test_a_line_names_whose_value_a_row_is_why_a_row_has_no_verdict_and_an_exact_tests_p(tmp_path):
+    """The real CPU run's matched_lr and claim_learning_rate shapes: a row of the standard network's
+    own values is not worded "batchnorm against standard"; a row the data could not test (both
+    variants peak at one lr) says why beside its number; an exact test's p comes before the t
+    interval it did not use."""
+    from bnstudy.results import claim_line
+
+    bn = {0.01: 0.5, 0.03: 0.6, 0.1: 0.8, 0.3: 0.7, 1.0: 0.1}
+    standard = {0.01: 0.45, 0.03: 0.55, 0.1: 0.66, 0.3: 0.5, 1.0: 0.1}
+
+    def outcome(variant, lr, seed, grid):
+        return Outcome(test_accuracy=(bn if variant == "batchnorm" else standard)[lr] + 0.001 * seed,
+                       activation_var=lr ** 2 if variant == "standard" else 1.0)
+
+    cfg = {**STUDIES["matched_lr"], "seeds": [0, 1, 2, 3, 4]}
+    tables = make_tables(tmp_path, "matched_lr", cfg, outcome=outcome)
+    table = claims({"matched_lr": cfg}, {"matched_lr": tables["runs"].parent}, tmp_path / "claims.csv",
+                   tmp_path / "claims.md", ClaimRules(min_steps=100))
+    line = claim_line(table)
+    tested, measured = line.split("Measured beside it, without a verdict: ")
+    assert "standard's own value" in tested and "against standard" not in tested
+    assert "(why no verdict: batchnorm's best learning rate on the grid is standard's (0.1" in measured
+    lr = pd.DataFrame([{**table.iloc[0].to_dict(), "key": "higher_learning_rates.usable_lr.final", "effect": 0.5,
+                        "ci_low": 0.2, "ci_high": 0.9, "p_value": 0.0625, "unit": "log10 ratio",
+                        "verdict": "inconclusive", "agreement": "undecided", "window": "end of training"}])
+    assert "x3.16 (exact p = 0.0625; 95% CI x1.58 to x7.94), **inconclusive**" in claim_line(lr)

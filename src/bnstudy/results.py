@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import REPORTED, Claim, Row
+from .claims.record import MEASUREMENT, REPORTED, Claim, Row
 from .claims import get as claim_record
 from .claims.markdown import short_measure
 from .files import read_table, write_text
@@ -106,11 +106,11 @@ def effect_text(row) -> str:
         return "no effect measured"
     single = not claim_of(row).paired
     text = in_unit(effect, row["unit"], single)
-    if math.isfinite(low):
-        return f"{text} (95% CI {in_unit(low, row['unit'], single)} to {in_unit(high, row['unit'], single)})"
-    if math.isfinite(p):
-        return f"{text} (exact p = {_num(p)})"
-    return text
+    interval = (f"95% CI {in_unit(low, row['unit'], single)} to {in_unit(high, row['unit'], single)}"
+                if math.isfinite(low) else "")
+    if math.isfinite(p):  # an exact test decided the row: its p first, the interval (if any) beside it
+        return f"{text} (exact p = {_num(p)}{'; ' + interval if interval else ''})"
+    return f"{text} ({interval})" if interval else text
 
 
 def _row_record(row) -> Row | None:
@@ -127,14 +127,32 @@ def is_measurement(row) -> bool:
         record is not None and claim_of(row).is_reported(record))
 
 
+def data_reason(row) -> str | None:
+    """Why this study's data made a row a measurement (its record's `measured_only`, e.g. both
+    variants peaking at one learning rate), or None where the row is one by design (step 0, a
+    control its source states no finding for): the reader needs the former to read the number."""
+    record = _row_record(row)
+    reason = str(row.get("reason", "") or "")
+    if (record is None or record.measured_only is None or claim_of(row).is_reported(record)
+            or row["window"] == "step 0" or not reason.startswith(MEASUREMENT)):
+        return None
+    return reason[len(MEASUREMENT):]
+
+
 def _clause(row, verdict: bool) -> str:
-    """'<measure> (<window>): <effect>[, <verdict>]' of one row."""
+    """'<measure>, <whose> (<window>): <effect>[, <verdict>]' of one row: a paired row names the
+    two variants it compares, a row of one variant's own values names that variant."""
     claim = claim_of(row)
+    record = _row_record(row)
     measure = short_measure(str(row["measure"]))
-    if claim.paired:
-        treated = row["key"].split(".")[1] if claim.per_variant else claim.treated
+    treated = row["key"].split(".")[1] if claim.per_variant else claim.treated
+    if record is not None and not claim.row_paired(record):
+        measure += f", {record.variant}'s own value" if record.variant else ""
+    elif claim.paired:
         measure += f", {treated} against {claim.reference}"
     text = f"{measure} ({row['window']}): {effect_text(row)}"
+    why = None if verdict else data_reason(row)
+    text += f" (why no verdict: {why})" if why else ""
     return f"{text}, **{row['verdict']}**" if verdict else text
 
 
@@ -173,7 +191,7 @@ def claim_line(rows: pd.DataFrame, figures: list[str] = ()) -> str:
         if stance:
             text += f" Against the sources' findings: {stance}."
     if len(beside):
-        text += " Measured beside it (no finding to test): " + "; ".join(
+        text += " Measured beside it, without a verdict: " + "; ".join(
             _clause(r, False) for _, r in beside.iterrows()) + "."
     if figures:
         text += " Figures: " + ", ".join(figures) + "."
@@ -234,8 +252,9 @@ def section(digest: Path, accuracy_studies: list[str]) -> str:
     parts += ["", "What the claims table says: one line per claim and study, written from its rows of"
               " `claims.csv` in fixed templates (the effect is the treated variant's value over the"
               " reference's, or the difference, paired by seed; a claim about one variant gives its own"
-              " value). Tested rows carry their verdict; rows whose source states no finding are"
-              " measurements, given without one.", ""]
+              " value; an exact test's p comes first where it decided the row). Tested rows carry their"
+              " verdict; rows whose source states no finding, or whose test these data cannot make (the"
+              " reason given), are measurements, given without one.", ""]
     for rows in claim_groups(claims):
         study = rows["study"].iloc[0]
         links = [f"[{name[len(study) + 1:-4]}]({(digest / 'figures' / name).as_posix()})"

@@ -28,6 +28,7 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclu
 # a measurement, not a verdict: the row's source states no finding for it (a control, a variant the
 # source did not study, initialisation): the table gives its effect and interval and nothing more
 REPORTED = "reported"
+MEASUREMENT = "a measurement, not a verdict: "  # how a reported row's reason begins
 VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, REPORTED)
 
 

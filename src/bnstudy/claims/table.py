@@ -18,7 +18,7 @@ from ..files import StudyTables, TableError, write_csv, write_text
 from ..tables.view import StudyView
 from .markdown import to_markdown
 from .measures import COMMON_CHECKS
-from .record import REPORTED, Claim, get
+from .record import MEASUREMENT, REPORTED, Claim, get
 from .rules import ClaimRules
 from .verdict import decide, seed_effects
 from .windows import EARLY, INITIALISATION, LATE, window_label
@@ -77,7 +77,7 @@ def _evaluate(claim: Claim, study: str, study_cfg: Mapping, tables: Path | None,
         if (claim.is_reported(row) or only) and not reasons:
             why = only or ("at step 0 the papers state no finding" if row.window == INITIALISATION
                            else f"{claim.source} states no finding for it")
-            verdict.update(verdict=REPORTED, reason=f"a measurement, not a verdict: {why}")
+            verdict.update(verdict=REPORTED, reason=MEASUREMENT + why)
         out.append({"key": f"{claim.kind}.{row.name}.{row.window}", "claim": claim.claim, "source": claim.source,
                     "study": study, "measure": row.measure, "window": window_label(row.window, rules),
                     "unit": row.unit, "paper": claim.paper, "rule": claim.rule(row, rules),

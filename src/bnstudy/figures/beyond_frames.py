@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..tables import derived
 from ..claims.rules import ClaimRules
-from .frames import Context, Measure, _panel, curve_series, curves_data, resolve_scale, with_conditions
+from .frames import Context, Measure, panel_stub, curve_series, curves_data, resolve_scale, with_conditions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +82,6 @@ def eos_data(ctx: Context) -> pd.DataFrame:
     return pd.concat([data, *lines], ignore_index=True)
 
 
-ROWS_OF = {"hessian_spectrum": SPECTRUM_ROWS, "edge_of_stability": EOS_ROWS}  # custom-data curves figures
 DENSITY_POINTS = 10_000  # plus every node itself: a spike is sampled at its peak, wherever the grid falls
 DENSITY_VARIANCE = 1e-5  # Ghorbani et al. / PyHessian: kernel variance 1e-5 x max(1, spectrum range)
 
@@ -98,7 +97,7 @@ def density_data(ctx: Context) -> pd.DataFrame:
             cell = pooled[(pooled["step"] == step) & (pooled["condition"] == condition)]
             row, column = f"step {int(step)}", condition
             if cell.empty:
-                pieces.append(_panel(row, column, "log"))
+                pieces.append(panel_stub(row, column, "log"))
                 continue
             low, high = float(cell["node"].min()), float(cell["node"].max())
             spread = max(high - low, 1e-12)
@@ -166,7 +165,7 @@ def layer_measures_data(ctx: Context) -> pd.DataFrame:
             for condition in conditions:
                 cell = frame[(frame["step"] == step) & (frame["condition"] == condition)]
                 column = " · ".join(p for p in (f"step {int(step)}", condition) if p)
-                pieces.append(_panel(label, column, scale))
+                pieces.append(panel_stub(label, column, scale))
                 for variant in ctx.ordered(cell["variant"]):
                     series = curve_series(cell[cell["variant"] == variant], x="layer", log=scale == "log")
                     pieces.append(series.assign(row=label, column=column, variant=variant, scale=scale))
@@ -186,7 +185,7 @@ def layer_against(ctx: Context, x: str, last: bool, y: str, label: str) -> pd.Da
         for condition in conditions:
             cell = table[(table["step"] == step) & (table["condition"] == condition)]
             column = " · ".join(p for p in (f"step {int(step)}", condition) if p)
-            pieces.append(_panel(label, column, "log"))
+            pieces.append(panel_stub(label, column, "log"))
             for variant in ctx.ordered(cell["variant"]):
                 series = curve_series(cell[cell["variant"] == variant], x=x, y=y, log=True)
                 pieces.append(series.assign(row=label, column=column, variant=variant, scale="log"))
@@ -224,5 +223,3 @@ def weight_norm_data(ctx: Context) -> pd.DataFrame:
                                                                            high=np.nan)
     return pd.concat([data, predicted], ignore_index=True)
 
-
-ROWS_OF.update({"weight_norm": WEIGHT_ROWS})

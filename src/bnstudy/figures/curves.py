@@ -4,6 +4,7 @@ distributions, the loss landscape along the gradient.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -16,12 +17,10 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..config.catalog import FIGURE_KINDS  # noqa: E402
-from .beyond_frames import ROWS_OF  # noqa: E402
 from .drawing import (  # noqa: E402
-    Entry, GREY, SideBySide, _grid, _label, _no_data, _order, legend, panels_figure, style_entries,
+    Entry, GREY, SideBySide, axes_grid, label_axes, mark_no_data, in_order, legend, panels_figure, style_entries,
 )
-from .frames import Context  # noqa: E402
-from .paper_frames import CURVES  # noqa: E402
+from .frames import Context, Measure  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,9 +35,8 @@ def window_entries(ctx: Context) -> list[Entry]:
              " (claim_rules.early_fraction of the run)")]
 
 
-def curves_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
-    """Rows: measures; columns: conditions (x layer); x: step; hue: variant."""
-    measures = CURVES[ctx.kind][0] if ctx.kind in CURVES else ROWS_OF[ctx.kind]
+def curves_figure(ctx: Context, data: pd.DataFrame, measures: Sequence[Measure]) -> plt.Figure:
+    """Rows: ``measures``; columns: conditions (x layer); x: step; hue: variant."""
     fig = panels_figure(ctx, data, domains={m.label: m.domain for m in measures},
                         windows=FIGURE_KINDS[ctx.kind].windows)
     entries = style_entries(data) + window_entries(ctx)
@@ -103,18 +101,18 @@ def units_figure(ctx: Context, data: pd.DataFrame) -> plt.Figure:
     """Rows: layers; columns: variant x condition; each panel one seed's single units. Each panel
     has its own y axis: the band width sets the scale, and the eye compares the step-to-step
     jitter of the lines, which one wide panel in a shared row would flatten."""
-    rows, columns = _order(data["row"]), _order(data["column"])
-    fig, axes = _grid(len(rows), len(columns), sharey=False)
+    rows, columns = in_order(data["row"]), in_order(data["column"])
+    fig, axes = axes_grid(len(rows), len(columns), sharey=False)
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
             ax = axes[i, j]
             panel = data[(data["row"] == row) & (data["column"] == column)]
             cell = panel.dropna(subset=["p50"])
             if cell.empty:
-                _no_data(ax)
+                mark_no_data(ax)
             else:
                 draw_units(ax, cell, ctx.palette[panel["variant"].iloc[0]])
-            _label(ax, _units_title(column, cell), "step", f"{row}\nunit input p15 / p50 / p85")
+            label_axes(ax, _units_title(column, cell), "step", f"{row}\nunit input p15 / p50 / p85")
     entries: list[Entry] = [((Patch(color=GREY, alpha=0.12), Line2D([], [], color=GREY, linewidth=1.2)),
                              "one unit: median and 15th–85th percentile over batch and spatial positions")]
     most = int(data.groupby(["row", "column"])["unit"].nunique().max()) if data["unit"].notna().any() else 0

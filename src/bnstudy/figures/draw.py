@@ -28,8 +28,9 @@ Conventions shared by every figure, so that they read alike:
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -44,19 +45,24 @@ from ..atomic import atomic_write  # noqa: E402
 from ..config.catalog import ANALYSES, FIGURE_KINDS, FigureKind, figure_tables  # noqa: E402
 from ..files import StudyTables, TableError  # noqa: E402
 from .beyond_frames import (  # noqa: E402
-    activation_vs_lr_data, density_data, eos_data, group_size_data, layer_measures_data, spectrum_data,
-    surface_data, weight_norm_data,
+    EOS_ROWS, SPECTRUM_ROWS, WEIGHT_ROWS, activation_vs_lr_data, density_data, eos_data, group_size_data,
+    layer_measures_data, spectrum_data, surface_data, weight_norm_data,
 )
 from .curves import curves_figure, landscape_figure, units_figure  # noqa: E402
 from .drawing import DPI, Styled  # noqa: E402
-from .frames import Context, EVAL_MODE, TRAIN_MODE, curves_data  # noqa: E402
-from .paper_frames import CURVES, curvature_data, final_data, landscape_data, units_data  # noqa: E402
+from .frames import Context, EVAL_MODE, Measure, SIGNED_UNIT, TRAIN_MODE, curves_data  # noqa: E402
+from .paper_frames import (  # noqa: E402
+    ACCURACY_ROWS, CURVATURE_ROWS, ICS_ROWS, MOMENT_ROWS, TRAIN_LOSS_ROWS, FinalAxes, curvature_data, final_data,
+    landscape_data, units_data,
+)
 from .snapshots import axis_figure, density_figure, final_figure, surface_figure  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Drawer:
-    """A figure kind: its title, what it plots (a tidy frame) and how it draws that frame."""
+    """A figure kind: its title, what it plots (a tidy frame) and how it draws that frame. Any
+    parameters of the two (a curves figure's measures, a final figure's axes) are bound here, so
+    no frame or drawing function looks a kind up by its name."""
 
     title: str
     data: Callable[[Context], pd.DataFrame]
@@ -66,50 +72,70 @@ class Drawer:
         return self.plot(ctx, self.data(ctx))
 
 
-def _curves(ctx: Context) -> pd.DataFrame:
-    return curves_data(ctx, *CURVES[ctx.kind])
+def curves(title: str, measures: Sequence[Measure], by_layer: bool = False,
+           data: Callable[[Context], pd.DataFrame] | None = None) -> Drawer:
+    """A curves figure: a row of panels per measure against the step (``data`` when the frame
+    needs more than `curves_data`, e.g. reference lines)."""
+    return Drawer(title, data or partial(curves_data, measures=measures, by_layer=by_layer),
+                  partial(curves_figure, measures=measures))
+
+
+def final(title: str, axes: FinalAxes) -> Drawer:
+    """A final metric of each run (runs.csv) against a run setting."""
+    return Drawer(title, partial(final_data, final=axes), partial(final_figure, final=axes))
+
+
+def against(x_label: str, x: str = "layer", log_x: int | None = None) -> Callable[[Context, pd.DataFrame], plt.Figure]:
+    """An `axis_figure` drawer: measures against layer index or a run setting."""
+    return partial(axis_figure, xlabel=x_label, x=x, log_x=log_x)
 
 
 def _unit_input(ctx: Context) -> pd.DataFrame:
     return units_data(ctx, last_layer_first_unit=True)
 
 
+TEST_ACCURACY = f"final test accuracy\n({EVAL_MODE})"
+
 DRAWERS: dict[str, Drawer] = {
-    "accuracy": Drawer(f"train accuracy ({TRAIN_MODE}) and test accuracy ({EVAL_MODE})", _curves, curves_figure),
-    "train_accuracy": Drawer(f"train accuracy, {TRAIN_MODE} (top) and {EVAL_MODE} (bottom)", _curves,
-                             curves_figure),
-    "test_accuracy": Drawer(f"test accuracy ({EVAL_MODE})", _curves, curves_figure),
-    "train_loss": Drawer("training loss", _curves, curves_figure),
+    "accuracy": curves(f"train accuracy ({TRAIN_MODE}) and test accuracy ({EVAL_MODE})",
+                       [ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["test"]]),
+    "train_accuracy": curves(f"train accuracy, {TRAIN_MODE} (top) and {EVAL_MODE} (bottom)",
+                             [ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["train"]]),
+    "test_accuracy": curves(f"test accuracy ({EVAL_MODE})", [ACCURACY_ROWS["test"]]),
+    "train_loss": curves("training loss", TRAIN_LOSS_ROWS),
     "distributions": Drawer("single units' activation distributions over steps", units_data, units_figure),
     "unit_input": Drawer("one last-hidden-layer unit's input to the non-linearity", _unit_input, units_figure),
-    "moment_changes": Drawer("per-unit change of activation moments between successive steps", _curves,
-                             curves_figure),
-    "ics": Drawer("internal covariate shift (Definition 2.1)", _curves, curves_figure),
+    "moment_changes": curves("per-unit change of activation moments between successive steps", MOMENT_ROWS,
+                             by_layer=True),
+    "ics": curves("internal covariate shift (Definition 2.1)", ICS_ROWS, by_layer=True),
     "landscape": Drawer("loss landscape along the gradient", landscape_data, landscape_figure),
-    "curvature": Drawer("curvature along the gradient and top Hessian eigenvalue", curvature_data, curves_figure),
-    "accuracy_vs_lr": Drawer("final test accuracy against the learning rate", final_data, final_figure),
-    "accuracy_vs_init_scale": Drawer("final test accuracy against the initial weight scale", final_data,
-                                     final_figure),
-    "accuracy_vs_dropout": Drawer("final test accuracy against the dropout rate", final_data, final_figure),
-    "generalisation_gap": Drawer("generalisation gap (final train − test accuracy)", final_data, final_figure),
-    "hessian_spectrum": Drawer("Hessian: extreme eigenvalues, trace, gradient share in the top eigenvectors",
-                               spectrum_data, curves_figure),
+    "curvature": curves("curvature along the gradient and top Hessian eigenvalue", CURVATURE_ROWS,
+                        data=curvature_data),
+    "accuracy_vs_lr": final("final test accuracy against the learning rate",
+                            FinalAxes(("lr",), TEST_ACCURACY, log_x=True)),
+    "accuracy_vs_init_scale": final("final test accuracy against the initial weight scale",
+                                    FinalAxes(("init_scale",), TEST_ACCURACY, log_x=True)),
+    "accuracy_vs_dropout": final("final test accuracy against the dropout rate",
+                                 FinalAxes(("dropout",), TEST_ACCURACY)),
+    "generalisation_gap": final("generalisation gap (final train − test accuracy)",
+                                FinalAxes(("dropout", "lr"), f"final train − test accuracy\n({EVAL_MODE})",
+                                          which="gap", domain=SIGNED_UNIT)),
+    "hessian_spectrum": curves("Hessian: extreme eigenvalues, trace, gradient share in the top eigenvectors",
+                               SPECTRUM_ROWS, data=spectrum_data),
     "spectral_density": Drawer("Hessian spectral density (stochastic Lanczos quadrature)", density_data,
                                density_figure),
-    "edge_of_stability": Drawer("full-batch gradient descent: loss and sharpness against 2/lr", eos_data,
-                                curves_figure),
+    "edge_of_stability": curves("full-batch gradient descent: loss and sharpness against 2/lr", EOS_ROWS,
+                                data=eos_data),
     "loss_surface": Drawer("loss on a plane of two filter-normalised directions, and the basin radius",
                            surface_data, surface_figure),
     "layer_measures": Drawer("per-layer similarity of samples, rank, gradient norm and variance against depth",
-                             layer_measures_data, lambda ctx, data: axis_figure(ctx, data, "layer (depth)")),
+                             layer_measures_data, against("layer (depth)")),
     "gradient_vs_group_size": Drawer("first-layer gradient norm against GroupNorm's group size",
-                                     group_size_data, lambda ctx, data: axis_figure(ctx, data, "group size",
-                                                                                    x="group_size", log_x=2)),
+                                     group_size_data, against("group size", x="group_size", log_x=2)),
     "activation_vs_lr": Drawer("last-layer activation variance in the first steps against the learning rate",
-                               activation_vs_lr_data, lambda ctx, data: axis_figure(ctx, data, "learning rate",
-                                                                                    x="lr", log_x=10)),
-    "weight_norm": Drawer("weight norms beside the scale-invariance prediction, effective learning rate",
-                          weight_norm_data, curves_figure),
+                               activation_vs_lr_data, against("learning rate", x="lr", log_x=10)),
+    "weight_norm": curves("weight norms beside the scale-invariance prediction, effective learning rate",
+                          WEIGHT_ROWS, data=weight_norm_data),
 }
 
 

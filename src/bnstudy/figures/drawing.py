@@ -47,18 +47,18 @@ class Styled(Context):
 # drawing
 
 
-def _grid(n_rows: int, n_cols: int, sharex: str | bool = True, sharey: str | bool = "row"):
+def axes_grid(n_rows: int, n_cols: int, sharex: str | bool = True, sharey: str | bool = "row"):
     """A constrained-layout grid of panels, PANEL_WIDTH x PANEL_HEIGHT each plus room for the legend."""
     width = max(PANEL_WIDTH * max(n_cols, 1) + 1.0, MIN_WIDTH)
     return plt.subplots(max(n_rows, 1), max(n_cols, 1), squeeze=False, sharex=sharex, sharey=sharey,
                         layout="constrained", figsize=(width, PANEL_HEIGHT * max(n_rows, 1) + 1.2))
 
 
-def _no_data(ax: plt.Axes) -> None:
+def mark_no_data(ax: plt.Axes) -> None:
     ax.text(0.5, 0.5, NO_DATA, transform=ax.transAxes, ha="center", va="center", color="0.5")
 
 
-def _label(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+def label_axes(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
     """Title on every panel; x label on the bottom row, y label on the first column."""
     ax.set_title(title, fontsize=8)
     spec = ax.get_subplotspec()
@@ -66,7 +66,7 @@ def _label(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_ylabel(ylabel if spec.is_first_col() else "")
 
 
-def _order(values: pd.Series) -> list[str]:
+def in_order(values: pd.Series) -> list[str]:
     return list(dict.fromkeys(values.dropna()))
 
 
@@ -146,8 +146,8 @@ def panels_figure(ctx: Context, data: pd.DataFrame, sharey: str | bool = "row",
     landscape: rows are conditions, every panel's y label names its column's measure). With
     ``windows``, a dashed line marks where the claims' early window ends and the late one begins.
     """
-    rows, columns = _order(data["row"]), _order(data["column"])
-    fig, axes = _grid(len(rows), len(columns), sharey=sharey)
+    rows, columns = in_order(data["row"]), in_order(data["column"])
+    fig, axes = axes_grid(len(rows), len(columns), sharey=sharey)
     domains = domains or {}
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
@@ -162,10 +162,10 @@ def panels_figure(ctx: Context, data: pd.DataFrame, sharey: str | bool = "row",
             draw_series(ax, drawable[drawable["style"] == "reference"], "0.1")  # e.g. 2 / lr
             if windows:
                 ax.axvline(ctx.early_end, color=GREY, linestyle="--", linewidth=0.8, gid="early-window")
-            if not _has_values(drawable):
-                _no_data(ax)
+            if not has_values(drawable):
+                mark_no_data(ax)
             measure = column if measures_in_columns else row
-            _label(ax, row if measures_in_columns else column, "step", measure)
+            label_axes(ax, row if measures_in_columns else column, "step", measure)
             if measures_in_columns:  # every column is its own measure: label each panel
                 ax.set_ylabel(measure)
             first = {"row": j == 0, "col": i == 0}.get(sharey, True)
@@ -175,7 +175,7 @@ def panels_figure(ctx: Context, data: pd.DataFrame, sharey: str | bool = "row",
     return fig
 
 
-def _has_values(frame: pd.DataFrame) -> bool:
+def has_values(frame: pd.DataFrame) -> bool:
     if frame.empty:
         return False
     values = frame.reindex(columns=["y", "low", "high"]).to_numpy(dtype=float)

@@ -173,7 +173,7 @@ def resolve_scale(values: pd.Series, scale: str) -> str:
     return "log" if scale == "log" and len(positive) else "linear"
 
 
-def _panel(row: str, column: str, scale: str) -> pd.DataFrame:
+def panel_stub(row: str, column: str, scale: str) -> pd.DataFrame:
     """A placeholder row (no style) that keeps a panel in the layout even when nothing in it can
     be drawn: the panel then says "no data" instead of vanishing."""
     return pd.DataFrame({"row": [row], "column": [column], "scale": [scale]})
@@ -199,7 +199,7 @@ def curves_data(ctx: Context, measures: Sequence[Measure], by_layer: bool = Fals
             for condition in labels:
                 cell = rows[rows["condition"] == condition]
                 column = " · ".join(p for p in ([ctx.layer_label(layer)] if by_layer else []) + [condition] if p)
-                pieces.append(_panel(measure.label, column, scale))
+                pieces.append(panel_stub(measure.label, column, scale))
                 for variant in ctx.ordered(cell["variant"]):
                     series = curve_series(cell[cell["variant"] == variant], log=scale == "log",
                                           domain=measure.domain)

@@ -6,6 +6,7 @@ setting (pure pandas).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from ..tables import derived
 from ..files import TableError
 from .frames import (
     ACCURACY, Context, EVAL_MODE, MAX_UNITS, MIN_BAND_SEEDS, Measure, SIGNED_UNIT, TRAIN_MODE,
-    _panel, curve_series, curves_data, finite_rows, resolve_scale, seed_summary, split_runs,
+    panel_stub, curve_series, curves_data, finite_rows, resolve_scale, seed_summary, split_runs,
     with_conditions,
 )
 
@@ -26,23 +27,16 @@ ACCURACY_ROWS = {
     "test": Measure(f"test accuracy\n({EVAL_MODE})", "eval", "accuracy", ("split", "test"), domain=ACCURACY),
 }
 
-CURVES: dict[str, tuple[list[Measure], bool]] = {  # kind -> (rows, by layer)
-    "accuracy": ([ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["test"]], False),
-    "train_accuracy": ([ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["train"]], False),
-    "test_accuracy": ([ACCURACY_ROWS["test"]], False),
-    "train_loss": ([Measure("training loss", "train", "loss", scale="log")], False),
-    "moment_changes": ([Measure("|μ(t+1) − μ(t)|\nmean over units", "layers", "unit_mean_change", scale="log"),
-                        Measure("|σ²(t+1) − σ²(t)|\nmean over units", "layers", "unit_var_change", scale="log")],
-                       True),
-    "ics": ([Measure("‖G − G′‖₂", "ics", "l2_diff", scale="log"),
-             Measure("‖G − G′‖₂ / ‖G‖₂\n(scale-free)", "ics", "l2_diff", scale="log", divide_by="grad_norm"),
-             Measure("cos(G, G′)", "ics", "cosine", domain=SIGNED_UNIT)], True),
-    "curvature": ([Measure("gᵀHg / ‖g‖²", "curvature", "grad_quadratic", scale="auto"),
-                   Measure("largest Hessian\neigenvalue", "curvature", "top_eigenvalue", scale="auto"),
-                   Measure("smallest Hessian\neigenvalue", "curvature", "bottom_eigenvalue", scale="auto")], False),
-}
-EIGENVALUE_ROWS = {"top_eigenvalue": CURVES["curvature"][0][1].label,
-                   "bottom_eigenvalue": CURVES["curvature"][0][2].label}
+TRAIN_LOSS_ROWS = [Measure("training loss", "train", "loss", scale="log")]
+MOMENT_ROWS = [Measure("|μ(t+1) − μ(t)|\nmean over units", "layers", "unit_mean_change", scale="log"),
+               Measure("|σ²(t+1) − σ²(t)|\nmean over units", "layers", "unit_var_change", scale="log")]
+ICS_ROWS = [Measure("‖G − G′‖₂", "ics", "l2_diff", scale="log"),
+            Measure("‖G − G′‖₂ / ‖G‖₂\n(scale-free)", "ics", "l2_diff", scale="log", divide_by="grad_norm"),
+            Measure("cos(G, G′)", "ics", "cosine", domain=SIGNED_UNIT)]
+CURVATURE_ROWS = [Measure("gᵀHg / ‖g‖²", "curvature", "grad_quadratic", scale="auto"),
+                  Measure("largest Hessian\neigenvalue", "curvature", "top_eigenvalue", scale="auto"),
+                  Measure("smallest Hessian\neigenvalue", "curvature", "bottom_eigenvalue", scale="auto")]
+EIGENVALUE_ROWS = {"top_eigenvalue": CURVATURE_ROWS[1].label, "bottom_eigenvalue": CURVATURE_ROWS[2].label}
 
 
 as_bool = derived.as_bool
@@ -60,7 +54,7 @@ def unconverged_points(ctx: Context) -> pd.DataFrame:
 
 def curvature_data(ctx: Context) -> pd.DataFrame:
     """The curvature curves plus one "unconverged" point per flagged eigenvalue."""
-    data = curves_data(ctx, *CURVES["curvature"])
+    data = curves_data(ctx, CURVATURE_ROWS)
     flagged = unconverged_points(ctx)
     scales = data.groupby("row")["scale"].first()
     flagged = flagged.assign(scale=flagged["row"].map(lambda row: scales.get(row, "linear")))
@@ -162,7 +156,7 @@ def landscape_data(ctx: Context) -> pd.DataFrame:
         scale = resolve_scale(summary[high], scale)
         for condition in conditions:
             cell = summary[summary["condition"] == condition]
-            pieces.append(_panel(condition, label, scale))
+            pieces.append(panel_stub(condition, label, scale))
             for variant in ctx.ordered(cell["variant"]):
                 rows = cell[cell["variant"] == variant]
                 series = (curve_series(rows, y=high, log=scale == "log") if low is None
@@ -171,13 +165,16 @@ def landscape_data(ctx: Context) -> pd.DataFrame:
     return pd.concat(pieces, ignore_index=True)
 
 
-FINAL = {  # kind -> (x candidates, y label, value of a runs.csv row, domain, log x)
-    "accuracy_vs_lr": (("lr",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, True),
-    "accuracy_vs_init_scale": (("init_scale",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, True),
-    "accuracy_vs_dropout": (("dropout",), f"final test accuracy\n({EVAL_MODE})", "test", ACCURACY, False),
-    "generalisation_gap": (("dropout", "lr"), f"final train − test accuracy\n({EVAL_MODE})", "gap",
-                           SIGNED_UNIT, False),
-}
+@dataclass(frozen=True)
+class FinalAxes:
+    """What a final-metric figure plots: ``which`` value of a runs.csv row (``test`` accuracy or the
+    train − test ``gap``) against the first of ``candidates`` that the study varies."""
+
+    candidates: tuple[str, ...]
+    ylabel: str
+    which: str = "test"
+    domain: tuple[float, float] = ACCURACY
+    log_x: bool = False
 
 
 def final_value(runs: pd.DataFrame, which: str) -> pd.Series:
@@ -210,18 +207,17 @@ def final_points(cell: pd.DataFrame, x: str, domain: tuple[float, float]) -> pd.
     return pd.concat(pieces, ignore_index=True) if pieces else summary
 
 
-def final_data(ctx: Context) -> pd.DataFrame:
+def final_data(ctx: Context, final: FinalAxes) -> pd.DataFrame:
     """A final metric (runs.csv) against a run setting; columns = the other conditions."""
-    candidates, _, which, domain, _ = FINAL[ctx.kind]
-    x = final_x(ctx, candidates)
-    runs = ctx.runs.assign(value=lambda r: final_value(r, which))
+    x = final_x(ctx, final.candidates)
+    runs = ctx.runs.assign(value=lambda r: final_value(r, final.which))
     runs, conditions = with_conditions(runs, [c for c in ["lr", *ctx.grid] if c != x])
     pieces = []
     for condition in conditions:
         cell = runs[runs["condition"] == condition]
-        pieces.append(_panel("", condition, "linear"))
+        pieces.append(panel_stub("", condition, "linear"))
         for variant in ctx.ordered(cell["variant"]):
-            points = final_points(cell[cell["variant"] == variant], x, domain)
+            points = final_points(cell[cell["variant"] == variant], x, final.domain)
             pieces.append(points.assign(row="", column=condition, variant=variant, x=points[x]))
     columns = ["row", "column", "variant", "series", "style", "x", "y", "low", "high", "n"]
     return pd.concat(pieces, ignore_index=True).reindex(columns=columns)
