@@ -281,20 +281,37 @@ def test_bn_only_at_chance_and_below_the_control_is_not_supported(tmp_path):
     assert versus["verdict"] == NOT_SUPPORTED and versus["effect"] == pytest.approx(-0.19 - 0.002, abs=1e-9)
 
 
-def test_the_study_figure_has_a_panel_per_lr_and_kind_of_training(tmp_path):
-    """test_accuracy (the shipped studies' figure) splits its panels by the grid's string values."""
+def test_the_study_figure_draws_the_three_kinds_of_training_as_lines_in_one_panel_per_lr(tmp_path):
+    """test_accuracy_by_train_only (the shipped studies' figure): a panel per lr, in each one line
+    per kind of training, in its own colour, at its own level: Frankle et al.'s comparison (BN-only
+    above the control) is read within a panel, not across panels."""
     from bnstudy.figures import draw as figures
     from bnstudy.config.catalog import figure_tables
 
+    kind = "test_accuracy_by_train_only"
     levels = {"all": {0.1: 0.8, 2.0: 0.2}, "bn_affine": {0.1: 0.15, 2.0: 0.4}, "random_matched": {0.1: 0.12, 2.0: 0.2}}
-    tables = make_tables(tmp_path, "bn_only", copy.deepcopy(STUDY), outcome=accuracies(levels))
-    fig = figures.render("test_accuracy", "bn_only", STUDY, {name: tables[name] for name in figure_tables("test_accuracy")})
+    study = {**copy.deepcopy(STUDY), "figures": [kind]}
+    tables = make_tables(tmp_path, "bn_only", copy.deepcopy(study), outcome=accuracies(levels))
+    given = {name: tables[name] for name in figure_tables(kind)}
+    data = figures.figure_data(kind, "bn_only", study, given)
+    means = data[data["style"] == "mean"]
+    assert sorted(means["column"].unique()) == ["lr = 0.1", "lr = 2"]
+    for column, lr in (("lr = 0.1", 0.1), ("lr = 2", 2.0)):
+        panel = means[means["column"] == column]
+        assert sorted(panel["variant"].unique()) == sorted(f"batchnorm · train_only = {m}" for m in MODES)
+        last = panel[panel["step"] == panel["step"].max()].set_index("variant")["y"]
+        for mode in MODES:  # each line ends at its own level (the fixture's curve and seed offsets: +-0.02)
+            assert last[f"batchnorm · train_only = {mode}"] == pytest.approx(levels[mode][lr], abs=0.02)
+        assert last["batchnorm · train_only = bn_affine"] > last["batchnorm · train_only = random_matched"]
+    fig = figures.render(kind, "bn_only", study, given)
     try:
         fig.canvas.draw()
-        titles = [ax.get_title() for ax in fig.axes if ax.lines or ax.collections]
+        drawn = [ax for ax in fig.axes if ax.lines]
+        colours = {tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+                   for ax in drawn for line in ax.lines}
     finally:
         figures.plt.close(fig)
-    assert len(titles) == 6 and all(any(f"train_only = {mode}" in t for t in titles) for mode in MODES), titles
+    assert len(drawn) == 2 and len(colours) >= 3
 
 
 def test_missing_control_runs_make_the_rows_inconclusive(tmp_path):

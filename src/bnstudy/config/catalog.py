@@ -163,6 +163,9 @@ FIGURE_KINDS: dict[str, FigureKind] = {
     "accuracy": FigureKind(("eval",)),            # train (training mode) and test (eval mode) accuracy
     "train_accuracy": FigureKind(("eval",)),      # train accuracy, training mode vs eval mode
     "test_accuracy": FigureKind(("eval",)),       # test accuracy over steps
+    # the same, one line per kind of training in one panel (Frankle et al.'s comparison: full,
+    # BN's gamma and beta only, as many random other weights)
+    "test_accuracy_by_train_only": FigureKind(("eval",), axis="optim.train_only"),
     "train_loss": FigureKind(("train",)),         # training loss over steps (the DLN)
     "distributions": FigureKind(("units",)),      # single units' activation percentiles over steps
     "unit_input": FigureKind(("units",)),         # one last-layer unit (Ioffe & Szegedy Fig. 1b-c)

@@ -50,7 +50,7 @@ from .beyond_frames import (  # noqa: E402
 )
 from .curves import curves_figure, landscape_figure, units_figure  # noqa: E402
 from .drawing import DPI, Styled  # noqa: E402
-from .frames import Context, EVAL_MODE, Measure, SIGNED_UNIT, TRAIN_MODE, curves_data  # noqa: E402
+from .frames import Context, EVAL_MODE, Measure, SIGNED_UNIT, TRAIN_MODE, curves_data, hued  # noqa: E402
 from .paper_frames import (  # noqa: E402
     ACCURACY_ROWS, CURVATURE_ROWS, ICS_ROWS, MOMENT_ROWS, TRAIN_LOSS_ROWS, FinalAxes, curvature_data, final_data,
     landscape_data, units_data,
@@ -80,6 +80,13 @@ def curves(title: str, measures: Sequence[Measure], by_layer: bool = False,
                   partial(curves_figure, measures=measures))
 
 
+def by_setting(key: str, drawer: Drawer) -> Drawer:
+    """`drawer`'s figure with the study's grid setting `key` as the hue: one line per value in one
+    panel instead of a panel per value (`frames.HuedTables`)."""
+    return Drawer(f"{drawer.title}, one line per {key.split('.')[-1]}",
+                  lambda ctx: drawer.data(hued(ctx, key)), lambda ctx, data: drawer.plot(hued(ctx, key), data))
+
+
 def final(title: str, axes: FinalAxes) -> Drawer:
     """A final metric of each run (runs.csv) against a run setting."""
     return Drawer(title, partial(final_data, final=axes), partial(final_figure, final=axes))
@@ -102,6 +109,8 @@ DRAWERS: dict[str, Drawer] = {
     "train_accuracy": curves(f"train accuracy, {TRAIN_MODE} (top) and {EVAL_MODE} (bottom)",
                              [ACCURACY_ROWS["train_batches"], ACCURACY_ROWS["train"]]),
     "test_accuracy": curves(f"test accuracy ({EVAL_MODE})", [ACCURACY_ROWS["test"]]),
+    "test_accuracy_by_train_only": by_setting("optim.train_only", curves(f"test accuracy ({EVAL_MODE})",
+                                                                        [ACCURACY_ROWS["test"]])),
     "train_loss": curves("training loss", TRAIN_LOSS_ROWS),
     "distributions": Drawer("single units' activation distributions over steps", units_data, units_figure),
     "unit_input": Drawer("one last-hidden-layer unit's input to the non-linearity", _unit_input, units_figure),

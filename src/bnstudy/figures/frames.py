@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..tables.stats import mean_ci
-from ..files import StudyTables
+from ..files import StudyTables, grid_columns
 from ..claims.rules import ClaimRules
 from ..tables.view import StudyView
 
@@ -52,6 +52,38 @@ class Context(StudyView):
         """The step where the claims' early window ends (`ClaimRules.early_fraction` of the longest run)."""
         rules = ClaimRules().overridden(self.study_cfg.get("claim_rules"))
         return rules.early_fraction * float(self.runs["steps"].max())
+
+
+class HuedTables(StudyTables):
+    """A study's tables with one grid setting moved into the variant ("batchnorm · train_only =
+    bn_affine"): its values become lines of their own colour in one panel instead of panel
+    columns, for a figure whose point is to compare them (Frankle et al.'s three kinds of
+    training). Every table with the setting's column is relabelled, so the colours, the order,
+    the legend's diverged counts and the panels all follow without knowing of it."""
+
+    def __init__(self, tables: StudyTables, key: str):
+        cfg, column = tables.study_cfg, grid_columns(tables.study_cfg)[key]
+        values = (cfg.get("grid") or {})[key]
+        labels = [hue_label(v, column, value) for v in cfg.get("variants") or [] for value in values]
+        super().__init__(tables.paths, {**cfg, "variants": labels,
+                                        "grid": {k: v for k, v in cfg["grid"].items() if k != key}})
+        self.column = column
+
+    def __getitem__(self, name: str):
+        frame = super().__getitem__(name)
+        if self.column in frame.columns:
+            frame["variant"] = [hue_label(v, self.column, value)
+                                for v, value in zip(frame["variant"], frame[self.column])]
+        return frame
+
+
+def hue_label(variant: str, column: str, value) -> str:
+    return f"{variant} · {column} = {format_value(value)}"
+
+
+def hued(ctx: Context, key: str) -> Context:
+    """The same figure's context with the grid setting `key` as the hue (`HuedTables`)."""
+    return type(ctx)(ctx.kind, ctx.study, ctx.study_cfg, HuedTables(ctx.tables, key))
 
 
 # ---------------------------------------------------------------------------------------------
