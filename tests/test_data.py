@@ -120,3 +120,28 @@ def test_analysis_batches_are_seeded(tmp_path):
     b = analysis_batches(d, 16, 2, seed=0, device="cpu")
     assert len(a) == 2 and torch.equal(a[1][0], b[1][0]) and a[0][0].dtype == torch.float32
     assert abs(a[0][0].mean().item()) < 0.5
+
+
+def test_install_data_puts_copies_in_place_that_share_no_inode_with_the_incoming_files(tmp_path):
+    """Snakemake touches a job's outputs, then checks each is no older than every input: an output
+    hard-linked to its input would let touching the record age the data file against it (the
+    Slurm smoke DAG failed so on a loaded VM). Copies: same bytes, own inodes, and touching an
+    installed file leaves the incoming one as it was."""
+    import os
+    import subprocess
+    import sys
+
+    incoming = [tmp_path / "incoming" / "d-1.pt", tmp_path / "incoming" / "d-1.json"]
+    incoming[0].parent.mkdir()
+    incoming[0].write_bytes(b"\x00tensor bytes" * 1000)
+    incoming[1].write_text('{"source": "x"}')
+    targets = [tmp_path / "data" / "d.pt", tmp_path / "data" / "d.json"]
+    subprocess.run([sys.executable, "-m", "bnstudy", "install-data", "--from", *map(str, incoming),
+                    "--to", *map(str, targets)], check=True)
+    for source, target in zip(incoming, targets):
+        assert target.read_bytes() == source.read_bytes()
+        assert os.stat(target).st_ino != os.stat(source).st_ino
+    before = os.stat(incoming[0]).st_mtime_ns
+    os.utime(targets[0])
+    assert os.stat(incoming[0]).st_mtime_ns == before
+    assert not list((tmp_path / "data").glob(".*.tmp"))  # no temporary left behind

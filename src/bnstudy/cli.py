@@ -66,9 +66,15 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_install_data(args) -> None:
-    """Put a finished preparation in place: each --from file becomes its --to file (a hard link,
-    or a copy across file systems), through a temporary name and a rename, so a reader sees the
-    old file or the new one. Rule install_data: see workflow/rules/data.smk for why."""
+    """Put a finished preparation in place: each --from file becomes its --to file, copied to a
+    temporary name and renamed, so a reader sees the old file or the new one. Rule install_data:
+    see workflow/rules/data.smk for why.
+
+    A copy, not a hard link: Snakemake touches a job's outputs when it ends and then checks each is
+    no older than every input; an output sharing its input's inode makes touching the second
+    output age the first one against it (a "clock skew" error whenever the two touches straddle a
+    kernel clock tick, which a loaded machine makes likely). The incoming files are temporary, so
+    the copy costs one dataset's size for seconds (CIFAR-10: 185 MB, under a second)."""
     import shutil
 
     if len(args.sources) != len(args.targets):
@@ -77,10 +83,7 @@ def cmd_install_data(args) -> None:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
+        shutil.copyfile(source, tmp)
         os.replace(tmp, target)
 
 

@@ -31,7 +31,7 @@ rule prepare_data:
 
 
 rule install_data:
-    """A finished preparation, put in place (a hard link and a rename: seconds, no copy)."""
+    """A finished preparation, put in place (a copy and a rename: seconds; the incoming file is temporary)."""
     input:
         unpack(incoming_dataset),
     output:
