@@ -66,15 +66,11 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_install_data(args) -> None:
-    """Put a finished preparation in place: each --from file becomes its --to file, copied to a
-    temporary name and renamed, so a reader sees the old file or the new one. Rule install_data:
-    see workflow/rules/data.smk for why.
-
-    A copy, not a hard link: Snakemake touches a job's outputs when it ends and then checks each is
-    no older than every input; an output sharing its input's inode makes touching the second
-    output age the first one against it (a "clock skew" error whenever the two touches straddle a
-    kernel clock tick, which a loaded machine makes likely). The incoming files are temporary, so
-    the copy costs one dataset's size for seconds (CIFAR-10: 185 MB, under a second)."""
+    """Put a finished preparation in place (rule install_data, workflow/rules/data.smk): each --from
+    file copied to a temporary name and renamed to its --to file. Not a hard link: Snakemake
+    touches a job's outputs, then checks each is no older than every input, and an output sharing
+    its input's inode lets touching the record age the data file (a "clock skew" error on a loaded
+    machine). The incoming files are temporary: the copy (CIFAR-10: 185 MB) lasts seconds."""
     import shutil
 
     if len(args.sources) != len(args.targets):
