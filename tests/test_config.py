@@ -28,7 +28,8 @@ def fake_imagefolder(root, classes=10, per_class=13):
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml", "cifar10-cpu.yaml", "cifar10-cpu-lr.yaml",
-                                  "cifar10-cpu-beyond.yaml", "cifar10-cpu-normalisers.yaml"])
+                                  "cifar10-cpu-beyond.yaml", "cifar10-cpu-normalisers.yaml",
+                                  "cifar10-cpu-depth.yaml"])
 def test_shipped_configs_validate_and_plan(name, tmp_path):
     cfg = raw(name)
     for dataset in cfg["datasets"].values():  # the CIFAR-10 JPEGs are not in a checkout
@@ -294,7 +295,7 @@ def test_a_claim_its_seeds_cannot_decide_is_refused_at_parse_time():
 
 
 @pytest.mark.parametrize("name", ["paper.yaml", "cifar10-cpu.yaml", "cifar10-cpu-lr.yaml", "cifar10-cpu-beyond.yaml",
-                                  "cifar10-cpu-normalisers.yaml"])
+                                  "cifar10-cpu-normalisers.yaml", "cifar10-cpu-depth.yaml"])
 def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
     from bnstudy.claims import ClaimRules
     from bnstudy.claims import get as claim
@@ -312,12 +313,13 @@ def test_the_shipped_study_configs_can_decide_every_claim(name, tmp_path):
 
 
 def test_the_cpu_cifar_configs_split_the_study_without_losing_any_of_it(tmp_path):
-    """config/cifar10-cpu*.yaml: four runs sized to a 2-core CPU (the follow-ups were one config
+    """config/cifar10-cpu*.yaml: five runs sized to a 2-core CPU (the follow-ups were one config
     until its run proved about twice too long). Together they hold every study the CPU run
     answers, each once, on one network and one data set (so their digests compare), with the
     paper's section 3.3 lp-normalisation study, the ICS study's lr 0.01 arm and the deep linear
     network at the paper's 10,000 steps."""
-    names = ["cifar10-cpu.yaml", "cifar10-cpu-lr.yaml", "cifar10-cpu-beyond.yaml", "cifar10-cpu-normalisers.yaml"]
+    names = ["cifar10-cpu.yaml", "cifar10-cpu-lr.yaml", "cifar10-cpu-beyond.yaml", "cifar10-cpu-normalisers.yaml",
+             "cifar10-cpu-depth.yaml"]
     configs = {name: raw(name) for name in names}
     studies = [study for cfg in configs.values() for study in cfg["studies"]]
     assert len(studies) == len(set(studies))                      # no study twice
