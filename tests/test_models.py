@@ -179,17 +179,17 @@ def test_a_variant_naming_an_unknown_normaliser_is_refused():
 
 
 def test_a_normaliser_is_one_record_added_from_a_module_outside_the_package(tmp_path):
-    """A normaliser written in a module of its own (RMSNorm over each sample's channels): `register`
-    adds its record, builder and variant; the next schema offers the variant, a config using it
-    plans, the network carries the new module after each layer, and the other runs keep their ids.
-    A GroupNorm-style setting lives on its record: the schema's norm.group_size and the run-id rule
-    come from there."""
+    """A normaliser written in a module of its own (RMSNorm over each sample's channels, with a
+    setting of its own, `norm.rms_gain`): `register` adds its record, builder and variant; the next
+    schema offers the variant and the setting, a config using it plans (a grid over the setting
+    too), the network carries the new module built with the run's value, and the other runs keep
+    their ids: the setting enters only its own runs' specs, as GroupNorm's group_size does."""
     from helpers import import_file, smoke_raw
 
     from bnstudy.config.load import load_config
     from bnstudy.config.schema import load_schema
-    from bnstudy.config.spec import ADDED, APPLIES
-    from bnstudy.config.variants import NORMALISER_RECORDS, VARIANTS
+    from bnstudy.config.spec import RunSpec, added, applies
+    from bnstudy.config.variants import NORMALISER_RECORDS, VARIANTS, Normaliser
     from bnstudy.models import norms
 
     raw = smoke_raw(tmp_path / "r")
@@ -201,39 +201,55 @@ def test_a_normaliser_is_one_record_added_from_a_module_outside_the_package(tmp_
         "from bnstudy.config.variants import Normaliser\n"
         "from bnstudy.models.norms import register\n\n"
         "class RMSNorm(torch.nn.Module):\n"
-        "    def __init__(self, features, eps):\n"
+        "    def __init__(self, features, eps, gain):\n"
         "        super().__init__()\n"
-        "        self.weight, self.eps = torch.nn.Parameter(torch.ones(features)), eps\n"
+        "        self.weight, self.eps = torch.nn.Parameter(torch.full((features,), float(gain))), eps\n"
         "    def forward(self, x):\n"
         "        scale = x.pow(2).mean(dim=tuple(range(1, x.ndim)), keepdim=True).add(self.eps).rsqrt()\n"
         "        shape = (1, -1) + (1,) * (x.ndim - 2)\n"
         "        return x * scale * self.weight.view(shape)\n\n"
-        "register('rms', Normaliser(per_sample=True),\n"
-        "         lambda features, spatial, variant, norm: RMSNorm(features, norm.eps),\n"
+        "GAIN = {'type': 'number', 'exclusiveMinimum': 0, 'default': 1.0, 'description': 'rms: initial gain'}\n"
+        "register('rms', Normaliser(per_sample=True, settings={'rms_gain': GAIN}),\n"
+        "         lambda features, spatial, variant, norm: RMSNorm(features, norm.eps, norm.setting('rms_gain')),\n"
         "         {'rmsnorm': {}})\n")
     try:
         loaded = import_file(module)
-        assert "rmsnorm" in load_schema()["definitions"]["variant"]["enum"]
+        schema = load_schema()
+        assert "rmsnorm" in schema["definitions"]["variant"]["enum"]
+        assert schema["definitions"]["setup"]["properties"]["norm"]["properties"]["rms_gain"]["default"] == 1.0
+        assert added()["norm.rms_gain"] == 1.0
+        assert applies("norm.rms_gain", {"norm": {"variant": "rmsnorm"}})
+        assert not applies("norm.rms_gain", {"norm": {"variant": "batchnorm"}})
         with pytest.raises(ValueError, match="registered twice"):
             norms.register("rms", NORMALISER_RECORDS["rms"], norms.NORMALISERS["rms"], {})
+        with pytest.raises(ValueError, match="belong to another normaliser"):
+            norms.register("rms2", Normaliser(settings={"rms_gain": {"default": 2.0}}), norms.NORMALISERS["rms"], {})
         study = next(s for s in raw["studies"].values() if s.get("setup") == "vgg")
         study["variants"] = [*study["variants"], "rmsnorm"]
+        study["grid"] = {**study.get("grid", {}), "norm.rms_gain": [1.0, 0.5]}
         runs = plan(load_config(raw)).runs
         assert before <= set(runs)                                  # the other runs keep their ids
         new = [s for r, s in runs.items() if r not in before]
-        assert new and all(s.norm.variant == "rmsnorm" for s in new)
-        model = build_model(new[0])
+        assert {s.norm.variant for s in new} == {"rmsnorm"}
+        assert {s.norm.setting("rms_gain") for s in new} == {0.5, 1.0}
+        for spec in new:                                            # in the JSON form only away from its default
+            assert ("rms_gain" in spec.to_dict()["norm"]) == (spec.norm.setting("rms_gain") != 1.0)
+            assert RunSpec.from_dict(spec.to_dict()) == spec
+        half = next(s for s in new if s.norm.setting("rms_gain") == 0.5)
+        model = build_model(half)
         assert all(isinstance(b.norm, loaded.RMSNorm) for b in model.blocks)
-        assert torch.isfinite(model(torch.randn(2, *new[0].dataset.shape))).all()
+        assert all(torch.all(b.norm.weight == 0.5) for b in model.blocks)
+        assert torch.isfinite(model(torch.randn(2, *half.dataset.shape))).all()
     finally:
         NORMALISER_RECORDS.pop("rms", None)
         norms.NORMALISERS.pop("rms", None)
         VARIANTS.pop("rmsnorm", None)
     assert "rmsnorm" not in load_schema()["definitions"]["variant"]["enum"]
-    # the one normaliser with a setting declares it on its record: schema and run-id rule follow
+    assert "norm.rms_gain" not in added()
+    # GroupNorm's setting lives on its record the same way: schema and run-id rule follow
     group = NORMALISER_RECORDS["group"]
     norm_schema = load_schema()["definitions"]["setup"]["properties"]["norm"]["properties"]
     assert norm_schema["group_size"] == group.settings["group_size"]
-    assert ADDED["norm.group_size"] == group.settings["group_size"]["default"]
-    assert APPLIES["norm.group_size"]({"norm": {"variant": "groupnorm"}})
-    assert not APPLIES["norm.group_size"]({"norm": {"variant": "batchnorm"}})
+    assert added()["norm.group_size"] == group.settings["group_size"]["default"]
+    assert applies("norm.group_size", {"norm": {"variant": "groupnorm"}})
+    assert not applies("norm.group_size", {"norm": {"variant": "batchnorm"}})

@@ -186,7 +186,7 @@ def test_unit_noise_is_algorithm_1_in_each_units_standardised_coordinates():
 ])
 def test_activation_normalisers_standardise_their_own_axes_only(variant, axes, other):
     x = conv_input() * torch.linspace(0.5, 3, 4).view(1, 4, 1, 1)  # channels of different scales
-    norm = make_norm(variant, 4, True, replace(NORM, variant=variant, group_size=2)).train()
+    norm = make_norm(variant, 4, True, replace(NORM, variant=variant, settings=(("group_size", 2),))).train()
     y = norm(x).detach()
     if variant == "groupnorm":
         grouped = y.view(y.shape[0], 2, -1)  # 2 groups of 2 channels

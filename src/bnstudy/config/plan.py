@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .catalog import ANALYSES
 from ..errors import ConfigError
 from .schema import load_schema, setup_schema, validate
-from .spec import APPLIES, RunSpec, assign, lookup, without_added_defaults
+from .spec import RunSpec, applies, assign, lookup, without_added_defaults
 
 # the training-set sizes, image sizes and channels of the torchvision sources
 SOURCE_SIZES = {"cifar10": (50000, 10000, 32, 3), "mnist": (60000, 10000, 28, 1)}
@@ -144,7 +144,7 @@ def display_name(spec: RunSpec, setup: dict, base: dict) -> str:
     mine, theirs = leaves(setup), leaves(base)
     as_dict = spec.to_dict()
     changed = [key for key in mine if mine[key] != theirs.get(key)
-               and APPLIES.get(key, lambda _: True)(as_dict)]
+               and applies(key, as_dict)]
     short = {key: key.rsplit(".", 1)[-1] for key in changed}
     ambiguous = {s for s in short.values() if list(short.values()).count(s) > 1}
     for key in changed:

@@ -33,9 +33,13 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_schema() -> dict:
-    """The config schema (a fresh copy: callers may extend it). The claim kinds, figure kinds and
-    variants are filled in on every call, not cached: a kind `register`ed after the first load is in the next one."""
+    """The config schema (a fresh copy: callers may extend it). The claim kinds, figure kinds,
+    variants and normalisers' own settings are filled in on every call, not cached: a kind
+    `register`ed after the first load is in the next one."""
     schema = copy.deepcopy(_parsed_schema())
+    norm = schema["definitions"]["setup"]["properties"]["norm"]["properties"]
+    for key, (_, setting) in normaliser_settings().items():   # a normaliser's own keys, from its record
+        norm[key] = copy.deepcopy(setting)
     schema["definitions"]["claim_kind"]["enum"] = sorted(claims_by_kind())
     schema["definitions"]["figure_kind"]["enum"] = list(FIGURE_KINDS)
     schema["definitions"]["variant"]["enum"] = list(VARIANTS)
@@ -59,9 +63,6 @@ def _parsed_schema() -> dict:
         **ClaimRules.schema(), "default": {},
         "description": "overrides of the claims verdict rule's gates for every study (a study's own "
                        "claim_rules win over these; bnstudy.claims.rules.ClaimRules)"}
-    norm = definitions["setup"]["properties"]["norm"]["properties"]
-    for key, (_, setting) in normaliser_settings().items():   # a normaliser's own keys, from its record
-        norm[key] = copy.deepcopy(setting)
     common = definitions["analysis_common"]
     for name, record in ANALYSES.items():
         definitions["study"]["properties"][name] = {

@@ -23,24 +23,37 @@ from .variants import VARIANTS, normaliser_settings
 
 # Keys added after runs were first planned enter a spec (and its run id) only when they differ
 # from these defaults, so that runs planned before the key existed keep their ids and results.
-# A normaliser's own settings (norm.group_size) are such keys by construction (its record in
-# `bnstudy.config.variants`).
-ADDED = {**{f"norm.{key}": schema["default"] for key, (_, schema) in normaliser_settings().items()},
-         "optim.loss": "cross_entropy", "optim.train_only": "all", "model.hidden_layers": None}
+_ADDED_FIELDS = {"optim.loss": "cross_entropy", "optim.train_only": "all", "model.hidden_layers": None}
+
+
+def added() -> dict:
+    """Every added key -> its default. A normaliser's own settings (norm.group_size) are such keys
+    by construction, read from the records at call time (`bnstudy.config.variants`), so that one
+    registered from outside the package (`bnstudy.models.norms.register`) counts too."""
+    return {**{f"norm.{key}": schema["default"] for key, (_, schema) in normaliser_settings().items()},
+            **_ADDED_FIELDS}
 
 
 def _added(key: str):
-    return dataclasses.field(default=ADDED[key], metadata={"added": True})
+    return dataclasses.field(default=_ADDED_FIELDS[key], metadata={"added": True})
 
 
 # Settings that mean something for some runs only: a run's spec holds them only where they apply,
 # so that runs they cannot change (a BatchNorm run on a grid over GroupNorm's group size) are one
 # run, not one per value.
-APPLIES = {**{f"norm.{key}": (lambda spec, norm=norm: VARIANTS[spec["norm"]["variant"]].norm == norm)
-              for key, (norm, _) in normaliser_settings().items()},
-           # a regression dataset (the DLN) keeps its own squared error whatever optim.loss says
-           "optim.loss": lambda spec: spec["dataset"]["task"] == "classification",
-           "model.hidden_layers": lambda spec: spec["model"]["arch"] == "mlp"}
+_APPLIES_FIELDS = {
+    # a regression dataset (the DLN) keeps its own squared error whatever optim.loss says
+    "optim.loss": lambda spec: spec["dataset"]["task"] == "classification",
+    "model.hidden_layers": lambda spec: spec["model"]["arch"] == "mlp"}
+
+
+def applies(dotted: str, spec: Mapping) -> bool:
+    """Whether the setting `dotted` means something for the run of `spec` (its JSON form): a
+    normaliser's own setting only where the run's variant uses that normaliser."""
+    owners = {f"norm.{key}": norm for key, (norm, _) in normaliser_settings().items()}
+    if dotted in owners:
+        return VARIANTS[spec["norm"]["variant"]].norm == owners[dotted]
+    return _APPLIES_FIELDS.get(dotted, lambda _: True)(spec)
 
 
 # optim.train_only (Frankle, Schwab & Morcos 2021, "Training BatchNorm and Only BatchNorm"): which
@@ -63,10 +76,9 @@ def has_affine(variant: str) -> bool:
 def without_added_defaults(spec: dict) -> dict:
     """`spec` (the JSON form) without the settings that do not apply to it and without the added
     keys that are at their default (in place)."""
-    for dotted, default in ADDED.items():
+    for dotted, default in added().items():
         block, name = dotted.split(".")
-        applies = APPLIES.get(dotted, lambda _: True)(spec)
-        if not applies or spec.get(block, {}).get(name, default) == default:
+        if not applies(dotted, spec) or spec.get(block, {}).get(name, default) == default:
             spec.get(block, {}).pop(name, None)
     return spec
 
@@ -95,8 +107,9 @@ def setting(spec: dict, dotted: str):
     try:
         return lookup(spec, dotted)
     except KeyError:
-        if dotted in ADDED:
-            return ADDED[dotted] if APPLIES.get(dotted, lambda _: True)(spec) else float("nan")
+        defaults = added()
+        if dotted in defaults:
+            return defaults[dotted] if applies(dotted, spec) else float("nan")
         raise
 
 
@@ -148,7 +161,18 @@ class NormSpec:
     eps: float
     lp_scale: str
     noise: NoiseSpec
-    group_size: int = _added("norm.group_size")  # GroupNorm: channels per group
+    # a normaliser's own `norm.<key>` settings (its record's `settings`, e.g. GroupNorm's
+    # group_size) as sorted (key, value) pairs, only those away from their defaults: in the JSON
+    # form they sit flat in the norm block, as every other key
+    settings: tuple[tuple[str, object], ...] = dataclasses.field(
+        default=(), metadata={"flat": lambda: set(normaliser_settings())})
+
+    def setting(self, key: str):
+        """A normaliser setting's value: this run's, else the default on its normaliser's record."""
+        defaults = normaliser_settings()
+        if key not in defaults:
+            raise KeyError(f"norm.{key}: no normaliser declares this setting (known: {sorted(defaults)})")
+        return dict(self.settings).get(key, defaults[key][1]["default"])
 
 
 @dataclass(frozen=True)
@@ -238,7 +262,7 @@ class RunSpec:
         for dotted, value in changes.items():
             *parents, last = dotted.split(".")
             node = lookup(data, ".".join(parents)) if parents else data
-            if last not in node and dotted not in ADDED:  # an added key at its default is left out
+            if last not in node and dotted not in added():  # an added key at its default is left out
                 raise ConfigError(f"run spec has no key {dotted!r}")
             assign(data, dotted, value)
         return RunSpec.from_dict(data, f"run {self.run} with {sorted(changes)}")
@@ -268,7 +292,11 @@ def _plain(value):
             if item is None and isinstance(value, DataSpec) and f.name in ("shape", "dim"):
                 continue  # a regression dataset has no image shape, an image dataset no dim
             if f.metadata.get("added") and item == f.default:
-                continue  # a key added later, at its default: not part of the spec (see ADDED)
+                continue  # a key added later, at its default: not part of the spec (see added())
+            if "flat" in f.metadata:
+                defaults = added()  # pairs flat in the parent block, those away from their defaults
+                out.update((key, _plain(v)) for key, v in item if v != defaults.get(f"norm.{key}"))
+                continue
             out[f.name] = _plain(item)
         return out
     if isinstance(value, tuple):
@@ -280,12 +308,15 @@ def _build(cls, data, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    flat = {f.name: f.metadata["flat"]() for f in dataclasses.fields(cls) if "flat" in f.metadata}
+    names = {f.name for f in dataclasses.fields(cls) if f.name not in flat}
+    unknown = sorted(set(data) - names - set().union(*flat.values()))
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(names)})")
-    values = {}
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(names.union(*flat.values()))})")
+    values = {name: tuple(sorted((key, data[key]) for key in keys if key in data)) for name, keys in flat.items()}
     for f in dataclasses.fields(cls):
+        if f.name in flat:
+            continue
         if f.name not in data:
             if f.default is dataclasses.MISSING:
                 raise ConfigError(f"{where}: missing key {f.name!r}")

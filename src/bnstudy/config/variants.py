@@ -35,7 +35,8 @@ class Normaliser:
 
     `settings`: the `norm.<key>` config keys only this normaliser reads (JSON-schema properties
     with defaults): the schema offers them, and a run's spec (so its id) holds them only when its
-    variant uses this normaliser and the value is not the default (`bnstudy.config.spec.ADDED`).
+    variant uses this normaliser and the value is not the default (`bnstudy.config.spec.added`);
+    its module builder reads them with `NormSpec.setting(key)`.
     `check(widths, norm)`: why the network's normalised layers of `widths` units cannot take this
     normaliser with the setup's `norm` block (None if they can)."""
 

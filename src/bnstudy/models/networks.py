@@ -383,7 +383,7 @@ def loss_fn(spec: RunSpec):
     """The loss training descends, evaluation reports and every checkpoint analysis probes: for
     classification `optim.loss` (cross-entropy, or Cohen et al.'s square loss `mse`), for the deep
     linear network its squared error whatever `optim.loss` says (it is a regression; the spec
-    drops the key there, see spec.APPLIES); combined over a batch as `optim.loss_reduction` says
+    drops the key there, see spec.applies); combined over a batch as `optim.loss_reduction` says
     (the config resolves the papers' choice)."""
     reduction = spec.optim.loss_reduction
     if spec.dataset.task == "regression":

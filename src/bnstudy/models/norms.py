@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config.spec import NormSpec
-from ..config.variants import NORMALISER_RECORDS, VARIANTS, Normaliser, Variant
+from ..config.variants import NORMALISER_RECORDS, VARIANTS, Normaliser, Variant, normaliser_settings
 
 
 def _reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -253,7 +253,7 @@ NORMALISERS: dict[str | None, Callable[[int, bool, Variant, NormSpec], nn.Module
     "batch": lambda features, spatial, v, norm: (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, eps=norm.eps),
     "lp": lambda features, spatial, v, norm: LpNorm(features, v.p, eps=norm.eps, centred=norm.lp_scale == "centred"),
     "layer": _per_sample(lambda features, norm: 1),
-    "group": _per_sample(lambda features, norm: groups_of(features, norm.group_size)),
+    "group": _per_sample(lambda features, norm: groups_of(features, norm.setting("group_size"))),
     "instance": _per_sample(lambda features, norm: features),
 }
 
@@ -262,14 +262,14 @@ def register(name: str, record: Normaliser, builder: Callable[[int, bool, Varian
              variants: Mapping[str, Mapping]) -> None:
     """Add a normaliser from outside the package: its config-stage record, its module builder
     (`builder(features, spatial, variant, norm spec)`) and the variants that use it (name ->
-    the other `Variant` fields, e.g. {"noisy_x": {"noise": "absolute"}}). A normaliser
-    with `norm.<key>` settings of its own also needs a typed field in `NormSpec` (GroupNorm's
-    group_size): registration takes records without settings."""
+    the other `Variant` fields, e.g. {"noisy_x": {"noise": "absolute"}}). Settings of its own
+    (`record.settings`, as GroupNorm's group_size) join the schema's norm block and the run-id rule
+    from the record; the builder reads them with `norm.setting(key)`."""
     if name in NORMALISER_RECORDS or name in NORMALISERS:
         raise ValueError(f"normaliser {name!r} is registered twice")
-    if record.settings:
-        raise ValueError(f"normaliser {name!r}: settings {sorted(record.settings)} each need a NormSpec field; "
-                         f"add the normaliser to bnstudy.config.variants instead")
+    clash = sorted(set(record.settings) & set(normaliser_settings()))
+    if clash:
+        raise ValueError(f"normaliser {name!r}: settings {clash} belong to another normaliser; name them apart")
     taken = [v for v in variants if v in VARIANTS]
     if taken:
         raise ValueError(f"variants {taken} exist already")
