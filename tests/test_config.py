@@ -242,6 +242,9 @@ def test_grid_and_overrides_reach_the_spec():
 
 def test_checkpoint_schedule_is_dense_early():
     assert checkpoint_steps({"dense_until": 40, "dense_every": 20, "every": 100}, 250) == [0, 20, 40, 100, 200, 250]
+    # `at` adds steps the schedule would skip (Bjorck et al.'s step 10), none past the end
+    assert checkpoint_steps({"dense_until": 40, "dense_every": 20, "every": 100, "at": [10, 300]}, 250) == \
+        [0, 10, 20, 40, 100, 200, 250]
 
 
 def test_paper_config_matches_the_paper():

@@ -86,10 +86,12 @@ def setups_of(config: dict, study: str, schema: dict | None = None) -> list[tupl
 
 
 def checkpoint_steps(schedule: dict, steps: int) -> list[int]:
-    """Dense early (every `dense_every` up to `dense_until`), then every `every`; always 0 and the end."""
+    """Dense early (every `dense_every` up to `dense_until`), then every `every`, and the steps
+    listed in `at` (within the run); always 0 and the end."""
     dense = range(0, min(schedule["dense_until"], steps) + 1, schedule["dense_every"])
     sparse = range(0, steps + 1, schedule["every"])
-    return sorted(set(dense) | set(sparse) | {0, steps})
+    extra = {step for step in schedule.get("at", ()) if step <= steps}
+    return sorted(set(dense) | set(sparse) | extra | {0, steps})
 
 
 def dataset_info(name: str, cfg: dict, results: str) -> dict:
