@@ -135,9 +135,10 @@ def _spec(run_dir) -> RunSpec:
     return RunSpec.from_dict(torch.load(run_dir / "checkpoints" / "step_0000000.pt")["spec"])
 
 
-def test_one_job_computes_every_table_of_a_run_as_separate_jobs_would(setting, tmp_path):
+def test_one_job_computes_every_table_of_a_run_as_separate_jobs_would(setting, tmp_path, capsys):
     """The workflow's analysis job of a run computes all its tables in one process, loading each
-    checkpoint once; the tables are byte for byte those of one job per table."""
+    checkpoint once; the tables are byte for byte those of one job per table. Its log has a line
+    per analysis and step (a spectrum at one step can take many minutes), then the step's total."""
     root, runs, p = setting
     run = runs["noisy_batchnorm-vgg"]
     # curvature stopped at 10 products (unconverged, NaN eigenvalues): the bytes still compare,
@@ -147,6 +148,10 @@ def test_one_job_computes_every_table_of_a_run_as_separate_jobs_would(setting, t
             for i, a in enumerate(ANALYSES)]
     together = analyze(jobs, run, tmp_path / "together")
     assert [t.name for t in together] == ["ics-d0.csv", "landscape-d1.csv", "curvature-d2.csv"]
+    log = capsys.readouterr().err.splitlines()
+    first = [line.split(") ", 1)[1] for line in log if " (1/" in line]
+    assert [line.rsplit(" ", 1)[0] for line in first[:3]] == ["ics", "landscape", "curvature"], log
+    assert first[3].startswith("ics, landscape, curvature ") and first[3].endswith("s in all"), log
     for job, table in zip(jobs, together):
         (alone,) = analyze([job], run, tmp_path / f"alone-{job.analysis}")
         assert table.read_bytes() == alone.read_bytes(), job.analysis

@@ -213,10 +213,13 @@ def analyze(jobs: Sequence[AnalysisJob], run_dir: Path, out_dir: Path, device: s
             origin = Origin(objective, params, model.layer_groups(), ckpt.get("optimizer"),
                             {"lr": spec.optim.lr, "momentum": spec.optim.momentum,
                              "weight_decay": spec.optim.weight_decay})
+            began = time.perf_counter()
             with exact_numerics(device):
                 rows[job] += [{"step": step, **row} for row in job.compute(origin)]
             done.append(job.analysis)
+            # a line per analysis: a Hessian spectrum at one step can take many minutes on a CPU
+            _log(f"{run_dir.name}: step {step} ({k}/{len(steps)}) {job.analysis} {time.perf_counter() - began:.1f}s")
         _log(f"{run_dir.name}: step {step} ({k}/{len(steps)}) {', '.join(done) or 'skipped'} "
-             f"{time.perf_counter() - start:.1f}s")
+             f"{time.perf_counter() - start:.1f}s in all")
     out_dir.mkdir(parents=True, exist_ok=True)
     return [write_csv(out_dir / job.table, rows[job], list(ANALYSES[job.analysis].columns)) for job in jobs]
