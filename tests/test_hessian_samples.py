@@ -94,6 +94,28 @@ def test_mean_of_per_batch_products_is_the_product_on_the_concatenated_batches(c
     assert_unchanged(model, before)
 
 
+def test_kept_graphs_give_the_products_of_rebuilt_ones_bit_for_bit(monkeypatch):
+    """On a CPU a Hessian of a few batches keeps every batch's graph (one double backward per batch
+    and product); above KEEP_GRAPHS_SAMPLES it rebuilds them per product. Same numbers, to the bit."""
+    from bnstudy.analysis import hessian
+
+    gen = torch.Generator().manual_seed(7)
+    model = trained_looking_bn(gen).train()
+    params, _ = origin_state(model)
+    several, _ = objectives(model, "batch", gen)
+    kept = Hessian(several, params)
+    monkeypatch.setattr(hessian, "KEEP_GRAPHS_SAMPLES", 0)
+    rebuilt = Hessian(several, params)
+    assert kept._graphs is not None and len(kept._graphs) == len(several.batches) > 1
+    assert rebuilt._graphs is None
+    flat = Flat(kept)
+    for i in range(2):
+        v = flat.unflatten(flat.draw(200 + i))
+        a, b = kept(v), rebuilt(v)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(kept.gradient[k], rebuilt.gradient[k]) for k in kept.gradient)
+
+
 def test_spectrum_and_density_on_several_batches_are_those_of_their_mean_loss():
     """Eigenvalues, the gradient share (the gradient of the same loss) and the quadrature on three
     batches equal those on their concatenation; the tables say on how many samples."""
