@@ -612,13 +612,23 @@ def test_gradient_explosion_and_rank_collapse_over_depth(tmp_path):
     assert falls["verdict"] == SUPPORTED and falls["effect"] == pytest.approx(-0.05, abs=0.02)
     kept = rows.loc["rank_collapse.batchnorm_vs_standard.at_init"]
     assert kept["verdict"] == SUPPORTED and kept["effect"] == pytest.approx(0.05, abs=0.02)
-    # BN's gradient shrinking with depth instead: not supported, whatever the fixture's noise
+    # through the layers of the deepest network (16): the fixture's first layer has rank 10, so the
+    # standard network's last/first is 10^-0.8 / 10, BN's 5 / 10
+    through = rows.loc["rank_collapse.standard_through_layers.at_init"]
+    assert through["verdict"] == SUPPORTED and through["effect"] == pytest.approx(-1.8, abs=0.1)
+    kept = rows.loc["rank_collapse.batchnorm_vs_standard_through_layers.at_init"]
+    assert kept["verdict"] == SUPPORTED and kept["effect"] == pytest.approx(1.5, abs=0.1)
+
+    # BN's gradient shrinking with depth, and its rank falling further through the layers than the
+    # standard network's: not supported, whatever the fixture's noise
     def shrinking(variant, lr, seed, grid):
         layers = VGG_LAYERS[grid["model.depth"]]
-        return Outcome(layers=layers, first_grad=10 ** (-0.1 * layers) if variant == "batchnorm" else 1.0)
+        return Outcome(layers=layers, first_grad=10 ** (-0.1 * layers) if variant == "batchnorm" else 1.0,
+                       last_rank=0.01 if variant == "batchnorm" else 1.0)
 
     flat = verdict_rows(tmp_path / "flat", "depth_at_init", shrinking)
     assert flat.loc["gradient_explosion.slope.at_init", "verdict"] == NOT_SUPPORTED
+    assert flat.loc["rank_collapse.batchnorm_vs_standard_through_layers.at_init", "verdict"] == NOT_SUPPORTED
 
 
 def test_the_depth_claims_read_an_mlp_grid_over_hidden_layers(tmp_path):

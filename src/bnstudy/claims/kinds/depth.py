@@ -39,6 +39,26 @@ def over_depths(data: StudyView, variant: str, value) -> pd.Series:
     return keyed(out, keys)
 
 
+def rank_through_layers(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:
+    """Per seed (and lr): log10 of the stable rank at the last layer over that at the first, in the
+    study's deepest network: Daneshmand et al.'s rank against the layer's depth within one network.
+    (The slope over the networks' depths reads last layers only; where the rank has collapsed
+    within the shallowest network already, that slope is near 0 whatever the depth.)"""
+    table = data.table("activations")
+    table = table[(table["variant"] == variant) & (table["step"] == 0)]
+    if "bn_mode" in table.columns and len(table):
+        table = table[table["bn_mode"] == table["bn_mode"].iloc[0]]
+    keys = [k for k in data.condition_keys(exclude=["depth", "hidden_layers"]) if k in table.columns]
+    out = {}
+    for key, group in table.groupby(keys):
+        deepest = group[group["run"].isin(group.loc[group["layer"] == group["layer"].max(), "run"])]
+        first = deepest.loc[deepest["layer"] == deepest["layer"].min(), "stable_rank"].iloc[0]
+        last = deepest.loc[deepest["layer"] == deepest["layer"].max(), "stable_rank"].iloc[0]
+        if first > 0 and last > 0:
+            out[key if isinstance(key, tuple) else (key,)] = float(np.log10(last / first))
+    return keyed(out, keys)
+
+
 def first_layer_gradient(rows: pd.DataFrame) -> float:
     return rows.loc[rows["layer"] == rows["layer"].min(), "grad_norm"].iloc[0]
 
@@ -78,7 +98,14 @@ CLAIMS = (
              " the rank falls with depth)", rank_slope, "below", window=AT_INIT, unit="value",
              variant="standard", paired=False),
          Row("batchnorm_vs_standard", "the same slope, batchnorm minus standard, paired by seed (above 0: BN"
-             " keeps the rank as depth grows)", rank_slope, "above", window=AT_INIT, unit="value")),
+             " keeps the rank as depth grows)", rank_slope, "above", window=AT_INIT, unit="value"),
+         Row("standard_through_layers", "stable rank at the last layer over that at the first (block outputs,"
+             " after the non-linearity), in the study's deepest network, at initialisation; standard's value"
+             " per seed (below x1: the rank falls through the layers)", rank_through_layers, "below",
+             window=AT_INIT, variant="standard", paired=False),
+         Row("batchnorm_vs_standard_through_layers", "the same ratio, batchnorm over standard, paired by seed"
+             " (above x1: BN keeps more of the rank through the layers)", rank_through_layers, "above",
+             window=AT_INIT)),
         findings=(("Daneshmand 2020", SUPPORTED),), grid=DEPTH_KEYS, must_train=None,
         tables=("activations",)),
 )
