@@ -608,6 +608,10 @@ def test_gradient_explosion_and_rank_collapse_over_depth(tmp_path):
     slope = rows.loc["gradient_explosion.slope.at_init"]
     assert slope["verdict"] == SUPPORTED and slope["effect"] == pytest.approx(0.1, abs=0.01)
     assert slope["agreement"] == "agrees with Yang 2019"
+    # BN's own slope is the test; against the standard network (whose slope its initialisation
+    # sets) a measurement
+    versus = rows.loc["gradient_explosion.vs_standard.at_init"]
+    assert versus["verdict"] == "reported" and versus["effect"] == pytest.approx(0.1, abs=0.01)
     falls = rows.loc["rank_collapse.standard_slope.at_init"]
     assert falls["verdict"] == SUPPORTED and falls["effect"] == pytest.approx(-0.05, abs=0.02)
     kept = rows.loc["rank_collapse.batchnorm_vs_standard.at_init"]
