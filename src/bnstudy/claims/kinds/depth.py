@@ -19,14 +19,19 @@ from ..windows import AT_INIT
 DEPTH_KEYS = ("model.depth", "model.hidden_layers")  # VGG / ResNet depth, or an MLP's number of hidden layers
 
 
+def at_init(data: StudyView, variant: str) -> tuple[pd.DataFrame, list[str]]:
+    """The variant's step-0 activations rows (one BN mode), and the condition keys other than depth."""
+    table = data.table("activations")
+    table = table[(table["variant"] == variant) & (table["step"] == 0)]
+    if "bn_mode" in table.columns and len(table):
+        table = table[table["bn_mode"] == table["bn_mode"].iloc[0]]
+    return table, [k for k in data.condition_keys(exclude=["depth", "hidden_layers"]) if k in table.columns]
+
+
 def over_depths(data: StudyView, variant: str, value) -> pd.Series:
     """Per seed (and lr): the least-squares slope, over the study's depths, of log10 `value(run's
     step-0 activations rows)` against the run's number of normalised layers (its deepest layer)."""
-    table = data.table("activations")
-    table = table[(table["variant"] == variant) & (table["step"] == 0)]
-    if "bn_mode" in table.columns:
-        table = table[table["bn_mode"] == table["bn_mode"].iloc[0]] if len(table) else table
-    keys = [k for k in data.condition_keys(exclude=["depth", "hidden_layers"]) if k in table.columns]
+    table, keys = at_init(data, variant)
     per_run = table.groupby("run").apply(lambda rows: pd.Series({
         "layers": float(rows["layer"].max()), "value": float(value(rows))}), include_groups=False)
     per_run = per_run.join(table.drop_duplicates("run").set_index("run")[keys])
@@ -44,11 +49,7 @@ def rank_through_layers(data: StudyView, variant: str, rules: ClaimRules) -> pd.
     study's deepest network: Daneshmand et al.'s rank against the layer's depth within one network.
     (The slope over the networks' depths reads last layers only; where the rank has collapsed
     within the shallowest network already, that slope is near 0 whatever the depth.)"""
-    table = data.table("activations")
-    table = table[(table["variant"] == variant) & (table["step"] == 0)]
-    if "bn_mode" in table.columns and len(table):
-        table = table[table["bn_mode"] == table["bn_mode"].iloc[0]]
-    keys = [k for k in data.condition_keys(exclude=["depth", "hidden_layers"]) if k in table.columns]
+    table, keys = at_init(data, variant)
     out = {}
     for key, group in table.groupby(keys):
         deepest = group[group["run"].isin(group.loc[group["layer"] == group["layer"].max(), "run"])]
