@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bnstudy.config.load import load_config  # noqa: E402
+from bnstudy.configure import load_config  # noqa: E402
 from bnstudy.config.plan import plan  # noqa: E402
 from bnstudy.config.spec import RunSpec  # noqa: E402
 

@@ -30,7 +30,7 @@ from bnstudy.analysis.functional import Objective, origin_state
 from bnstudy.analysis.hessian import Hessian
 from bnstudy.analysis.run import analysis_layout, prepare_model
 from bnstudy.analysis.surface import filter_normalised
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.models.networks import build_model, loss_fn
 from bnstudy.config.plan import plan
 from bnstudy.train.runtime import exact_numerics

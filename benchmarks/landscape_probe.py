@@ -33,7 +33,7 @@ from bnstudy.analysis import landscape
 from bnstudy.analysis.functional import Objective, Origin, norm, origin_state
 from bnstudy.analysis.run import analysis_layout, prepare_model
 from bnstudy.train.checkpoint import load_checkpoint
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.config.plan import plan
 from bnstudy.models.networks import build_model, loss_fn
 from bnstudy.train.runtime import exact_numerics

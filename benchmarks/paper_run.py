@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.config.plan import plan
 from bnstudy.data.datasets import prepare
 from bnstudy.train.loop import train

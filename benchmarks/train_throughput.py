@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.config.plan import plan
 from bnstudy.data.datasets import prepare
 from bnstudy.models.networks import build_model, set_generator

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.data.datasets import prepare
 from bnstudy.config.plan import plan
 from bnstudy.config.spec import RunSpec

@@ -18,7 +18,7 @@ import torch
 
 from bnstudy.analysis.run import AnalysisJob, analysis_dtype, analyze
 from bnstudy.train.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.data.datasets import prepare
 from bnstudy.models.networks import build_model
 from bnstudy.config.plan import plan

@@ -23,7 +23,7 @@ from test_config import fake_imagefolder
 from bnstudy.train.checkpoint import checkpoint_path
 from bnstudy.claims import INCONCLUSIVE, NOT_SUPPORTED, REPORTED, SUPPORTED, ClaimRules
 from bnstudy.claims.table import claims
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.data.datasets import prepare
 from bnstudy.errors import ConfigError
 from bnstudy.models.networks import affine_parameters, build_model, training_masks

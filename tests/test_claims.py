@@ -127,7 +127,7 @@ def test_a_registered_claim_kind_is_in_the_next_schema_and_a_duplicate_is_refuse
     import dataclasses
 
     from bnstudy.claims import record
-    from bnstudy.config.schema import load_schema
+    from bnstudy.configure import load_schema
 
     base = claims_by_kind()["bn_trains_better"]
     extra = dataclasses.replace(base, kind="test_only_kind")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bnstudy.config.catalog import ANALYSES
-from bnstudy.config.load import ConfigError, load_config
+from bnstudy.configure import ConfigError, load_config
 from bnstudy.config.plan import checkpoint_steps, plan
 
 from helpers import REPO
@@ -295,6 +295,26 @@ def test_a_claim_its_seeds_cannot_decide_is_refused_at_parse_time():
     assert sum("row angle" in line for line in lines) == 1  # one line per row, not per window
     cfg["claim_rules"] = {"t_interval_seeds": 2}  # config-wide gates reach every study
     load_config(cfg)
+
+
+def test_the_claims_check_their_study_and_the_config_stage_does_not_read_them():
+    """The config stage parses a study without reading the claim records (its imports run one way);
+    the entry points' `load_config` adds the claims' checks: an unknown kind, too few seeds."""
+    from bnstudy.config.load import parse_config
+
+    cfg = raw("config.yaml")
+    cfg.pop("claim_rules")
+    for name, study in cfg["studies"].items():
+        study["enabled"] = name in ("performance", "ics")
+    cfg["studies"]["ics"]["seeds"] = [0, 1]
+    cfg["studies"]["performance"]["claims"] = ["no_such_claim"]
+    parsed = parse_config(cfg)
+    assert parsed["studies"]["ics"]["seeds"] == [0, 1]
+    with pytest.raises(ConfigError, match=r"studies\.performance\.claims\.0: 'no_such_claim' is not one of"):
+        load_config(cfg)
+    cfg["studies"]["performance"]["claims"] = []
+    with pytest.raises(ConfigError, match=r"studies\.ics\.seeds: 2 seeds cannot decide claim reduces_ics"):
+        load_config(cfg)
 
 
 @pytest.mark.parametrize("name", ["paper.yaml", "cifar10-cpu.yaml", "cifar10-cpu-lr.yaml", "cifar10-cpu-beyond.yaml",

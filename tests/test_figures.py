@@ -465,8 +465,8 @@ def test_a_figure_kind_is_one_record_added_from_a_module_outside_the_package(tmp
     from helpers import import_file, smoke_raw
 
     from bnstudy.config.catalog import FIGURE_KINDS as KINDS
-    from bnstudy.config.load import load_config
-    from bnstudy.config.schema import load_schema
+    from bnstudy.configure import load_config
+    from bnstudy.configure import load_schema
     from bnstudy.errors import ConfigError
 
     module = tmp_path / "gradient_by_layer.py"

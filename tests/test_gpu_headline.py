@@ -13,7 +13,7 @@ import yaml
 
 from bnstudy.config.architectures import normalised_layers
 from bnstudy.claims import ClaimRules
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.errors import ConfigError
 from bnstudy.config.plan import plan
 

@@ -14,7 +14,7 @@ import torch
 from helpers import assert_default_key_trains_as_absent
 
 from bnstudy.data.batches import BatchSampler, InputTransform
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.data.datasets import load_prepared, prepare
 from bnstudy.errors import ConfigError
 from bnstudy.models.networks import build_model, loss_fn

@@ -64,7 +64,7 @@ def test_mlp_hidden_layers_repeats_one_width_and_leaves_other_runs_alone(tmp_pat
     sets it where it cannot apply names the key."""
     from helpers import smoke_raw
 
-    from bnstudy.config.load import load_config
+    from bnstudy.configure import load_config
     from bnstudy.errors import ConfigError
 
     spec = spec_for(tmp_path, "mlp-batchnorm")
@@ -186,8 +186,8 @@ def test_a_normaliser_is_one_record_added_from_a_module_outside_the_package(tmp_
     their ids: the setting enters only its own runs' specs, as GroupNorm's group_size does."""
     from helpers import import_file, smoke_raw
 
-    from bnstudy.config.load import load_config
-    from bnstudy.config.schema import load_schema
+    from bnstudy.configure import load_config
+    from bnstudy.configure import load_schema
     from bnstudy.config.spec import RunSpec, added, applies
     from bnstudy.config.variants import NORMALISER_RECORDS, VARIANTS, Normaliser
     from bnstudy.models import norms

@@ -6,7 +6,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.config.plan import plan
 
 from helpers import REPO, job_counts, run_snakemake

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.config.load import ConfigError, load_config
+from bnstudy.configure import ConfigError, load_config
 from bnstudy.config.plan import plan
 
 from helpers import (REPO, job_counts, mlflow_training_runs, run_snakemake, scheduled_jobs, smoke_raw,

@@ -154,8 +154,8 @@ def test_a_claim_kind_is_one_record_from_a_module_outside_the_package(tmp_path):
     from helpers import import_file, smoke_raw
 
     from bnstudy.claims import record
-    from bnstudy.config.load import load_config
-    from bnstudy.config.schema import load_schema
+    from bnstudy.configure import load_config
+    from bnstudy.configure import load_schema
     from bnstudy.errors import ConfigError
     from bnstudy.results import rows_behind
 

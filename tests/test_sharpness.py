@@ -16,7 +16,7 @@ from bnstudy.analysis.functional import Objective, Origin, origin_state
 from bnstudy.analysis.run import AnalysisJob, analyze
 from bnstudy.data.batches import analysis_batches
 from bnstudy.train.checkpoint import checkpoint_path, save_checkpoint
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.data.datasets import load_prepared, prepare
 from bnstudy.errors import ConfigError
 from bnstudy.models.networks import build_model

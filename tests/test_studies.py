@@ -12,7 +12,7 @@ import pytest
 
 from helpers import job_counts, scheduled_jobs, smoke_raw, write_yaml
 
-from bnstudy.config.load import load_config
+from bnstudy.configure import load_config
 from bnstudy.config.plan import plan
 
 from helpers import REPO, run_snakemake
@@ -103,9 +103,9 @@ def test_the_snakemake_process_plans_without_torch_or_plotting():
     import subprocess
 
     code = ("import sys, runpy; sys.path.insert(0, 'src'); "
-            "import bnstudy.config.load, bnstudy.config.plan, bnstudy.config.catalog, bnstudy.claims, "
+            "import bnstudy.configure, bnstudy.config.plan, bnstudy.config.catalog, bnstudy.claims, "
             "bnstudy.tracking.context; "
-            "bnstudy.config.plan.plan(bnstudy.config.load.load_config('config/paper.yaml')); "
+            "bnstudy.config.plan.plan(bnstudy.configure.load_config('config/paper.yaml')); "
             "loaded = [m for m in ('torch', 'matplotlib', 'seaborn', 'mlflow', 'scipy') if m in sys.modules]; "
             "print(loaded); sys.exit(1 if loaded else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

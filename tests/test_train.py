@@ -192,7 +192,7 @@ def test_deep_linear_network_trains_at_the_papers_learning_rates(tmp_path, lr):
 
 
 def test_precision_is_part_of_the_run_and_resume_refuses_another(tmp_path):
-    from bnstudy.config.load import load_config
+    from bnstudy.configure import load_config
     from bnstudy.config.plan import plan
 
     from helpers import smoke_config
@@ -250,7 +250,7 @@ def test_compiled_step_trains_like_the_eager_one(tmp_path):
     """runtime.compile: on (the GPU path's torch.compile, here with inductor on the CPU) gives the
     eager run's numbers up to kernel rounding, is a different run id, and noisy variants stay eager."""
     from helpers import smoke_config
-    from bnstudy.config.load import load_config
+    from bnstudy.configure import load_config
     from bnstudy.config.plan import plan
 
     cfg = smoke_config(tmp_path)

@@ -217,7 +217,7 @@ def cmd_track(args) -> None:
 
     tracking, results = {}, "results"
     if args.configfile:
-        from .config.load import load_config
+        from .configure import load_config
 
         config = load_config(args.configfile)
         tracking, results = dict(config["tracking"]), config["results"]
@@ -266,7 +266,7 @@ def cmd_results(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from .config.load import load_config
+    from .configure import load_config
     from .config.plan import plan
 
     config = load_config(args.configfile)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # works without `pip install -e .` too
 
-from bnstudy.config.load import ConfigError, load_config
+from bnstudy.configure import ConfigError, load_config
 from bnstudy.config.plan import plan, short_hash
 from bnstudy.summary import on_error, on_success, unknown_target
 from bnstudy.tracking.context import CONTEXT_ENV, EXECUTION_ENV, context_path, write_context

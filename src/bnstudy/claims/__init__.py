@@ -3,7 +3,6 @@
 Takes each study's tables folder and its config; gives one row per claim, measure and part of
 training with its effect, interval, test and verdict. Reads tables only; never imports torch.
 
-- `rules`: the verdict rule's gates and thresholds (`ClaimRules`, a study's `claim_rules:`);
 - `record`: what a claim kind is (`Claim`, its `Row`s) and the registry of kinds;
 - `kinds/`: the claim kinds, one module per family (accuracy, ICS, landscape, noise, Hessian,
   normalisers, scale invariance);
@@ -16,7 +15,7 @@ planned. The statistics load with `verdict` and `table`.
 """
 
 from .record import INCONCLUSIVE, NOT_SUPPORTED, REPORTED, SUPPORTED, VERDICTS, Claim, Row, claims_by_kind, get, register
-from .rules import ClaimRules
+from ..config.claim_rules import ClaimRules
 
 __all__ = ["INCONCLUSIVE", "NOT_SUPPORTED", "REPORTED", "SUPPORTED", "VERDICTS", "Claim", "ClaimRules", "Row", "claims_by_kind", "get",
            "register"]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..tables.view import StudyView
-from .rules import ClaimRules
+from ..config.claim_rules import ClaimRules
 
 
 def indexed(runs: pd.DataFrame, values, keys: Sequence[str]) -> pd.Series:

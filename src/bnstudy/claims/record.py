@@ -21,7 +21,7 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .rules import ClaimRules
+from ..config.claim_rules import ClaimRules
 from .windows import FINAL, INITIALISATION
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"

@@ -19,7 +19,7 @@ from ..tables.view import StudyView
 from .markdown import to_markdown
 from .measures import COMMON_CHECKS
 from .record import MEASUREMENT, REPORTED, Claim, get
-from .rules import ClaimRules
+from ..config.claim_rules import ClaimRules
 from .verdict import decide, seed_effects
 from .windows import EARLY, INITIALISATION, LATE, window_label
 

@@ -17,7 +17,7 @@ import pandas as pd
 from ..tables.stats import mean_ci, paired_differences, sign_flip_p, smallest_p
 from ..tables.view import StudyView
 from .record import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, Row
-from .rules import ClaimRules
+from ..config.claim_rules import ClaimRules
 
 
 def decide(effects, threshold: float, holds: str, exact: bool, rules: ClaimRules,

@@ -1,6 +1,11 @@
-"""Config: load a YAML config, validate it against the schema (filling defaults), then run the
+"""Config: read a YAML config, validate it against the schema (filling defaults), then run the
 checks a schema cannot express, so that every bad config stops before any job starts, naming the
 key, the bad value and what is allowed. The expansion of the studies into runs is `bnstudy.config.plan`.
+
+`parse_config` checks everything the config stage knows: datasets, setups, variants, analyses and
+figures. What a study's claims ask of it (their tables, design and seeds) the claim records check
+(`bnstudy.claims.check`); `bnstudy.configure.load_config` runs both, and is what the entry points
+call.
 
 Plain Python (no torch): the Snakemake process imports it to plan the DAG.
 """
@@ -16,10 +21,8 @@ from pathlib import Path
 from .architectures import VGG_CONFIGS, VGG_POOLS, layer_widths, normalised_layers, resnet_depth_ok
 from .variants import VARIANTS
 from .catalog import ANALYSES, FIGURE_KINDS, figure_tables
-from ..claims import ClaimRules
-from ..claims import get as claim
 from ..errors import ConfigError
-from .plan import SOURCE_SIZES, checkpoint_steps, setup_for, setups_of
+from .plan import SOURCE_SIZES, checkpoint_steps, setups_of
 from .schema import load_schema, read_yaml, validate
 
 # MLflow's tracking URI schemes (a plain path is a local file store)
@@ -27,8 +30,9 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "m
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def load_config(config: dict | str | Path) -> dict:
-    """A validated, defaulted copy of a config dict (or YAML file), with every cross-key check."""
+def parse_config(config: dict | str | Path, schema: dict | None = None) -> dict:
+    """A validated, defaulted copy of a config dict (or YAML file), with every cross-key check of
+    the config stage (the claims' own checks: `bnstudy.configure.load_config`)."""
     if not isinstance(config, dict):
         path = Path(config)
         if not path.is_file():
@@ -36,7 +40,7 @@ def load_config(config: dict | str | Path) -> dict:
         config = read_yaml(path)
     config = copy.deepcopy(config)
     check_finite(config)
-    schema = load_schema()
+    schema = schema or load_schema()
     validate(config, schema)
     check_tracking(config["tracking"])
     for study in config["studies"].values():  # the config-wide gates under each study's own
@@ -235,24 +239,20 @@ def check_study(config: dict, name: str, schema: dict | None = None) -> None:
     if "landscape" in cfg and cfg["landscape"]["eta_min"] >= cfg["landscape"]["eta_max"]:
         raise _bad(f"{key}.landscape.eta_min", cfg["landscape"]["eta_min"],
                    f"it must be below eta_max ({cfg['landscape']['eta_max']!r})")
-    tables = {a for a in ANALYSES if a in cfg}
-    for field_, kinds, needs in (("figures", cfg["figures"], figure_tables),
-                                 ("claims", cfg["claims"], lambda kind: claim(kind).study_tables())):
-        for i, kind in enumerate(kinds):
-            missing = [t for t in needs(kind) if t in ANALYSES and t not in tables]
-            if missing:
-                raise _bad(f"{key}.{field_}.{i}", kind, f"it reads the {missing[0]} analysis: add a "
-                           f"`{missing[0]}:` block to the study (e.g. {missing[0]}: {{}})")
     for i, kind in enumerate(cfg["figures"]):
+        check_reads(name, cfg, f"figures.{i}", kind, figure_tables(kind))
         axis = FIGURE_KINDS[kind].axis
         if axis and len(cfg["grid"].get(axis, [])) < 2:
             raise _bad(f"{key}.figures.{i}", kind, f"it plots against {axis}: give the study "
                        f"grid: {{{axis}: [two or more values]}}")
-    for i, kind in enumerate(cfg["claims"]):
-        problem = claim(kind).design_problem(cfg, setup_for(config, name, schema))
-        if problem:
-            raise _bad(f"{key}.claims.{i}", kind, problem)
-    check_decidable(name, cfg)
+
+
+def check_reads(name: str, cfg: dict, field_: str, kind: str, tables) -> None:
+    """A figure or claim kind reads only analyses its study runs (`field_`: e.g. figures.0)."""
+    missing = [t for t in tables if t in ANALYSES and t not in cfg]
+    if missing:
+        raise _bad(f"studies.{name}.{field_}", kind, f"it reads the {missing[0]} analysis: add a "
+                   f"`{missing[0]}:` block to the study (e.g. {missing[0]}: {{}})")
 
 
 def check_variants(config: dict, name: str, cfg: dict, setup: dict, where: str) -> None:
@@ -274,23 +274,3 @@ def check_variants(config: dict, name: str, cfg: dict, setup: dict, where: str) 
             key = f"{where}.norm.{keys[0]}" if keys else f"studies.{name}.variants.{i}"
             value = setup["norm"][keys[0]] if keys else variant
             raise _bad(key, value, f"the {model['arch']}'s {problem}")
-
-
-def check_decidable(name: str, cfg: dict) -> None:
-    """Every row of every claim the study lists can reach a verdict with its seeds (one line per
-    row that cannot), unless `claim_rules.allow_undecidable` says the study is a demo or a smoke test."""
-    rules = ClaimRules().overridden(cfg.get("claim_rules"))
-    if rules.allow_undecidable:
-        return
-    n = len(cfg["seeds"])
-    lines = [f"config key studies.{name}.seeds: {n} seeds cannot decide claim {kind}, row {row.name} ({row.test}):"
-             f" it needs at least {need} seeds" + (f" (an exact test over n seeds cannot go below p = 1/2^n; alpha "
-             f"{rules.alpha:g})" if row.exact else " (claim_rules.t_interval_seeds)")
-             for kind in cfg["claims"] for row, need in claim(kind).undecidable_rows(n, rules)]
-    lines = list(dict.fromkeys(lines))  # a row in several windows is one line
-    if lines:
-        raise ConfigError("\n".join(lines + [f"  give the study more seeds, or set studies.{name}.claim_rules."
-                                             f"allow_undecidable: true to run it anyway (its rows may then "
-                                             f"stay inconclusive whatever the data, and claims.md says so)"]))
-
-

@@ -8,7 +8,8 @@ is edited (what the config files and the docs name); building a wheel or an sdis
 The schema is the contract of every config key: types, ranges, defaults, descriptions. Names that
 live in code are filled in when it is loaded, so each lives in one place: the variant names
 (`bnstudy.config.variants`), the figure kinds and each analysis kind's settings block
-(`bnstudy.config.catalog`), the claim kinds and the `claim_rules` block (`bnstudy.claims`). Validation
+(`bnstudy.config.catalog`), the `claim_rules` block (`bnstudy.config.claim_rules`). The claim kinds
+live in a later stage (`bnstudy.claims`): `bnstudy.configure.load_schema` adds them. Validation
 fills in defaults (the snakemake idiom) and reports every problem at once, each naming its key.
 """
 
@@ -22,7 +23,7 @@ import jsonschema
 import yaml
 
 from .catalog import ANALYSES, FIGURE_KINDS
-from ..claims import ClaimRules, claims_by_kind
+from .claim_rules import ClaimRules
 from ..errors import ConfigError
 from .variants import VARIANTS, normaliser_settings
 
@@ -33,14 +34,13 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_schema() -> dict:
-    """The config schema (a fresh copy: callers may extend it). The claim kinds, figure kinds,
-    variants and normalisers' own settings are filled in on every call, not cached: a kind
-    `register`ed after the first load is in the next one."""
+    """The config schema (a fresh copy: callers may extend it). The figure kinds, variants and
+    normalisers' own settings are filled in on every call, not cached: a kind `register`ed after
+    the first load is in the next one. The claim kinds are not: `bnstudy.configure.load_schema`."""
     schema = copy.deepcopy(_parsed_schema())
     norm = schema["definitions"]["setup"]["properties"]["norm"]["properties"]
     for key, (_, setting) in normaliser_settings().items():   # a normaliser's own keys, from its record
         norm[key] = copy.deepcopy(setting)
-    schema["definitions"]["claim_kind"]["enum"] = sorted(claims_by_kind())
     schema["definitions"]["figure_kind"]["enum"] = list(FIGURE_KINDS)
     schema["definitions"]["variant"]["enum"] = list(VARIANTS)
     return schema
@@ -62,7 +62,7 @@ def _parsed_schema() -> dict:
     schema["properties"]["claim_rules"] = {
         **ClaimRules.schema(), "default": {},
         "description": "overrides of the claims verdict rule's gates for every study (a study's own "
-                       "claim_rules win over these; bnstudy.claims.rules.ClaimRules)"}
+                       "claim_rules win over these; bnstudy.config.claim_rules.ClaimRules)"}
     common = definitions["analysis_common"]
     for name, record in ANALYSES.items():
         definitions["study"]["properties"][name] = {

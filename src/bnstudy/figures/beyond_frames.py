@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..tables import derived
-from ..claims.rules import ClaimRules
+from ..config.claim_rules import ClaimRules
 from .frames import Context, Measure, panel_stub, curve_series, curves_data, resolve_scale, with_conditions
 
 

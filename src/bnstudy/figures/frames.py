@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..tables.stats import mean_ci
 from ..files import StudyTables, grid_columns
-from ..claims.rules import ClaimRules
+from ..config.claim_rules import ClaimRules
 from ..tables.view import StudyView
 
 

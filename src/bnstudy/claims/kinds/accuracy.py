@@ -10,7 +10,7 @@ import pandas as pd
 from ...tables.view import StudyView
 from ..measures import accuracy_or_chance, as_multi, at_best_lr, indexed, keyed
 from ..record import SUPPORTED, Claim, Row
-from ..rules import ClaimRules
+from ...config.claim_rules import ClaimRules
 
 _BEST_LR = "batchnorm minus standard, each at its own best lr (chosen by the mean over seeds), paired by seed"
 

@@ -22,7 +22,7 @@ from ...tables.stats import paired_differences
 from ...tables.view import StudyView
 from ..measures import accuracy_or_chance, at_best_lr, indexed
 from ..record import SUPPORTED, Claim, Row
-from ..rules import ClaimRules
+from ...config.claim_rules import ClaimRules
 
 GRID = "optim.train_only"
 COLUMN = GRID.rsplit(".", 1)[-1]  # its column in the study tables (tables.grid_columns)
@@ -55,7 +55,7 @@ def bn_only_minus_random(data: StudyView, variant: str, rules: ClaimRules) -> pd
 
 def _chance_line(rules: ClaimRules) -> float:
     # "far above chance" as a threshold on the existing gates (a ClaimRules key of its own would
-    # need claims/rules.py): the line a network must clear to have left chance, chance_accuracy +
+    # need config/claim_rules.py): the line a network must clear to have left chance, chance_accuracy +
     # chance_margin (0.1 + 0.05 by default)
     return rules.chance_accuracy + rules.chance_margin
 

@@ -12,7 +12,7 @@ import pandas as pd
 from ...tables.view import StudyView
 from ..measures import keyed
 from ..record import SUPPORTED, Claim, Row
-from ..rules import ClaimRules
+from ...config.claim_rules import ClaimRules
 from ..windows import AT_INIT
 
 

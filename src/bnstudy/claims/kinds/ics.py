@@ -10,7 +10,7 @@ import pandas as pd
 from ...tables.view import StudyView
 from ..measures import by_condition
 from ..record import NOT_SUPPORTED, SUPPORTED, Claim, Row
-from ..rules import ClaimRules
+from ...config.claim_rules import ClaimRules
 from ..windows import INITIALISATION, OVER_TRAINING, in_window, mean_per_run
 
 PAIRING = "batchnorm minus standard, paired by seed, lr and grid values, averaged per seed"

@@ -10,7 +10,7 @@ import pandas as pd
 from ...tables.view import StudyView
 from ..measures import accuracy_or_chance, at_best_lr, indexed, keyed
 from ..record import SUPPORTED, Claim, Row
-from ..rules import ClaimRules
+from ...config.claim_rules import ClaimRules
 
 
 def advantage_at_matched_lr(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:

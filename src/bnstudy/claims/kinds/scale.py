@@ -11,7 +11,7 @@ from ...files import TableError
 from ...tables.view import StudyView
 from ..measures import by_condition
 from ..record import SUPPORTED, Claim, Row
-from ..rules import ClaimRules
+from ...config.claim_rules import ClaimRules
 
 
 def log_largest_cosine(data: StudyView, variant: str, rules: ClaimRules) -> pd.Series:

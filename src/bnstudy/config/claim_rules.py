@@ -1,8 +1,9 @@
-"""The gates and thresholds of the verdict rule, one typed record.
+"""The gates and thresholds of the claims' verdict rule: the `claim_rules:` block, one typed record.
 
 A study overrides any of them under `claim_rules:` in its config; the schema of that block is
-generated from this dataclass (each field's type, bounds and description live here once).
-Torch- and pandas-free: the config check reads it.
+generated from this dataclass (each field's type, bounds and description live here once). It is a
+config record (the schema, the seed check and the figures' window marks read it), used by the
+verdicts in `bnstudy.claims`. Torch- and pandas-free.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class ClaimRules:
         """The JSON schema of a study's `claim_rules` block (no defaults filled in: a study's
         block holds only what it overrides)."""
         return {"type": "object", "additionalProperties": False,
-                "description": "overrides of the claims verdict rule's gates (bnstudy.claims.rules.ClaimRules)",
+                "description": "overrides of the claims verdict rule's gates (bnstudy.config.claim_rules.ClaimRules)",
                 "properties": {f.name: {**f.metadata["schema"],
                                         "description": f"{f.metadata['description']} (default {json.dumps(f.default)})"}
                                for f in dataclasses.fields(cls)}}
