@@ -90,7 +90,8 @@ STUDIES: dict[str, dict] = {
     "group_size": {**_VGG, "variants": ["groupnorm"], "grid": {"norm.group_size": [1, 2, 4, 8]},
                    "activations": {}, "figures": ["gradient_vs_group_size"], "claims": ["group_size_gradients"]},
     "scale_invariance": {**_VGG, "variants": ["standard", "batchnorm"], "lrs": [0.1, 1.0], "layers": [2, 7],
-                         "overrides": {"log": {"layers_every": 1}}, "figures": ["weight_norm", "accuracy_vs_lr"],
+                         "overrides": {"log": {"layers_every": 1}}, "activations": {"dtype": "float64"},
+                         "figures": ["weight_norm", "accuracy_vs_lr"],
                          "claims": ["scale_invariance"]},
 }
 
@@ -270,6 +271,7 @@ def _analysis_table(name: str, rng, steps, outcome, layers, lr: float, run_steps
                 rows += [{"step": step, "bn_mode": "batch", "start": start, "node": node, "weight": weight,
                           "n_params": 1000, "samples": 128} for node, weight in zip(nodes, weights)]
         elif name == "activations":
+            eps_rng = rng.spawn(1)[0]
             for layer in range(1, outcome.layers + 1):
                 rank = outcome.last_rank if outcome.last_rank is not None and layer == outcome.layers else 10 / layer
                 rows.append({"step": step, "bn_mode": "batch", "layer": layer,
@@ -277,7 +279,11 @@ def _analysis_table(name: str, rng, steps, outcome, layers, lr: float, run_steps
                              "stable_rank": rank * rng.lognormal(0, 0.05),
                              "grad_norm": (outcome.first_grad if layer == 1 and step == 0 else 1.0)
                              * rng.lognormal(0, 0.02),
-                             "activation_var": outcome.activation_var * rng.lognormal(0, 0.1)})
+                             "activation_var": outcome.activation_var * rng.lognormal(0, 0.1),
+                             # the eps identity at the checkpoint (float64): BN's cosine is eps's (drawn
+                             # from a spawned stream: rng's own draws, the other tables' noise, stay as they were)
+                             "weight_grad_cos": (1e-6 if outcome.scale_invariant else 0.05) * eps_rng.lognormal(0, 0.1),
+                             "unexplained_cos": 1e-14 * eps_rng.lognormal(0, 0.1) if outcome.scale_invariant else np.nan})
         elif name == "surface":
             for x, y in product(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)):
                 rows.append({"step": step, "bn_mode": "batch", "x": x, "y": y,

@@ -244,3 +244,26 @@ def test_analysis_dtype():
     assert analysis_dtype(arch("dln"), {"dtype": "float32"}) == torch.float32
     with pytest.raises(ValueError):
         analysis_dtype(arch("vgg"), {"dtype": "half"})
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_activations_check_bn_eps_identity(setting, dtype):
+    """Arora, Li & Lyu's scale invariance in a real BN layer: w . g = eps/(v + eps) gamma dL/dgamma
+    per filter, so |cos(w, g)| is small but not 0, and the identity explains it. In float64 what it
+    leaves is rounding (< 1e-10); float32 resolves far less (the reason the claim reads float64). With
+    running statistics the layer is not scale-invariant: no identity to check (NaN)."""
+    root, runs, _ = setting
+    base = {"analysis": "activations", "steps": None, "batch_size": 16, "batches": 1, "seed": 0,
+            "noise": False, "dtype": dtype}
+    table = pd.read_csv(analyze_one({**base, "bn_mode": "batch"}, runs["batchnorm-vgg"],
+                                    root / "out" / "eps" / f"batch-{dtype}.csv"))
+    assert len(table) == 2 * len(build_model(_spec(runs["batchnorm-vgg"])).layer_groups())
+    assert (table["weight_grad_cos"] > 0).all() and (table["weight_grad_cos"] < 1e-2).all()
+    if dtype == "float64":
+        assert table["unexplained_cos"].max() < 1e-10
+        assert (table["weight_grad_cos"] > 1e4 * table["unexplained_cos"]).all()  # eps explains the cosine
+    else:
+        assert table["unexplained_cos"].max() < 1e-3
+    running = pd.read_csv(analyze_one({**base, "bn_mode": "running"}, runs["batchnorm-vgg"],
+                                      root / "out" / "eps" / f"running-{dtype}.csv"))
+    assert running["unexplained_cos"].isna().all() and running["weight_grad_cos"].notna().all()

@@ -38,7 +38,8 @@ RUN_TABLES: dict[str, list[str]] = {
     # non-linearity's input between steps t and t+1, averaged over the layer's units
     # weight_norm: ||W_i|| of the layer's main weight; weight_grad_cos: the largest |cos(w, g)| over
     # its filters (0 for scale-invariant filters: Arora, Li & Lyu 2019); unexplained_cos: the largest
-    # |w . g - eps/(v + eps) gamma dL/dgamma| / (||w|| ||g||) over a BatchNorm layer's filters (NaN elsewhere);
+    # |w . g - eps/(v + eps) gamma dL/dgamma| / (||w|| ||g||) over a BatchNorm layer's filters (NaN elsewhere;
+    # float32: the claim reads the float64 check of the activations analysis instead);
     # weight_grad_cos_p50: the median |cos(w, g)| over its filters
     "layers": ["step", "layer", "weight_grad_norm", "output_grad_norm", "gamma_over_sigma",
                "unit_mean_change", "unit_var_change", "weight_norm", "weight_grad_cos", "weight_grad_cos_p50",
@@ -51,6 +52,7 @@ EVAL_SPLITS = ("train", "test", "train_batches")
 # columns added to a table after runs were first written: tables without them read as NaN there
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"layers": ("weight_norm", "weight_grad_cos", "weight_grad_cos_p50",
                                                          "unexplained_cos"),
+                                              "activations": ("weight_grad_cos", "unexplained_cos"),
                                               "runs": ("arch", "depth")}
 
 

@@ -109,7 +109,8 @@ ANALYSES: dict[str, AnalysisKind] = {
     # Lubana et al. 2021: per-layer similarity of samples, rank, gradient norm
     "activations": AnalysisKind(
         module="activations",
-        columns=("step", "bn_mode", "layer", "cosine_similarity", "stable_rank", "grad_norm", "activation_var"),
+        columns=("step", "bn_mode", "layer", "cosine_similarity", "stable_rank", "grad_norm", "activation_var",
+                 "weight_grad_cos", "unexplained_cos"),
         settings={"bn_mode": BN_MODE}),
     # Li et al. 2018: the loss on a plane of two filter-normalised random directions
     "surface": AnalysisKind(
